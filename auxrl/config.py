@@ -1,0 +1,431 @@
+"""Typed run configuration: dataclasses, YAML loading, dotted overrides and validation.
+
+A run is described by one :class:`Config`. It is built from a YAML file (a path, or the name of
+a config shipped with auxrl) plus ``key=value`` overrides such as ``ppo.lr=1e-4``. Every key and
+every value type is checked before anything is trained, and errors name the offending key and
+the valid choices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be turned into a valid :class:`Config`."""
+
+
+# --------------------------------------------------------------------------------------------
+# The configuration tree
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class EnvConfig:
+    """Which environment to train on and how it is preprocessed.
+
+    ``ALE/<Game>-v5`` ids run on ale-py's native C++ ``AtariVectorEnv``; every other id runs on
+    ``gymnasium.vector``. The Atari defaults follow CleanRL's ``ppo_atari_envpool.py``; the
+    Machado et al. (2018) protocol is ``sticky_actions=0.25 episodic_life=false
+    full_action_space=true``.
+    """
+
+    id: str = "CartPole-v1"
+    num_envs: int = 8
+    # gymnasium path: run sub-environments in this process ("sync") or in subprocesses ("async").
+    vector_mode: Literal["sync", "async"] = "sync"
+    # Extra keyword arguments for gymnasium.make (gymnasium path only).
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    # Atari path only.
+    frameskip: int = 4
+    frame_stack: int = 4
+    noop_max: int = 30
+    episodic_life: bool = True
+    reward_clip: bool = True
+    fire_reset: bool = True
+    sticky_actions: float = 0.0
+    full_action_space: bool = False
+    max_episode_frames: int = 108_000
+    num_threads: int = 0  # 0: one C++ thread per env, capped by the core count
+    # ALE game mode / difficulty (None: the game's default).
+    mode: int | None = None
+    difficulty: int | None = None
+
+
+@dataclass
+class ModelConfig:
+    """The shared torso and how it is initialised."""
+
+    torso: Literal["nature_cnn", "impala", "mlp"] = "nature_cnn"
+    # mlp torso: hidden layer sizes (the last one is the feature size).
+    hidden_sizes: list[int] = field(default_factory=lambda: [64, 64])
+    # Load the torso and matching heads from an earlier run directory or checkpoint file.
+    init_from: str | None = None
+    # Modules to freeze: "torso", "policy", "value" or an auxiliary task's name.
+    freeze: list[str] = field(default_factory=list)
+
+
+@dataclass
+class PPOConfig:
+    """PPO hyper-parameters; defaults are CleanRL's Atari settings."""
+
+    total_steps: int = 10_000_000
+    num_steps: int = 128
+    lr: float = 2.5e-4
+    anneal_lr: bool = True
+    adam_eps: float = 1e-5
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    num_minibatches: int = 4
+    update_epochs: int = 4
+    norm_adv: bool = True
+    clip_coef: float = 0.1
+    clip_vloss: bool = True
+    ent_coef: float = 0.01
+    vf_coef: float = 0.5
+    max_grad_norm: float = 0.5
+    target_kl: float | None = None
+
+
+@dataclass
+class WeightSchedule:
+    """A loss weight that moves linearly from ``start`` to ``end`` over ``steps`` env steps."""
+
+    start: float
+    end: float
+    steps: int
+
+
+@dataclass
+class AuxTaskConfig:
+    """One auxiliary task. Keys other than these are the task's own parameters."""
+
+    type: str = ""  # built-in name or "package.module:ClassName"; defaults to the entry's key
+    weight: float | WeightSchedule | None = None  # None: the task's documented default
+    enabled: bool = True
+    batch_size: int | None = None  # sequences per minibatch (None: aux.batch_size)
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class AuxConfig:
+    """Auxiliary heads trained beside PPO on the shared torso."""
+
+    enabled: bool = True  # aux.enabled=false turns every task off (for side-by-side runs)
+    replay_size: int = 8192  # transitions kept on the training device for replay-based tasks
+    batch_size: int = 32  # sequences sampled per task per PPO minibatch
+    diagnostics_every: int = 10  # updates between gradient diagnostics (0: off)
+    tasks: dict[str, AuxTaskConfig] = field(default_factory=dict)
+
+
+@dataclass
+class CurriculumStage:
+    """One stage of a curriculum: overrides applied on top of the base config."""
+
+    name: str = ""
+    steps: int = 0  # env steps in this stage (0: no step budget)
+    # Promote early when the mean unclipped return of the last `window` episodes reaches this.
+    return_threshold: float | None = None
+    window: int = 20
+    # Dotted overrides for this stage, e.g. {"env.id": "ALE/Pong-v5", "aux.tasks.x.weight": 0}.
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class CurriculumConfig:
+    stages: list[CurriculumStage] = field(default_factory=list)
+
+
+@dataclass
+class LogConfig:
+    """Logging and checkpointing."""
+
+    checkpoint_every: int = 500_000  # env steps between checkpoints (0: final only)
+    keep_checkpoints: int = 3  # periodic checkpoints kept besides the latest
+    flush_secs: int = 10  # TensorBoard flush interval
+    print_every_secs: float = 10.0  # status lines when no progress bar is shown
+    return_window: int = 20  # episodes in the "recent return" shown and used for promotion
+
+
+@dataclass
+class Config:
+    """Everything that defines a run."""
+
+    name: str = "run"
+    seed: int = 1
+    torch_deterministic: bool = True
+    env: EnvConfig = field(default_factory=EnvConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    ppo: PPOConfig = field(default_factory=PPOConfig)
+    aux: AuxConfig = field(default_factory=AuxConfig)
+    curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+
+# --------------------------------------------------------------------------------------------
+# Building typed objects from plain dicts
+# --------------------------------------------------------------------------------------------
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is not None:
+        return getattr(tp, "_name", None) or str(tp)
+    if dataclasses.is_dataclass(tp):
+        return f"mapping ({tp.__name__})"
+    return "None" if tp is type(None) else getattr(tp, "__name__", str(tp))
+
+
+def _suggest(key: str, valid: list[str]) -> str:
+    close = difflib.get_close_matches(key, valid, n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    return f"Valid keys: {', '.join(sorted(valid))}.{hint}"
+
+
+def convert(value: Any, tp: Any, path: str) -> Any:
+    """Check ``value`` against the type annotation ``tp`` and convert it (dicts to dataclasses)."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        errors = []
+        for option in typing.get_args(tp):
+            try:
+                return convert(value, option, path)
+            except ConfigError as err:
+                errors.append(err)
+        raise ConfigError(f"{path}: expected {_type_name(tp)}, got {value!r}")
+    if tp is type(None):
+        if value is None:
+            return None
+        raise ConfigError(f"{path}: expected None, got {value!r}")
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            raise ConfigError(
+                f"{path}: {value!r} is not a valid choice. Valid choices: "
+                f"{', '.join(repr(c) for c in choices)}."
+            )
+        return value
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{path}: expected a list, got {value!r}")
+        (item_tp,) = typing.get_args(tp)
+        return [convert(v, item_tp, f"{path}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping, got {value!r}")
+        _, val_tp = typing.get_args(tp)
+        return {str(k): convert(v, val_tp, f"{path}.{k}") for k, v in value.items()}
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping of {tp.__name__} keys, got {value!r}")
+        return build(tp, value, path)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{path}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)  # 1e6 in YAML is a float
+        raise ConfigError(f"{path}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{path}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{path}: expected a string, got {value!r}")
+    raise ConfigError(f"{path}: unsupported type {tp!r}")  # pragma: no cover - programming error
+
+
+def build(cls: type, data: dict[str, Any], path: str = "") -> Any:
+    """Build dataclass ``cls`` from ``data``; unknown keys and wrong types raise ConfigError."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    if cls is AuxTaskConfig:
+        # Task-specific parameters sit beside type/weight/enabled; they are checked against the
+        # task's own Config when the task is resolved (see check_aux_tasks).
+        data = dict(data)
+        params = {k: data.pop(k) for k in list(data) if k not in fields}
+        data["params"] = {**data.get("params", {}), **params}
+    kwargs = {}
+    for key, value in data.items():
+        where = f"{path}.{key}" if path else key
+        if key not in fields:
+            raise ConfigError(f"Unknown config key {where!r}. {_suggest(key, list(fields))}")
+        kwargs[key] = convert(value, hints[key], where)
+    try:
+        return cls(**kwargs)
+    except TypeError as err:  # a required field (no default) is missing
+        raise ConfigError(f"{path or cls.__name__}: {err}") from None
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """The config as plain data (what is written to ``config.yaml``)."""
+    data = dataclasses.asdict(cfg)
+    for task in data.get("aux", {}).get("tasks", {}).values():
+        task.update(task.pop("params"))  # written back in the flat form users write
+    return data
+
+
+# --------------------------------------------------------------------------------------------
+# Files and overrides
+# --------------------------------------------------------------------------------------------
+
+
+def shipped_configs_dir() -> Path:
+    """Where the shipped configs are: inside the wheel, or ``configs/`` in a checkout."""
+    packaged = Path(__file__).parent / "configs"
+    return packaged if packaged.is_dir() else Path(__file__).parent.parent / "configs"
+
+
+def shipped_config_names() -> list[str]:
+    return sorted(p.stem for p in shipped_configs_dir().glob("*.yaml"))
+
+
+def resolve_config_path(name_or_path: str) -> Path:
+    """A config path, or the name of a shipped config (``cartpole`` or ``cartpole.yaml``)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    shipped = shipped_configs_dir() / f"{path.stem}.yaml"
+    if path.parent == Path(".") and shipped.is_file():
+        return shipped
+    raise ConfigError(
+        f"No config file {name_or_path!r}. Give a path to a YAML file or one of the shipped "
+        f"configs: {', '.join(shipped_config_names())}."
+    )
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``ppo.lr=1e-4`` -> ("ppo.lr", 0.0001). Values are read as YAML (numbers, bools, lists)."""
+    if "=" not in text:
+        raise ConfigError(f"Override {text!r} is not of the form key=value (e.g. ppo.lr=1e-4).")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"Override {text!r} has an empty key.")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    if isinstance(value, str):
+        value = _yaml_float(value)
+    return key, value
+
+
+def _yaml_float(text: str) -> Any:
+    # YAML 1.1 reads "1e-4" as a string (it wants "1.0e-4"); users mean a number.
+    try:
+        return float(text) if any(c.isdigit() for c in text) else text
+    except ValueError:
+        return text
+
+
+def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    """Set ``a.b.c`` in a nested dict, creating intermediate mappings."""
+    node = data
+    parts = key.split(".")
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(
+                f"Cannot set {key!r}: {'.'.join(parts[: i + 1])!r} is a value, not a section."
+            )
+        node = child
+    node[parts[-1]] = value
+
+
+def _floats_in_yaml(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {k: _floats_in_yaml(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_floats_in_yaml(v) for v in node]
+    return _yaml_float(node) if isinstance(node, str) else node
+
+
+def load_dict(name_or_path: str | Path) -> dict[str, Any]:
+    path = resolve_config_path(str(name_or_path))
+    with open(path) as f:
+        data = yaml.safe_load(f) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of config sections.")
+    return _floats_in_yaml(data)
+
+
+def from_dict(data: dict[str, Any], overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    data = _deepcopy(data)
+    for text in overrides:
+        key, value = parse_override(text)
+        set_dotted(data, key, value)
+    cfg = build(Config, data)
+    validate(cfg)
+    return cfg
+
+
+def load_config(name_or_path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Load a YAML config (path or shipped name), apply ``key=value`` overrides and validate."""
+    return from_dict(load_dict(name_or_path), overrides)
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    with open(path, "w") as f:
+        yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
+
+
+def _deepcopy(data: Any) -> Any:
+    if isinstance(data, dict):
+        return {k: _deepcopy(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_deepcopy(v) for v in data]
+    return data
+
+
+def validate(cfg: Config) -> None:
+    """Range checks that types alone cannot express."""
+    p, e = cfg.ppo, cfg.env
+    checks = [
+        (e.num_envs >= 1, "env.num_envs must be >= 1"),
+        (p.num_steps >= 1, "ppo.num_steps must be >= 1"),
+        (p.total_steps >= 1, "ppo.total_steps must be >= 1"),
+        (p.num_minibatches >= 1, "ppo.num_minibatches must be >= 1"),
+        (
+            (e.num_envs * p.num_steps) % p.num_minibatches == 0,
+            f"env.num_envs x ppo.num_steps ({e.num_envs * p.num_steps}) must be divisible by "
+            f"ppo.num_minibatches ({p.num_minibatches})",
+        ),
+        (0.0 <= p.gamma <= 1.0, "ppo.gamma must be in [0, 1]"),
+        (0.0 <= p.gae_lambda <= 1.0, "ppo.gae_lambda must be in [0, 1]"),
+        (p.lr > 0, "ppo.lr must be > 0"),
+        (0.0 <= e.sticky_actions <= 1.0, "env.sticky_actions must be in [0, 1]"),
+        (cfg.aux.replay_size >= 1, "aux.replay_size must be >= 1"),
+        (cfg.aux.batch_size >= 1, "aux.batch_size must be >= 1"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+    for i, stage in enumerate(cfg.curriculum.stages):
+        if stage.steps <= 0 and stage.return_threshold is None and i < len(cfg.curriculum.stages) - 1:
+            raise ConfigError(
+                f"curriculum.stages[{i}] never ends: give it `steps` or `return_threshold`."
+            )

@@ -1,0 +1,22 @@
+"""Environments: ``make_envs(cfg)`` returns one :class:`VecEnv` interface for the learner."""
+
+from __future__ import annotations
+
+from auxrl.config import EnvConfig
+from auxrl.envs.atari import AtariVecEnv, is_atari_id
+from auxrl.envs.base import Step, VecEnv
+from auxrl.envs.gym import GymVecEnv
+
+
+def make_envs(cfg: EnvConfig, *, training: bool = True) -> VecEnv:
+    """Atari ids (``ALE/<Game>-v5``) get the native C++ vector env, all others gymnasium.vector.
+
+    ``training=False`` turns off the training-only Atari settings (episodic life, reward
+    clipping) so evaluation plays whole games.
+    """
+    if is_atari_id(cfg.id):
+        return AtariVecEnv(cfg, training=training)
+    return GymVecEnv(cfg, training=training)
+
+
+__all__ = ["Step", "VecEnv", "make_envs", "is_atari_id"]

@@ -1,0 +1,70 @@
+"""The vector-env interface the learner sees, and real-episode bookkeeping.
+
+Both backends use gymnasium 1.x's NEXT_STEP autoreset: the step after an episode ends returns the
+reset observation and ignores its action. That step is not a transition of any episode, so each
+:class:`Step` says so (``reset``) and the learner masks it out of every loss. As a consequence the
+final observation of a truncated episode is the observation the learner acts on next, so its
+value is available for bootstrapping without any ``final_obs`` bookkeeping.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import gymnasium as gym
+import numpy as np
+
+
+@dataclass
+class Step:
+    """One vectorized step, every array of length ``num_envs``."""
+
+    obs: np.ndarray
+    reward: np.ndarray  # float32: the training reward (clipped where configured)
+    terminated: np.ndarray  # bool: no bootstrap (game over, or a lost life with episodic life)
+    truncated: np.ndarray  # bool: time limit; bootstrap from the final observation's value
+    reset: np.ndarray  # bool: this step only reset the env (not a real transition)
+    # Real episodes (unclipped score over all lives) that ended and were reset at this step.
+    episode_returns: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    episode_lengths: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+
+
+class EpisodeTracker:
+    """Sums raw rewards per env and reports whole games when their env resets (vectorized)."""
+
+    def __init__(self, num_envs: int) -> None:
+        self.returns = np.zeros(num_envs, dtype=np.float64)
+        self.lengths = np.zeros(num_envs, dtype=np.int64)
+
+    def update(self, raw_reward: np.ndarray, reset: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        done_returns = self.returns[reset].copy()
+        done_lengths = self.lengths[reset].copy()
+        self.returns[reset] = 0.0
+        self.lengths[reset] = 0
+        live = ~reset
+        self.returns[live] += raw_reward[live]
+        self.lengths[live] += 1
+        return done_returns, done_lengths
+
+
+class VecEnv:
+    """What the learner needs from a batch of environments."""
+
+    num_envs: int
+    single_observation_space: gym.Space
+    single_action_space: gym.Space
+
+    def reset(self, seed: int | None = None) -> np.ndarray:
+        raise NotImplementedError
+
+    def step(self, actions: np.ndarray) -> Step:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> VecEnv:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,78 @@
+"""PPO's heads: features -> action distribution, features -> state value."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import torch
+from torch import nn
+from torch.distributions import Categorical, Normal
+
+from auxrl.models.torsos import layer_init
+
+
+class CategoricalPolicy(nn.Module):
+    """Discrete actions. Small output init (std 0.01) keeps the first policy near uniform."""
+
+    def __init__(self, feature_dim: int, num_actions: int) -> None:
+        super().__init__()
+        self.logits = layer_init(nn.Linear(feature_dim, num_actions), std=0.01)
+
+    def forward(self, features: torch.Tensor) -> Categorical:
+        return Categorical(logits=self.logits(features))
+
+    @staticmethod
+    def log_prob(dist: Categorical, actions: torch.Tensor) -> torch.Tensor:
+        return dist.log_prob(actions.long())
+
+    @staticmethod
+    def entropy(dist: Categorical) -> torch.Tensor:
+        return dist.entropy()
+
+    @staticmethod
+    def mode(dist: Categorical) -> torch.Tensor:
+        return dist.probs.argmax(-1)
+
+
+class GaussianPolicy(nn.Module):
+    """Box actions: diagonal Gaussian with a state-independent log std (CleanRL continuous)."""
+
+    def __init__(self, feature_dim: int, action_dim: int) -> None:
+        super().__init__()
+        self.mean = layer_init(nn.Linear(feature_dim, action_dim), std=0.01)
+        self.log_std = nn.Parameter(torch.zeros(action_dim))
+
+    def forward(self, features: torch.Tensor) -> Normal:
+        mean = self.mean(features)
+        return Normal(mean, self.log_std.expand_as(mean).exp())
+
+    @staticmethod
+    def log_prob(dist: Normal, actions: torch.Tensor) -> torch.Tensor:
+        return dist.log_prob(actions).sum(-1)
+
+    @staticmethod
+    def entropy(dist: Normal) -> torch.Tensor:
+        return dist.entropy().sum(-1)
+
+    @staticmethod
+    def mode(dist: Normal) -> torch.Tensor:
+        return dist.mean
+
+
+class ValueHead(nn.Module):
+    def __init__(self, feature_dim: int) -> None:
+        super().__init__()
+        self.v = layer_init(nn.Linear(feature_dim, 1), std=1.0)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.v(features).squeeze(-1)
+
+
+def make_policy(feature_dim: int, action_space: gym.Space) -> nn.Module:
+    if isinstance(action_space, gym.spaces.Discrete):
+        return CategoricalPolicy(feature_dim, int(action_space.n))
+    if isinstance(action_space, gym.spaces.Box) and len(action_space.shape) == 1:
+        return GaussianPolicy(feature_dim, action_space.shape[0])
+    raise ValueError(
+        f"Unsupported action space {action_space}: auxrl's policy heads handle Discrete "
+        f"(categorical) and 1-D Box (diagonal Gaussian) actions."
+    )

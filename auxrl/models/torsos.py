@@ -1,0 +1,125 @@
+"""Torsos: observation -> feature vector, shared by every head.
+
+Image torsos take uint8 observations and scale them to [0, 1] themselves, so frames cross to the
+training device as bytes (4x less traffic than float32).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def layer_init(layer: nn.Module, std: float = math.sqrt(2), bias: float = 0.0) -> nn.Module:
+    """Orthogonal weights, constant bias (PPO implementation detail #2)."""
+    nn.init.orthogonal_(layer.weight, std)
+    nn.init.constant_(layer.bias, bias)
+    return layer
+
+
+class Torso(nn.Module):
+    """Base class: ``forward(obs) -> features`` of shape (batch, feature_dim)."""
+
+    feature_dim: int
+
+
+class NatureCNN(Torso):
+    """Mnih et al. (2015) as in CleanRL: 3 convs + 512-unit dense layer, ReLU, orthogonal init."""
+
+    def __init__(self, in_channels: int, height: int = 84, width: int = 84) -> None:
+        super().__init__()
+        self.convs = nn.Sequential(
+            layer_init(nn.Conv2d(in_channels, 32, 8, stride=4)),
+            nn.ReLU(),
+            layer_init(nn.Conv2d(32, 64, 4, stride=2)),
+            nn.ReLU(),
+            layer_init(nn.Conv2d(64, 64, 3, stride=1)),
+            nn.ReLU(),
+            nn.Flatten(),
+        )
+        with torch.no_grad():
+            flat = self.convs(torch.zeros(1, in_channels, height, width)).shape[1]
+        self.fc = nn.Sequential(layer_init(nn.Linear(flat, 512)), nn.ReLU())
+        self.feature_dim = 512
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.convs(obs.float() / 255.0))
+
+
+class _ResidualBlock(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv0 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv1(torch.relu(self.conv0(torch.relu(x))))
+
+
+class _ImpalaStack(nn.Module):
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.pool = nn.MaxPool2d(3, stride=2, padding=1)
+        self.res0 = _ResidualBlock(out_channels)
+        self.res1 = _ResidualBlock(out_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.res1(self.res0(self.pool(self.conv(x))))
+
+
+class ImpalaCNN(Torso):
+    """Espeholt et al. (2018): three conv stacks (16, 32, 32) of 2 residual blocks + 256 dense."""
+
+    def __init__(self, in_channels: int, height: int = 84, width: int = 84) -> None:
+        super().__init__()
+        stacks, channels = [], in_channels
+        for out in (16, 32, 32):
+            stacks.append(_ImpalaStack(channels, out))
+            channels = out
+        self.stacks = nn.Sequential(*stacks, nn.Flatten(), nn.ReLU())
+        with torch.no_grad():
+            flat = self.stacks(torch.zeros(1, in_channels, height, width)).shape[1]
+        self.fc = nn.Sequential(layer_init(nn.Linear(flat, 256)), nn.ReLU())
+        self.feature_dim = 256
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.stacks(obs.float() / 255.0))
+
+
+class MLP(Torso):
+    """Vector observations: tanh MLP (CleanRL's classic-control network)."""
+
+    def __init__(self, in_features: int, hidden_sizes: list[int]) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [nn.Flatten()]
+        size = in_features
+        for hidden in hidden_sizes:
+            layers += [layer_init(nn.Linear(size, hidden)), nn.Tanh()]
+            size = hidden
+        self.net = nn.Sequential(*layers)
+        self.feature_dim = size
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.net(obs.float())
+
+
+def make_torso(name: str, obs_shape: tuple[int, ...], hidden_sizes: list[int]) -> Torso:
+    """Build a torso by name, checking that it fits the observation shape."""
+    if name in ("nature_cnn", "impala"):
+        if len(obs_shape) != 3:
+            raise ValueError(
+                f"model.torso={name!r} needs image observations (channels, height, width), but "
+                f"this env's observations have shape {obs_shape}. Use model.torso=mlp."
+            )
+        cls = NatureCNN if name == "nature_cnn" else ImpalaCNN
+        return cls(*obs_shape)
+    if name == "mlp":
+        if len(obs_shape) == 3:
+            raise ValueError(
+                f"model.torso=mlp on image observations {obs_shape}: use nature_cnn or impala."
+            )
+        return MLP(math.prod(obs_shape), hidden_sizes)
+    raise ValueError(f"Unknown torso {name!r}. Valid torsos: nature_cnn, impala, mlp.")

@@ -1,0 +1,72 @@
+"""PPO's named loss terms (clipped surrogate, clipped value loss, entropy bonus)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from auxrl.config import PPOConfig
+from auxrl.ppo.rollout import Batch
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return (x * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+@dataclass
+class PPOLoss:
+    """Named terms; ``total`` is what PPO contributes to the summed loss."""
+
+    policy: torch.Tensor
+    value: torch.Tensor
+    entropy: torch.Tensor
+    approx_kl: torch.Tensor
+    old_approx_kl: torch.Tensor
+    clipfrac: torch.Tensor
+    total: torch.Tensor
+
+
+def ppo_loss(
+    cfg: PPOConfig,
+    batch: Batch,
+    new_log_probs: torch.Tensor,
+    entropy: torch.Tensor,
+    new_values: torch.Tensor,
+) -> PPOLoss:
+    mask = batch.valid
+    log_ratio = new_log_probs - batch.log_probs
+    ratio = log_ratio.exp()
+    with torch.no_grad():
+        old_approx_kl = masked_mean(-log_ratio, mask)
+        approx_kl = masked_mean((ratio - 1) - log_ratio, mask)  # k3 estimator, always >= 0
+        clipfrac = masked_mean(((ratio - 1.0).abs() > cfg.clip_coef).float(), mask)
+
+    adv = batch.advantages
+    if cfg.norm_adv:  # per minibatch, over real transitions only
+        mean = masked_mean(adv, mask)
+        var = masked_mean((adv - mean) ** 2, mask) * mask.sum() / (mask.sum() - 1).clamp(min=1.0)
+        adv = (adv - mean) / (var.sqrt() + 1e-8)
+
+    pg_loss = masked_mean(
+        torch.maximum(-adv * ratio, -adv * ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef)),
+        mask,
+    )
+    if cfg.clip_vloss:
+        v_clipped = batch.values + (new_values - batch.values).clamp(-cfg.clip_coef, cfg.clip_coef)
+        v_loss = 0.5 * masked_mean(
+            torch.maximum((new_values - batch.returns) ** 2, (v_clipped - batch.returns) ** 2), mask
+        )
+    else:
+        v_loss = 0.5 * masked_mean((new_values - batch.returns) ** 2, mask)
+    ent = masked_mean(entropy, mask)
+    total = pg_loss - cfg.ent_coef * ent + cfg.vf_coef * v_loss
+    return PPOLoss(pg_loss, v_loss, ent, approx_kl, old_approx_kl, clipfrac, total)
+
+
+def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> float:
+    """1 - Var[returns - values] / Var[returns] over real transitions (nan when Var is 0)."""
+    m = mask.bool()
+    y, v = returns[m], values[m]
+    var_y = y.var()
+    return float("nan") if var_y == 0 or y.numel() < 2 else float(1 - (y - v).var() / var_y)

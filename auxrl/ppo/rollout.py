@@ -1,0 +1,116 @@
+"""Device-resident rollout storage and Generalized Advantage Estimation.
+
+Layout is time-major, ``[num_steps, num_envs, ...]``, preallocated once on the training device.
+Observations are stored in the env's dtype (uint8 for frames) and only become float inside the
+torso.
+
+Per step t the storage holds ``obs_t``, the action and its log-prob, ``V(obs_t)``, and what the
+env returned for that action: reward, ``terminated``, ``truncated`` and ``valid`` (False for the
+NEXT_STEP reset steps, which are not transitions and are masked out of every loss).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+def compute_gae(
+    rewards: torch.Tensor,
+    values: torch.Tensor,
+    terminated: torch.Tensor,
+    truncated: torch.Tensor,
+    valid: torch.Tensor,
+    next_value: torch.Tensor,
+    gamma: float,
+    gae_lambda: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """GAE(lambda) over a ``[T, N]`` rollout; returns (advantages, returns), zero where invalid.
+
+    - terminated: no bootstrap, the chain stops.
+    - truncated: bootstrap from the value of the final observation, which under NEXT_STEP
+      autoreset is the next stored observation (or ``next_value`` at the end), then stop.
+    - invalid (reset) steps get advantage 0; the chain never crosses them because the step
+      before one is always done.
+    """
+    num_steps = rewards.shape[0]
+    next_values = torch.cat([values[1:], next_value.unsqueeze(0)], dim=0)
+    not_terminated = 1.0 - terminated.float()
+    not_done = 1.0 - torch.maximum(terminated.float(), truncated.float())
+    deltas = rewards + gamma * next_values * not_terminated - values
+    advantages = torch.zeros_like(rewards)
+    last = torch.zeros_like(next_value)
+    for t in reversed(range(num_steps)):
+        last = deltas[t] + gamma * gae_lambda * not_done[t] * last
+        advantages[t] = last
+    advantages = advantages * valid.float()
+    returns = (advantages + values) * valid.float()
+    return advantages, returns
+
+
+@dataclass
+class Batch:
+    """A flat minibatch view handed to the loss."""
+
+    obs: torch.Tensor
+    actions: torch.Tensor
+    log_probs: torch.Tensor
+    values: torch.Tensor
+    advantages: torch.Tensor
+    returns: torch.Tensor
+    valid: torch.Tensor
+
+
+class RolloutStorage:
+    def __init__(
+        self,
+        num_steps: int,
+        num_envs: int,
+        obs_shape: tuple[int, ...],
+        obs_dtype: torch.dtype,
+        action_shape: tuple[int, ...],
+        action_dtype: torch.dtype,
+        device: torch.device,
+    ) -> None:
+        self.num_steps, self.num_envs, self.device = num_steps, num_envs, device
+        tn = (num_steps, num_envs)
+        self.obs = torch.zeros(tn + obs_shape, dtype=obs_dtype, device=device)
+        self.actions = torch.zeros(tn + action_shape, dtype=action_dtype, device=device)
+        self.log_probs = torch.zeros(tn, device=device)
+        self.values = torch.zeros(tn, device=device)
+        self.rewards = torch.zeros(tn, device=device)
+        self.terminated = torch.zeros(tn, dtype=torch.bool, device=device)
+        self.truncated = torch.zeros(tn, dtype=torch.bool, device=device)
+        self.valid = torch.ones(tn, dtype=torch.bool, device=device)
+        self.advantages = torch.zeros(tn, device=device)
+        self.returns = torch.zeros(tn, device=device)
+        # The observation after the last step (bootstrap input, and next_obs for aux tasks).
+        self.next_obs = torch.zeros((num_envs,) + obs_shape, dtype=obs_dtype, device=device)
+
+    def to_device(self, array: np.ndarray, like: torch.Tensor) -> torch.Tensor:
+        """Host array -> device tensor of ``like``'s dtype (non-blocking from pinned memory)."""
+        return torch.as_tensor(array).to(self.device, dtype=like.dtype, non_blocking=True)
+
+    def finish(self, next_value: torch.Tensor, gamma: float, gae_lambda: float) -> None:
+        self.advantages, self.returns = compute_gae(
+            self.rewards, self.values, self.terminated, self.truncated, self.valid,
+            next_value, gamma, gae_lambda,
+        )
+
+    def minibatches(self, num_minibatches: int, generator: torch.Generator | None = None):
+        """Yield shuffled flat minibatches (indices drawn on the device)."""
+        size = self.num_steps * self.num_envs
+        flat = Batch(
+            obs=self.obs.flatten(0, 1),
+            actions=self.actions.flatten(0, 1),
+            log_probs=self.log_probs.flatten(),
+            values=self.values.flatten(),
+            advantages=self.advantages.flatten(),
+            returns=self.returns.flatten(),
+            valid=self.valid.flatten().float(),
+        )
+        perm = torch.randperm(size, device=self.device, generator=generator)
+        for idx in perm.chunk(num_minibatches):
+            yield Batch(**{k: v[idx] for k, v in vars(flat).items()})
