@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = list(args.overrides) + extra
     try:
         return args.func(args)
-    except (ConfigError, ValueError, FileNotFoundError) as err:
+    except (ConfigError, ValueError, FileNotFoundError, ImportError) as err:
         print(f"auxrl {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -127,7 +127,10 @@ def check_spaces(agent_env: tuple[gym.Space, gym.Space], envs: VecEnv, stage: St
 def collect_rollout(
     envs: VecEnv, agent: Agent, storage: RolloutStorage, obs: torch.Tensor, on_episodes
 ) -> torch.Tensor:
-    """Fill ``storage`` with ``num_steps`` steps of every env; returns the next observation."""
+    """Fill ``storage`` with ``num_steps`` steps of every env; returns the next observation.
+
+    ``on_episodes(returns, lengths, steps_taken)`` receives finished games as they end.
+    """
     for t in range(storage.num_steps):
         storage.obs[t].copy_(obs)
         out = agent.act(obs)
@@ -145,7 +148,7 @@ def collect_rollout(
         storage.valid[t] = flags[3].bool()
         obs = storage.to_device(step.obs, storage.obs)
         if len(step.episode_returns):
-            on_episodes(step.episode_returns, step.episode_lengths)
+            on_episodes(step.episode_returns, step.episode_lengths, (t + 1) * storage.num_envs)
     storage.next_obs.copy_(obs)
     return obs
 
@@ -255,7 +258,8 @@ def train(
     if frozen:
         print(f"Frozen: {', '.join(frozen)}")
 
-    logger = Logger(run_dir, cfg.log.flush_secs, purge_step=state.global_step if saved else None)
+    # Events up to the checkpoint step are kept; later ones (written before a crash) are purged.
+    logger = Logger(run_dir, cfg.log.flush_secs, purge_step=state.global_step + 1 if saved else None)
     if saved is None:
         logger.text("config", "```\n" + __import__("yaml").safe_dump(to_dict(cfg), sort_keys=False) + "\n```")
     bar = Progress(cfg.ppo.total_steps, state.global_step, progress, cfg.log.print_every_secs)
@@ -333,12 +337,13 @@ def _run_stage(
     obs = storage.to_device(envs.reset(seed=cfg.seed + 1000 * stage.index + state.global_step), storage.obs)
     window = cfg.log.return_window
 
-    def on_episodes(returns: np.ndarray, lengths: np.ndarray) -> None:
+    def on_episodes(returns: np.ndarray, lengths: np.ndarray, steps_taken: int) -> None:
+        step = state.global_step + steps_taken  # the env step at which these games ended
         for ret, length in zip(returns, lengths):
-            logger.scalar("charts/episodic_return", ret, state.global_step)
-            logger.scalar("charts/episodic_length", length, state.global_step)
+            logger.scalar("charts/episodic_return", ret, step)
+            logger.scalar("charts/episodic_length", length, step)
             if len(cfg.curriculum.stages):
-                logger.scalar(f"curriculum/{stage.name}/episodic_return", ret, state.global_step)
+                logger.scalar(f"curriculum/{stage.name}/episodic_return", ret, step)
             state.stage_returns.append(float(ret))
             state.episodes += 1
         state.stage_returns[:] = state.stage_returns[-max(window, stage.window):]

@@ -1,0 +1,502 @@
+"""Throughput of auxrl (env steps per second) with and without auxiliary heads, in one table.
+
+One command, one process, one table. Every variant runs with the same env settings:
+
+* ``env_only``: random actions through ``auxrl.envs.make_envs(cfg.env)``; the ceiling.
+* ``ppo``: auxrl training with ``aux.enabled=false``.
+* ``reward_prediction`` / ``pixel_control`` / ``next_state``: PPO plus that one head.
+* ``all_heads``: PPO plus all three heads.
+* ``sb3`` (optional peer): Stable-Baselines3 PPO (CnnPolicy) on ``make_atari_env``.
+
+Training SPS is reported twice: *steady* is the last ``charts/SPS`` scalar the trainer logs
+(steps since the training loop started / seconds since then, so env creation and model
+construction are excluded), *wall* is steps / seconds of the whole ``train()`` call.
+
+Example::
+
+    python benchmarks/throughput.py --config breakout --steps 20000 --num-envs 8
+
+Writes ``<out-dir>/<device-slug>-<YYYY-MM-DD>.md`` and ``.json`` and prints the table last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import functools
+import importlib.util
+import json
+import os
+import platform
+import re
+import shlex
+import socket
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+HEADS = ("reward_prediction", "pixel_control", "next_state")
+TRAINING_VARIANTS = ("ppo", *HEADS, "all_heads")
+ALL_VARIANTS = ("env_only", *TRAINING_VARIANTS, "sb3")
+SPS_TAG = "charts/SPS"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def use_checkout() -> None:
+    """Import auxrl from this checkout when it is not installed (``python benchmarks/...``)."""
+    if importlib.util.find_spec("auxrl") is None:
+        sys.path.insert(0, str(REPO_ROOT))
+
+
+@dataclass
+class Row:
+    """One measured variant. ``sps`` is the steady number used for ratios."""
+
+    variant: str
+    steps: int = 0
+    sps: float | None = None  # steady SPS (env_only: after warm-up; training: last charts/SPS)
+    wall_sps: float | None = None  # steps / seconds of the whole call, start-up included
+    wall_s: float | None = None
+    note: str = ""
+    error: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------------
+# Metadata
+# --------------------------------------------------------------------------------------------
+
+
+def cpu_model() -> str:
+    """The CPU model name from /proc/cpuinfo (or the platform's best guess)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def device_name(device: Any) -> str:
+    """``torch.cuda.get_device_name`` on CUDA, else ``"cpu"``."""
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return "cpu"
+
+
+def slug(text: str) -> str:
+    """``NVIDIA H100 80GB HBM3`` -> ``nvidia-h100-80gb-hbm3``."""
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "unknown"
+
+
+def device_slug(device: Any) -> str:
+    """The GPU name for CUDA; ``cpu-<model>`` for CPU runs, so two machines do not collide."""
+    name = device_name(device)
+    return slug(name) if name != "cpu" else f"cpu-{slug(cpu_model())}"[:60].rstrip("-")
+
+
+def package_version(module: str) -> str:
+    """A module's ``__version__``, or ``"not installed"``."""
+    if importlib.util.find_spec(module) is None:
+        return "not installed"
+    try:
+        mod = __import__(module)
+        return str(getattr(mod, "__version__", "unknown"))
+    except Exception as err:  # a broken install should not stop the benchmark
+        return f"import failed: {err}"
+
+
+def metadata(args: argparse.Namespace, cfg: Any, device: Any) -> dict[str, Any]:
+    """Where, when and with what this table was measured."""
+    import torch
+
+    now = dt.datetime.now().astimezone()
+    return {
+        "date": now.date().isoformat(),
+        "time": now.isoformat(timespec="seconds"),
+        "hostname": socket.gethostname(),
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": str(device),
+        "device_name": device_name(device),
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "gymnasium": package_version("gymnasium"),
+            "ale-py": package_version("ale_py"),
+            "auxrl": package_version("auxrl"),
+            "auxrl_path": str(Path(__import__("auxrl").__file__).parent),
+            "stable-baselines3": package_version("stable_baselines3"),
+        },
+        "config": args.config,
+        "env_id": cfg.env.id,
+        "num_envs": args.num_envs,
+        "steps": args.steps,
+        "ppo": {
+            "num_steps": cfg.ppo.num_steps,
+            "num_minibatches": cfg.ppo.num_minibatches,
+            "update_epochs": cfg.ppo.update_epochs,
+            "torso": cfg.model.torso,
+            "torch_deterministic": cfg.torch_deterministic,
+        },
+        "command": shlex.join([Path(sys.executable).name, *sys.argv]),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Variants
+# --------------------------------------------------------------------------------------------
+
+
+def base_overrides(args: argparse.Namespace, steps: int) -> list[str]:
+    """Overrides shared by every auxrl training variant."""
+    return [f"ppo.total_steps={steps}", f"env.num_envs={args.num_envs}", "log.checkpoint_every=0"]
+
+
+def variant_overrides(variant: str, task_names: list[str]) -> list[str]:
+    """``aux.*`` overrides that turn on exactly the heads of ``variant``."""
+    if variant == "ppo":
+        return ["aux.enabled=false"]
+    keep = set(HEADS) if variant == "all_heads" else {variant}
+    flags = [f"aux.tasks.{name}.enabled={str(name in keep).lower()}" for name in task_names]
+    return ["aux.enabled=true", *flags]
+
+
+def last_scalar(run_dir: Path, tag: str) -> float | None:
+    """The last value of ``tag`` in a run directory's TensorBoard events (None if absent)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    if tag not in acc.Tags().get("scalars", []):
+        return None
+    events = acc.Scalars(tag)
+    return float(events[-1].value) if events else None
+
+
+def run_env_only(cfg: Any, steps: int, warmup_steps: int, seed: int) -> Row:
+    """Random actions through the same vector env the trainer uses."""
+    import gymnasium as gym
+
+    from auxrl.envs import make_envs
+
+    t0 = time.perf_counter()
+    envs = make_envs(cfg.env)
+    try:
+        n = envs.num_envs
+        space = envs.single_action_space
+        rng = np.random.default_rng(seed)
+        if isinstance(space, gym.spaces.Discrete):
+            def sample() -> np.ndarray:
+                return rng.integers(space.start, space.start + space.n, size=n)
+        else:
+            space.seed(seed)
+
+            def sample() -> np.ndarray:
+                return np.stack([space.sample() for _ in range(n)])
+
+        envs.reset(seed=seed)
+        for _ in range(max(1, warmup_steps // n)):
+            envs.step(sample())
+        vector_steps = max(1, -(-steps // n))
+        start = time.perf_counter()
+        for _ in range(vector_steps):
+            envs.step(sample())
+        seconds = time.perf_counter() - start
+    finally:
+        envs.close()
+    total = vector_steps * n
+    wall = time.perf_counter() - t0
+    return Row(
+        "env_only", total, total / seconds, total / wall, wall,
+        note=f"random actions, {warmup_steps // n * n} warm-up steps excluded",
+    )
+
+
+def run_training(
+    config: str, overrides: list[str], device: str, label: str, workdir: Path
+) -> Row:
+    """One auxrl ``train()`` call in a fresh run directory; SPS from its TensorBoard events."""
+    from auxrl.config import load_config
+    from auxrl.trainer import train
+
+    cfg = load_config(config, overrides)
+    run_dir = workdir / label
+    t0 = time.perf_counter()
+    result = train(cfg, run_dir, device=device, progress=False)
+    wall = time.perf_counter() - t0
+    steady = last_scalar(run_dir, SPS_TAG)
+    note = "" if steady is not None else f"no {SPS_TAG} in the events; steady = wall"
+    return Row(
+        label, result.global_step, steady if steady is not None else result.global_step / wall,
+        result.global_step / wall, wall, note=note,
+    )
+
+
+def sb3_available() -> bool:
+    return importlib.util.find_spec("stable_baselines3") is not None
+
+
+def run_sb3(cfg: Any, args: argparse.Namespace, device: str) -> Row:
+    """Stable-Baselines3 PPO on SB3's own Atari wrappers, with auxrl's PPO sizes.
+
+    SB3's rl-zoo Atari settings are 8 envs x 128 steps, batch 256, 4 epochs, lr 2.5e-4, clip
+    0.1, ent 0.01, vf 0.5; here n_steps, epochs, lr, clip and coefficients come from the auxrl
+    config and batch_size = num_envs * num_steps / num_minibatches, so both learners do the
+    same work per update.
+    """
+    import gymnasium as gym
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.env_util import make_atari_env, make_vec_env
+    from stable_baselines3.common.vec_env import VecFrameStack
+
+    from auxrl.envs import is_atari_id
+
+    p, e = cfg.ppo, cfg.env
+    t0 = time.perf_counter()
+    if is_atari_id(e.id):
+        import ale_py
+
+        gym.register_envs(ale_py)
+        env = make_atari_env(
+            e.id, n_envs=args.num_envs, seed=cfg.seed,
+            env_kwargs={"frameskip": 1, "repeat_action_probability": e.sticky_actions},
+        )
+        env = VecFrameStack(env, e.frame_stack)
+        policy, note = "CnnPolicy", f"make_atari_env + VecFrameStack({e.frame_stack}), CnnPolicy"
+    else:
+        env = make_vec_env(e.id, n_envs=args.num_envs, seed=cfg.seed)
+        policy, note = "MlpPolicy", "make_vec_env, MlpPolicy"
+    try:
+        model = PPO(
+            policy, env, n_steps=p.num_steps,
+            batch_size=args.num_envs * p.num_steps // p.num_minibatches, n_epochs=p.update_epochs,
+            learning_rate=p.lr, gamma=p.gamma, gae_lambda=p.gae_lambda, clip_range=p.clip_coef,
+            ent_coef=p.ent_coef, vf_coef=p.vf_coef, max_grad_norm=p.max_grad_norm,
+            seed=cfg.seed, device=device, verbose=0,
+        )
+        start = time.perf_counter()
+        model.learn(total_timesteps=args.steps)
+        seconds = time.perf_counter() - start
+        steps = int(model.num_timesteps)
+    finally:
+        env.close()
+    wall = time.perf_counter() - t0
+    return Row("sb3", steps, steps / seconds, steps / wall, wall, note=f"{note}; steady = learn() only")
+
+
+# --------------------------------------------------------------------------------------------
+# Report
+# --------------------------------------------------------------------------------------------
+
+
+def _fmt(value: float | None, spec: str = ",.0f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def ratios(rows: list[Row]) -> dict[str, float]:
+    """Steady-SPS ratios: each training variant / env_only, all_heads / ppo, ppo / sb3."""
+    sps = {r.variant: r.sps for r in rows if r.sps}
+    out: dict[str, float] = {}
+    for variant in (*TRAINING_VARIANTS, "sb3"):
+        if variant in sps and "env_only" in sps:
+            out[f"{variant}/env_only"] = sps[variant] / sps["env_only"]
+    for variant in (*HEADS, "all_heads"):
+        if variant in sps and "ppo" in sps:
+            out[f"{variant}/ppo"] = sps[variant] / sps["ppo"]
+    if "ppo" in sps and "sb3" in sps:
+        out["ppo/sb3"] = sps["ppo"] / sps["sb3"]
+    return out
+
+
+def markdown_table(rows: list[Row]) -> str:
+    """The results as one Markdown table (ratios use steady SPS)."""
+    sps = {r.variant: r.sps for r in rows if r.sps}
+    lines = [
+        "| variant | env steps | steady SPS | wall SPS | wall s | x env_only | x ppo | note |",
+        "|---|--:|--:|--:|--:|--:|--:|---|",
+    ]
+    for r in rows:
+        vs_env = r.sps / sps["env_only"] if r.sps and "env_only" in sps else None
+        vs_ppo = r.sps / sps["ppo"] if r.sps and "ppo" in sps and r.variant != "env_only" else None
+        note = f"FAILED: {r.error}" if r.error else r.note
+        note = note.replace("|", "\\|").replace("\n", " ")
+        lines.append(
+            f"| {r.variant} | {r.steps:,} | {_fmt(r.sps)} | {_fmt(r.wall_sps)} | {_fmt(r.wall_s, '.1f')} "
+            f"| {_fmt(vs_env, '.2f')} | {_fmt(vs_ppo, '.2f')} | {note} |"
+        )
+    return "\n".join(lines)
+
+
+def markdown_report(meta: dict[str, Any], rows: list[Row], ratio: dict[str, float]) -> str:
+    """Table, ratios, metadata and the command, as one Markdown document."""
+    v = meta["versions"]
+    parts = [
+        f"# auxrl throughput: {meta['env_id']} on {meta['device_name']} ({meta['date']})",
+        "",
+        markdown_table(rows),
+        "",
+        "Steady SPS: env_only after a warm-up; auxrl variants the last `charts/SPS` the trainer logged "
+        "(steps / seconds since its training loop started, so env creation and model construction are "
+        "excluded); sb3 the `learn()` call alone. Wall SPS: steps / seconds of the whole call.",
+        "",
+        "## Ratios (steady SPS)",
+        "",
+        *(f"- {name}: {value:.3f}" for name, value in ratio.items()),
+        "",
+        "## Setup",
+        "",
+        f"- date: {meta['time']}",
+        f"- host: {meta['hostname']}; CPU: {meta['cpu']}; cores: {meta['cores']}; "
+        f"torch threads: {meta['torch_threads']}",
+        f"- device: {meta['device']} ({meta['device_name']})",
+        f"- config: {meta['config']} ({meta['env_id']}); num_envs: {meta['num_envs']}; "
+        f"steps per variant: {meta['steps']:,}; PPO: {json.dumps(meta['ppo'])}",
+        f"- versions: python {v['python']}, torch {v['torch']}, gymnasium {v['gymnasium']}, "
+        f"ale-py {v['ale-py']}, auxrl {v['auxrl']}, stable-baselines3 {v['stable-baselines3']}",
+        "",
+        "## Command",
+        "",
+        "```",
+        meta["command"],
+        "```",
+        "",
+    ]
+    return "\n".join(parts)
+
+
+def output_paths(out_dir: Path, stem: str) -> tuple[Path, Path]:
+    """``<stem>.md``/``.json``, with ``-2``, ``-3``... so an earlier result is never overwritten."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    candidate, i = stem, 1
+    while (out_dir / f"{candidate}.md").exists() or (out_dir / f"{candidate}.json").exists():
+        i += 1
+        candidate = f"{stem}-{i}"
+    return out_dir / f"{candidate}.md", out_dir / f"{candidate}.json"
+
+
+# --------------------------------------------------------------------------------------------
+# Main
+# --------------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="auxrl throughput (env steps/s): env only, PPO, each aux head, all heads, SB3.",
+    )
+    parser.add_argument("--config", default="breakout", help="shipped config name or YAML path")
+    parser.add_argument("--steps", type=int, default=20_000, help="env steps per measured variant")
+    parser.add_argument("--num-envs", type=int, default=8)
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    parser.add_argument(
+        "--variants", default=",".join(ALL_VARIANTS),
+        help=f"comma-separated subset of {','.join(ALL_VARIANTS)} (default: all)",
+    )
+    parser.add_argument("--out-dir", default="benchmarks/results")
+    parser.add_argument(
+        "--sb3", action=argparse.BooleanOptionalAction, default=None,
+        help="measure Stable-Baselines3 PPO as a peer (default: when stable_baselines3 is importable)",
+    )
+    parser.add_argument(
+        "--warmup-steps", type=int, default=None,
+        help="env steps of an unreported auxrl warm-up run before the measured training variants "
+        "(default: one PPO update, num_envs x ppo.num_steps; 0: none)",
+    )
+    args = parser.parse_args(argv)
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = [v for v in variants if v not in ALL_VARIANTS]
+    if unknown:
+        parser.error(f"--variants: unknown {', '.join(unknown)}; choose from {', '.join(ALL_VARIANTS)}")
+    args.variants = variants
+    if args.steps < 1 or args.num_envs < 1:
+        parser.error("--steps and --num-envs must be >= 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Measure every requested variant, write the .md and .json, print the table."""
+    args = parse_args(argv)
+    use_checkout()
+    from auxrl.config import load_config, load_dict
+    from auxrl.trainer import resolve_device
+
+    common = base_overrides(args, args.steps)
+    cfg = load_config(args.config, common)
+    device = resolve_device(args.device)
+    meta = metadata(args, cfg, device)
+    task_names = sorted(set(HEADS) | set((load_dict(args.config).get("aux") or {}).get("tasks") or {}))
+    rows: list[Row] = []
+
+    def record(variant: str, fn: Callable[[], Row]) -> None:
+        print(f"[throughput] {variant} ...", flush=True)
+        try:
+            row = fn()
+        except Exception as err:
+            traceback.print_exc()
+            row = Row(variant, error=f"{type(err).__name__}: {err}".strip())
+        if row.sps is not None:
+            print(f"[throughput] {variant}: {_fmt(row.sps)} SPS steady, {_fmt(row.wall_sps)} SPS wall")
+        rows.append(row)
+
+    with tempfile.TemporaryDirectory(prefix="auxrl-throughput-") as tmp:
+        workdir = Path(tmp)
+        if "env_only" in args.variants:
+            warm = max(args.num_envs * 32, 256)
+            record("env_only", lambda: run_env_only(cfg, args.steps, warm, cfg.seed))
+
+        training = [v for v in args.variants if v in TRAINING_VARIANTS]
+        warmup = cfg.ppo.num_steps * args.num_envs if args.warmup_steps is None else args.warmup_steps
+        if training and warmup > 0:
+            # First-call costs (imports, allocator, kernels/cuDNN autotuning) land here, not on ppo.
+            print(f"[throughput] warm-up: {warmup:,} steps with all heads (not reported)", flush=True)
+            try:
+                run_training(
+                    args.config, base_overrides(args, warmup) + variant_overrides("all_heads", task_names),
+                    args.device, "warmup", workdir,
+                )
+            except Exception:
+                traceback.print_exc()
+                print("[throughput] warm-up failed; measuring anyway", flush=True)
+
+        for variant in training:
+            overrides = common + variant_overrides(variant, task_names)
+            measure = functools.partial(run_training, args.config, overrides, args.device, variant, workdir)
+            record(variant, measure)
+
+        if "sb3" in args.variants:
+            wanted = args.sb3 if args.sb3 is not None else sb3_available()
+            if not sb3_available():
+                rows.append(Row("sb3", note="skipped: stable_baselines3 is not installed "
+                                            "(pip install 'auxrl[bench]' or stable-baselines3)"))
+            elif not wanted:
+                rows.append(Row("sb3", note="skipped: --no-sb3"))
+            else:
+                record("sb3", lambda: run_sb3(cfg, args, str(device)))
+
+    ratio = ratios(rows)
+    report = markdown_report(meta, rows, ratio)
+    md_path, json_path = output_paths(Path(args.out_dir), f"{device_slug(device)}-{meta['date']}")
+    md_path.write_text(report)
+    json_path.write_text(json.dumps(
+        {"metadata": meta, "rows": [asdict(r) for r in rows], "ratios": ratio, "markdown": report},
+        indent=2,
+    ) + "\n")
+    print(f"\nWrote {md_path} and {json_path}\n")
+    print(markdown_table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

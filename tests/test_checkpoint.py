@@ -1,0 +1,82 @@
+"""Checkpoint round trip, atomic writes, and resume continuing the step count and the curve."""
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from auxrl import checkpoint
+from auxrl.config import load_config
+from auxrl.evaluate import load_agent
+from auxrl.trainer import train
+
+TINY = ["env.num_envs=4", "ppo.num_steps=64", "ppo.num_minibatches=2", "ppo.update_epochs=2",
+        "log.checkpoint_every=512"]
+
+
+def _scalars(run_dir, tag):
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    return [(e.step, e.value) for e in acc.Scalars(tag)]
+
+
+def test_checkpoint_round_trip(tmp_path):
+    cfg = load_config("cartpole", TINY + ["ppo.total_steps=512"])
+    train(cfg, tmp_path / "run", device="cpu", progress=False)
+    saved = checkpoint.load(tmp_path / "run")
+    assert saved["state"]["global_step"] == 512
+    assert {"model", "optimizer", "rng", "config", "state"} <= set(saved)
+    agent, cfg2 = load_agent(str(tmp_path / "run"), torch.device("cpu"))
+    assert cfg2 == cfg
+    for key, value in agent.state_dict().items():
+        assert torch.equal(value, saved["model"][key]), key
+    obs = torch.randn(5, 4)
+    assert torch.equal(agent.act(obs, deterministic=True).action, agent.act(obs, deterministic=True).action)
+
+
+def test_atomic_write_keeps_old_checkpoint_when_a_write_fails(tmp_path, monkeypatch):
+    path = checkpoint.save(tmp_path, {"x": torch.ones(3)}, step=1)
+    assert checkpoint.find(tmp_path) == path
+
+    def broken_save(obj, f):
+        f.write(b"partial garbage")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError):
+        checkpoint.save(tmp_path, {"x": torch.zeros(3)}, step=2)
+    monkeypatch.undo()
+    # The pointer still names the good file, nothing half-written is left behind.
+    assert checkpoint.find(tmp_path) == path
+    assert torch.equal(checkpoint.load(tmp_path)["x"], torch.ones(3))
+    assert not list((tmp_path / "checkpoints").glob("*.tmp"))
+    assert not (tmp_path / "checkpoints" / "step_000000000002.pt").exists()
+
+
+def test_find_errors_clearly(tmp_path):
+    with pytest.raises(FileNotFoundError, match="No checkpoint"):
+        checkpoint.find(tmp_path)
+
+
+def test_resume_continues_step_count_and_curve(tmp_path):
+    run = tmp_path / "run"
+    cfg = load_config("cartpole", TINY + ["ppo.total_steps=1536"])
+    train(cfg, run, device="cpu", progress=False)
+    # Simulate a crash after the checkpoint at step 1024: the events of step 1536 were written
+    # but its checkpoint was not.
+    ckpts = run / "checkpoints"
+    (ckpts / "step_000000001536.pt").unlink()
+    (ckpts / "latest").write_text("step_000000001024.pt")
+
+    saved = checkpoint.load(run)
+    cfg_resume = load_config(str(run / "config.yaml"), ["ppo.total_steps=2560"])
+    result = train(cfg_resume, run, device="cpu", progress=False, resume=True)
+    assert saved["state"]["global_step"] == 1024
+    assert result.global_step == 2560
+    steps = [s for s, _ in _scalars(run, "losses/value_loss")]
+    # One curve: every update step exactly once, the events after the checkpoint replaced.
+    assert steps == list(range(256, 2561, 256))
+    # The learning rate anneals from the saved step toward the new total.
+    lrs = dict(_scalars(run, "charts/learning_rate"))
+    assert lrs[1280] == pytest.approx(cfg.ppo.lr * (1 - 1024 / 2560))
+    assert lrs[2560] == pytest.approx(cfg.ppo.lr * (1 - 2304 / 2560))
+    assert checkpoint.load(run)["state"]["update"] == 10

@@ -1,0 +1,80 @@
+"""Config parsing, dotted overrides, and errors that name the key and the valid choices."""
+
+import pytest
+
+from auxrl.config import (
+    Config,
+    ConfigError,
+    WeightSchedule,
+    from_dict,
+    load_config,
+    parse_override,
+    save_config,
+    shipped_config_names,
+)
+
+
+def test_shipped_configs_load_and_have_expected_values():
+    names = shipped_config_names()
+    assert {"cartpole", "breakout", "pong"} <= set(names)
+    for name in names:
+        assert isinstance(load_config(name), Config)
+    cfg = load_config("breakout")
+    assert cfg.env.id == "ALE/Breakout-v5"
+    assert cfg.ppo.lr == 2.5e-4 and cfg.ppo.clip_coef == 0.1 and cfg.ppo.num_steps == 128
+    assert set(cfg.aux.tasks) == {"reward_prediction", "pixel_control", "next_state"}
+    assert cfg.aux.tasks["pixel_control"].params["n_steps"] == 10
+
+
+def test_overrides_types_and_nesting():
+    cfg = load_config("breakout", ["ppo.lr=1e-4", "env.num_envs=16", "aux.enabled=false",
+                                   "model.freeze=[torso]", "aux.tasks.next_state.horizon=3",
+                                   "ppo.total_steps=1e6"])
+    assert cfg.ppo.lr == 1e-4 and isinstance(cfg.ppo.lr, float)
+    assert cfg.env.num_envs == 16 and cfg.aux.enabled is False
+    assert cfg.model.freeze == ["torso"]
+    assert cfg.aux.tasks["next_state"].params["horizon"] == 3
+    assert cfg.ppo.total_steps == 1_000_000 and isinstance(cfg.ppo.total_steps, int)
+    assert parse_override("env.mode=null") == ("env.mode", None)
+
+
+def test_weight_schedule_and_new_task_via_override():
+    cfg = load_config("cartpole", ["aux.enabled=true", "aux.tasks.rp.type=reward_prediction",
+                                   "aux.tasks.rp.weight={start: 1.0, end: 0.0, steps: 1000}"])
+    assert cfg.aux.tasks["rp"].weight == WeightSchedule(1.0, 0.0, 1000)
+
+
+def test_unknown_key_lists_valid_keys_and_suggests():
+    with pytest.raises(ConfigError) as err:
+        load_config("cartpole", ["ppo.learning_rate=1e-3"])
+    msg = str(err.value)
+    assert "ppo.learning_rate" in msg and "lr" in msg and "clip_coef" in msg
+    with pytest.raises(ConfigError, match="Did you mean 'num_envs'"):
+        load_config("cartpole", ["env.num_env=4"])
+    with pytest.raises(ConfigError, match="Unknown config key 'bogus'"):
+        from_dict({"bogus": 1})
+
+
+def test_wrong_types_and_choices_fail_before_training():
+    with pytest.raises(ConfigError, match="env.num_envs: expected an integer"):
+        load_config("cartpole", ["env.num_envs=four"])
+    with pytest.raises(ConfigError, match="ppo.norm_adv: expected true or false"):
+        load_config("cartpole", ["ppo.norm_adv=3"])
+    with pytest.raises(ConfigError, match="'resnet' is not a valid choice.*'nature_cnn'"):
+        load_config("cartpole", ["model.torso=resnet"])
+    with pytest.raises(ConfigError, match="divisible"):
+        load_config("cartpole", ["ppo.num_minibatches=7"])
+    with pytest.raises(ConfigError, match="key=value"):
+        load_config("cartpole", ["ppo.lr"])
+
+
+def test_unknown_config_name_lists_shipped_ones():
+    with pytest.raises(ConfigError, match="cartpole"):
+        load_config("no_such_config")
+
+
+def test_resolved_config_round_trips(tmp_path):
+    cfg = load_config("breakout", ["ppo.lr=3e-4", "aux.tasks.pixel_control.gamma=0.8"])
+    save_config(cfg, tmp_path / "config.yaml")
+    again = load_config(str(tmp_path / "config.yaml"))
+    assert again == cfg

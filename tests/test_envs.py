@@ -1,0 +1,107 @@
+"""Episode-boundary handling on real vector envs (gymnasium and ale-py's AtariVectorEnv)."""
+
+import numpy as np
+import pytest
+import torch
+
+from auxrl.config import EnvConfig, PPOConfig
+from auxrl.envs import make_envs
+from auxrl.models.agent import build_agent
+from auxrl.ppo.rollout import RolloutStorage
+from auxrl.trainer import collect_rollout
+
+
+def test_gym_truncation_reset_step_and_final_obs():
+    # CartPole with a 5-step time limit and a no-op-ish policy: every episode is truncated
+    # at step 5 unless the pole falls first.
+    cfg = EnvConfig(id="CartPole-v1", num_envs=2, kwargs={"max_episode_steps": 5})
+    with make_envs(cfg) as envs:
+        obs = envs.reset(seed=0)
+        steps = [envs.step(np.array([0, 1]) if t % 2 else np.array([1, 0])) for t in range(13)]
+    trunc = np.array([s.truncated for s in steps])
+    reset = np.array([s.reset for s in steps])
+    # Truncated at the 5th step of each episode; the step after only resets (NEXT_STEP).
+    assert trunc[4].all() and trunc[10].all()
+    assert reset[5].all() and reset[11].all()
+    assert not reset[[0, 1, 2, 3, 4, 6, 7, 8, 9, 10]].any()
+    # The reset step reports the finished episode: 5 steps, return 5 (CartPole pays 1 a step).
+    assert np.allclose(steps[5].episode_returns, [5, 5]) and list(steps[5].episode_lengths) == [5, 5]
+    # The observation returned with the truncation is the episode's final one, not a reset.
+    assert not np.allclose(steps[4].obs, steps[5].obs)
+    assert obs.shape == (2, 4)
+
+
+def test_reset_steps_are_masked_and_truncation_bootstraps_in_a_real_rollout():
+    cfg = EnvConfig(id="CartPole-v1", num_envs=3, kwargs={"max_episode_steps": 7})
+    torch.manual_seed(0)
+    with make_envs(cfg) as envs:
+        agent = build_agent("mlp", [16], envs.single_observation_space, envs.single_action_space)
+        storage = RolloutStorage(32, 3, (4,), torch.float32, (), torch.long, torch.device("cpu"))
+        obs = torch.as_tensor(envs.reset(seed=1))
+        obs = collect_rollout(envs, agent, storage, obs, lambda r, n, s: None)
+    with torch.no_grad():
+        next_value = agent.value(agent.torso(obs))
+    storage.finish(next_value, PPOConfig.gamma, PPOConfig.gae_lambda)
+    done = storage.terminated | storage.truncated
+    # Every step right after a done is a reset step, and only those are invalid.
+    after_done = torch.zeros_like(done)
+    after_done[1:] = done[:-1]
+    assert after_done.any()
+    assert torch.equal(~storage.valid[1:], after_done[1:])
+    # Nothing is learned from reset steps.
+    assert torch.all(storage.advantages[~storage.valid] == 0)
+    assert torch.all(storage.returns[~storage.valid] == 0)
+    # A truncated step's advantage bootstraps from V(final obs) = the next stored value.
+    t, e = [int(i) for i in torch.nonzero(storage.truncated[:-1] & ~storage.terminated[:-1])[0]]
+    delta = storage.rewards[t, e] + PPOConfig.gamma * storage.values[t + 1, e] - storage.values[t, e]
+    assert torch.isclose(storage.advantages[t, e], delta, atol=1e-5)
+    # Slot t+1 holds that episode's final obs (a reset step, masked); t+2 holds the new episode.
+    assert not storage.valid[t + 1, e]
+    if t + 2 < storage.num_steps:
+        assert not torch.allclose(storage.obs[t + 1, e], storage.obs[t + 2, e])
+
+
+def _play_atari(episodic_life: bool, reward_clip: bool, steps: int = 1500):
+    cfg = EnvConfig(id="ALE/Breakout-v5", num_envs=2, episodic_life=episodic_life, reward_clip=reward_clip)
+    rng = np.random.default_rng(0)
+    out = []
+    with make_envs(cfg) as envs:
+        envs.reset(seed=3)
+        for _ in range(steps):
+            out.append(envs.step(rng.integers(0, 4, size=2)))
+    return out
+
+
+def test_atari_episodic_life_terminates_on_life_loss_without_reset():
+    steps = _play_atari(episodic_life=True, reward_clip=True)
+    terminated = np.array([s.terminated for s in steps])
+    reset = np.array([s.reset for s in steps])
+    games = sum(len(s.episode_returns) for s in steps)
+    assert games >= 1
+    # Five lives a game: many more life-loss terminations than real resets.
+    assert terminated.sum() >= 4 * reset.sum() > 0
+    # After a life loss the game goes on: most terminations are not followed by a reset.
+    followed_by_reset = (terminated[:-1] & reset[1:]).sum()
+    assert followed_by_reset < terminated[:-1].sum() / 2
+    # Training rewards are clipped.
+    assert set(np.unique(np.concatenate([s.reward for s in steps]))) <= {-1.0, 0.0, 1.0}
+
+
+def test_atari_episode_stats_are_unclipped_whole_games():
+    # The same seed and actions with and without the training-only settings: the reported
+    # game scores must be identical (whole games over all lives, raw score).
+    a = _play_atari(episodic_life=True, reward_clip=True)
+    b = _play_atari(episodic_life=False, reward_clip=False)
+    returns_a = np.concatenate([s.episode_returns for s in a])
+    returns_b = np.concatenate([s.episode_returns for s in b])
+    assert len(returns_a) >= 1
+    assert np.array_equal(returns_a, returns_b)
+    # And the score is the sum of the raw rewards of that game.
+    raw = np.array([s.reward[0] for s in b])
+    first_reset = next(i for i, s in enumerate(b) if s.reset[0])
+    assert raw[:first_reset].sum() == b[first_reset].episode_returns[0]
+
+
+def test_unknown_atari_game_error_is_helpful():
+    with pytest.raises(ValueError, match="ALE/Breakout-v5"):
+        make_envs(EnvConfig(id="ALE/NotAGame-v5", num_envs=1))
