@@ -69,6 +69,9 @@ class ModelConfig:
     hidden_sizes: list[int] = field(default_factory=lambda: [64, 64])
     # Load the torso and matching heads from an earlier run directory or checkpoint file.
     init_from: str | None = None
+    # Which modules to load from init_from (None: the torso and every same-named, same-shaped
+    # head). [torso] gives fresh heads on a trained torso.
+    init_modules: list[str] | None = None
     # Modules to freeze: "torso", "policy", "value" or an auxiliary task's name.
     freeze: list[str] = field(default_factory=list)
 

@@ -105,17 +105,17 @@ def task_weights(agent: Agent, stage: Stage) -> dict:
 
 def check_spaces(agent_env: tuple[gym.Space, gym.Space], envs: VecEnv, stage: Stage) -> None:
     obs_space, action_space = agent_env
-    if envs.single_observation_space.shape != obs_space.shape:
-        raise ValueError(
-            f"Stage {stage.name!r}: observations of shape {envs.single_observation_space.shape} do "
-            f"not fit the torso built for {obs_space.shape}."
-        )
     if envs.single_action_space != action_space:
         raise ValueError(
             f"Stage {stage.name!r} ({stage.cfg.env.id}) has action space "
             f"{envs.single_action_space}, but the policy head was built for {action_space}. For a "
             f"multi-game Atari curriculum set env.full_action_space=true so every game uses the "
             f"same 18 actions."
+        )
+    if envs.single_observation_space.shape != obs_space.shape:
+        raise ValueError(
+            f"Stage {stage.name!r}: observations of shape {envs.single_observation_space.shape} do "
+            f"not fit the torso built for {obs_space.shape}."
         )
 
 
@@ -242,13 +242,18 @@ def train(
     spaces = (first_envs.single_observation_space, first_envs.single_action_space)
     agent = build_model(cfg, stages, *spaces).to(dev)
     if cfg.model.init_from and saved is None:
-        loaded = load_pretrained(agent, cfg.model.init_from)
+        loaded = load_pretrained(agent, cfg.model.init_from, cfg.model.init_modules)
         for name, head in agent.heads.items():
             if isinstance(head, AuxTask) and name not in loaded:
                 head.on_torso_loaded()
         print(f"Loaded {', '.join(loaded)} from {cfg.model.init_from}")
     frozen = freeze(agent, cfg.model.freeze)
     trainable = [p for p in agent.parameters() if p.requires_grad]
+    if not trainable:
+        raise ValueError(
+            f"model.freeze={cfg.model.freeze} leaves nothing to train. Unfreeze a head or add an "
+            f"auxiliary task to train on the frozen torso."
+        )
     optimizer = torch.optim.Adam(trainable, lr=cfg.ppo.lr, eps=cfg.ppo.adam_eps)
     if saved is not None:
         agent.load_state_dict(saved["model"])
@@ -294,8 +299,6 @@ def train(
             state.stage += 1
             state.stage_start_step = state.global_step
             state.stage_returns = []
-            if state.stage < len(stages):
-                logger.scalar("curriculum/stage", state.stage, state.global_step)
         save()
     except KeyboardInterrupt:
         save()  # stopping by hand loses nothing: resume with --resume
@@ -351,7 +354,7 @@ def _run_stage(
             recent = float(np.mean(state.stage_returns[-window:]))
             state.best_recent_return = max(recent, state.best_recent_return or -math.inf)
 
-    if state.global_step == 0 or state.global_step == state.stage_start_step:
+    if state.global_step == state.stage_start_step:  # the stage starts now (not a resume)
         logger.scalar("curriculum/stage", state.stage, state.global_step)
     while state.global_step < cfg.ppo.total_steps:
         reason = stage.finished(state.global_step - state.stage_start_step, state.stage_returns)

@@ -11,10 +11,15 @@ from auxrl.envs.gym import GymVecEnv
 def make_envs(cfg: EnvConfig, *, training: bool = True) -> VecEnv:
     """Atari ids (``ALE/<Game>-v5``) get the native C++ vector env, all others gymnasium.vector.
 
-    ``training=False`` turns off the training-only Atari settings (episodic life, reward
+    Atari with ``env.mode`` / ``env.difficulty`` set uses gymnasium.vector instead (see
+    ``atari_modes``). ``training=False`` turns off the training-only Atari settings (episodic life, reward
     clipping) so evaluation plays whole games.
     """
     if is_atari_id(cfg.id):
+        if cfg.mode is not None or cfg.difficulty is not None:
+            from auxrl.envs.atari_modes import AtariModesVecEnv  # the native env has no modes
+
+            return AtariModesVecEnv(cfg, training=training)
         return AtariVecEnv(cfg, training=training)
     return GymVecEnv(cfg, training=training)
 

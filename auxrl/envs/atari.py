@@ -49,11 +49,6 @@ class AtariVecEnv(VecEnv):
     def __init__(self, cfg: EnvConfig, *, training: bool = True) -> None:
         from ale_py.vector_env import AtariVectorEnv
 
-        if cfg.mode is not None or cfg.difficulty is not None:
-            raise ValueError(
-                "env.mode / env.difficulty: ale-py's AtariVectorEnv cannot select game modes or "
-                "difficulties. Leave them unset for the native vector env."
-            )
         self.episodic_life = cfg.episodic_life and training
         self.reward_clip = cfg.reward_clip and training
         threads = cfg.num_threads or min(cfg.num_envs, os.cpu_count() or 1)

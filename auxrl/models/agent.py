@@ -64,7 +64,7 @@ def build_agent(torso_name: str, hidden_sizes: list[int], obs_space: gym.Space, 
     return Agent(make_torso(torso_name, tuple(obs_space.shape), hidden_sizes), action_space)
 
 
-def load_pretrained(agent: Agent, run_dir_or_checkpoint: str) -> list[str]:
+def load_pretrained(agent: Agent, run_dir_or_checkpoint: str, modules: list[str] | None = None) -> list[str]:
     """Copy the torso and every same-named, same-shaped head from an earlier run.
 
     Returns the names of the modules that were loaded. Heads absent from the checkpoint, or of
@@ -75,9 +75,12 @@ def load_pretrained(agent: Agent, run_dir_or_checkpoint: str) -> list[str]:
 
     saved = checkpoint.load(run_dir_or_checkpoint)["model"]
     own = agent.state_dict()
-    modules = agent.named_modules_for_freeze()
+    names = list(agent.named_modules_for_freeze())
+    for name in modules or []:
+        if name not in names:
+            raise ValueError(f"model.init_modules: no module {name!r}. Modules of this model: {', '.join(names)}.")
     loaded = []
-    for name in modules:
+    for name in modules if modules is not None else names:
         prefix = "torso." if name == "torso" else f"heads.{name}."
         keys = [k for k in own if k.startswith(prefix)]
         if keys and all(k in saved and saved[k].shape == own[k].shape for k in keys):

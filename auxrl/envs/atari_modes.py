@@ -1,0 +1,118 @@
+"""Atari games in a chosen ALE mode / difficulty, through gymnasium.vector.
+
+ale-py's native ``AtariVectorEnv`` cannot select game modes or difficulties, so a config that
+sets ``env.mode`` or ``env.difficulty`` runs each game in a gymnasium ``AtariEnv`` with
+``AtariPreprocessing`` (noop reset, frame skip with max-pooling, 84x84 gray) and
+``FrameStackObservation``, under gymnasium.vector. Observations, rewards, episodic life and
+episode statistics match the native path; it is slower (Python per-env wrappers).
+"""
+
+from __future__ import annotations
+
+import ale_py
+import gymnasium as gym
+import numpy as np
+from gymnasium.wrappers import AtariPreprocessing, FrameStackObservation
+
+from auxrl.config import EnvConfig
+from auxrl.envs.base import EpisodeTracker, Step, VecEnv
+
+gym.register_envs(ale_py)
+
+
+class FireOnReset(gym.Wrapper):
+    """Press FIRE after each reset in games that need it to start (as the native env does)."""
+
+    def reset(self, **kwargs):
+        obs, info = self.env.reset(**kwargs)
+        if self.env.unwrapped.get_action_meanings()[1] == "FIRE":
+            obs, _, terminated, truncated, info = self.env.step(1)
+            if terminated or truncated:
+                obs, info = self.env.reset(**kwargs)
+        return obs, info
+
+
+def _make_one(cfg: EnvConfig):
+    def thunk() -> gym.Env:
+        env = gym.make(
+            cfg.id, mode=cfg.mode, difficulty=cfg.difficulty, frameskip=1,
+            repeat_action_probability=cfg.sticky_actions, full_action_space=cfg.full_action_space,
+            max_num_frames_per_episode=cfg.max_episode_frames,
+        )
+        env = AtariPreprocessing(env, noop_max=cfg.noop_max, frame_skip=cfg.frameskip, screen_size=84)
+        if cfg.fire_reset:
+            env = FireOnReset(env)
+        return FrameStackObservation(env, cfg.frame_stack)
+
+    return thunk
+
+
+def check_mode(cfg: EnvConfig) -> None:
+    probe = gym.make(cfg.id)
+    ale = probe.unwrapped.ale
+    modes, difficulties = list(ale.getAvailableModes()), list(ale.getAvailableDifficulties())
+    probe.close()
+    if cfg.mode is not None and cfg.mode not in modes:
+        raise ValueError(f"env.mode={cfg.mode} is not a mode of {cfg.id}. Its modes: {modes}.")
+    if cfg.difficulty is not None and cfg.difficulty not in difficulties:
+        raise ValueError(
+            f"env.difficulty={cfg.difficulty} is not a difficulty of {cfg.id}. Its difficulties: "
+            f"{difficulties}."
+        )
+
+
+class AtariModesVecEnv(VecEnv):
+    def __init__(self, cfg: EnvConfig, *, training: bool = True) -> None:
+        try:
+            import cv2  # noqa: F401  (AtariPreprocessing resizes with OpenCV)
+        except ImportError:
+            raise ImportError(
+                "env.mode / env.difficulty run Atari through gymnasium's AtariPreprocessing, which "
+                'needs OpenCV: pip install "auxrl[atari-modes]"'
+            ) from None
+        check_mode(cfg)
+        vector = gym.vector.AsyncVectorEnv if cfg.vector_mode == "async" else gym.vector.SyncVectorEnv
+        self.env = vector(
+            [_make_one(cfg) for _ in range(cfg.num_envs)],
+            autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP,
+        )
+        self.episodic_life = cfg.episodic_life and training
+        self.reward_clip = cfg.reward_clip and training
+        self.num_envs = cfg.num_envs
+        self.single_observation_space = self.env.single_observation_space
+        self.single_action_space = self.env.single_action_space
+        self.tracker = EpisodeTracker(cfg.num_envs)
+        self._done = np.zeros(cfg.num_envs, dtype=bool)
+        self._lives = np.zeros(cfg.num_envs, dtype=np.int64)
+
+    def reset(self, seed: int | None = None) -> np.ndarray:
+        obs, info = self.env.reset(seed=seed)
+        self.tracker = EpisodeTracker(self.num_envs)
+        self._done[:] = False
+        self._lives = np.asarray(info["lives"], dtype=np.int64)
+        return obs
+
+    def step(self, actions: np.ndarray) -> Step:
+        obs, reward, terminated, truncated, info = self.env.step(actions)
+        reset = self._done
+        self._done = terminated | truncated
+        lives = np.asarray(info["lives"], dtype=np.int64)
+        # A lost life ends the training episode but not the game: computed here, at the
+        # vector level, so gymnasium's autoreset only fires at a real game over.
+        life_lost = (lives < self._lives) & ~reset
+        self._lives = lives
+        raw = np.asarray(reward, dtype=np.float64)
+        returns, lengths = self.tracker.update(raw, reset)
+        train_reward = np.sign(raw) if self.reward_clip else raw
+        return Step(
+            obs=obs,
+            reward=train_reward.astype(np.float32),
+            terminated=np.asarray(terminated, dtype=bool) | (self.episodic_life & life_lost),
+            truncated=np.asarray(truncated, dtype=bool),
+            reset=reset.copy(),
+            episode_returns=returns,
+            episode_lengths=lengths,
+        )
+
+    def close(self) -> None:
+        self.env.close()
