@@ -55,6 +55,9 @@ class EnvConfig:
     full_action_space: bool = False
     max_episode_frames: int = 108_000
     num_threads: int = 0  # 0: one C++ thread per env, capped by the core count
+    # Split the envs into this many groups stepped in turn (Atari): the policy acts for one
+    # group while the others' emulators run. 1: step all envs together.
+    groups: int = 1
     # ALE game mode / difficulty (None: the game's default).
     mode: int | None = None
     difficulty: int | None = None
@@ -159,6 +162,14 @@ class LogConfig:
 
 
 @dataclass
+class PerfConfig:
+    """Opt-in speed-ups (see auxrl/perf.py); both fall back cleanly off CUDA / without a compiler."""
+
+    compile: bool = False  # torch.compile the torso
+    bf16: bool = False  # bfloat16 autocast for forward passes on CUDA
+
+
+@dataclass
 class Config:
     """Everything that defines a run."""
 
@@ -171,6 +182,7 @@ class Config:
     aux: AuxConfig = field(default_factory=AuxConfig)
     curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    perf: PerfConfig = field(default_factory=PerfConfig)
 
 
 # --------------------------------------------------------------------------------------------
@@ -421,6 +433,10 @@ def validate(cfg: Config) -> None:
         (0.0 <= p.gae_lambda <= 1.0, "ppo.gae_lambda must be in [0, 1]"),
         (p.lr > 0, "ppo.lr must be > 0"),
         (0.0 <= e.sticky_actions <= 1.0, "env.sticky_actions must be in [0, 1]"),
+        (
+            e.groups >= 1 and e.num_envs % e.groups == 0,
+            f"env.groups ({e.groups}) must be >= 1 and divide env.num_envs ({e.num_envs})",
+        ),
         (cfg.aux.replay_size >= 1, "aux.replay_size must be >= 1"),
         (cfg.aux.batch_size >= 1, "aux.batch_size must be >= 1"),
     ]

@@ -24,6 +24,7 @@ from auxrl.config import Config, save_config, to_dict
 from auxrl.curriculum import Stage, plan_stages
 from auxrl.envs import VecEnv, make_envs
 from auxrl.logger import Logger, Progress
+from auxrl.perf import autocast, check_bf16, try_compile
 from auxrl.models.agent import Agent, build_agent, freeze, load_pretrained
 from auxrl.ppo.loss import explained_variance, ppo_loss
 from auxrl.ppo.rollout import RolloutStorage
@@ -124,33 +125,45 @@ def check_spaces(agent_env: tuple[gym.Space, gym.Space], envs: VecEnv, stage: St
 # --------------------------------------------------------------------------------------------
 
 
-def collect_rollout(
-    envs: VecEnv, agent: Agent, storage: RolloutStorage, obs: torch.Tensor, on_episodes
-) -> torch.Tensor:
-    """Fill ``storage`` with ``num_steps`` steps of every env; returns the next observation.
+def collect_rollout(envs: VecEnv, agent: Agent, storage: RolloutStorage, on_episodes) -> None:
+    """Fill ``storage`` with ``num_steps`` steps of every env.
 
+    On entry ``storage.next_obs`` holds the current observations; on exit, the ones after the
+    last step. Env groups are stepped in turn (``envs.groups``): the actions of group g are sent,
+    then the policy acts for group g+1 while group g's emulators run. Observations are copied
+    from the env straight into their preallocated storage slot on the training device.
     ``on_episodes(returns, lengths, steps_taken)`` receives finished games as they end.
     """
-    for t in range(storage.num_steps):
-        storage.obs[t].copy_(obs)
-        out = agent.act(obs)
-        storage.actions[t] = out.action
-        storage.log_probs[t] = out.log_prob
-        storage.values[t] = out.value
-        step = envs.step(out.action.cpu().numpy())
+    num_steps = storage.num_steps
+    storage.obs[0].copy_(storage.next_obs)
+
+    def receive(env: VecEnv, t: int, sl: slice) -> None:
+        step = env.recv()
         # One host->device copy for the four per-env scalars.
         flags = torch.from_numpy(
             np.stack([step.reward, step.terminated, step.truncated, ~step.reset]).astype(np.float32)
         ).to(storage.device, non_blocking=True)
-        storage.rewards[t] = flags[0]
-        storage.terminated[t] = flags[1].bool()
-        storage.truncated[t] = flags[2].bool()
-        storage.valid[t] = flags[3].bool()
-        obs = storage.to_device(step.obs, storage.obs)
+        storage.rewards[t, sl] = flags[0]
+        storage.terminated[t, sl] = flags[1].bool()
+        storage.truncated[t, sl] = flags[2].bool()
+        storage.valid[t, sl] = flags[3].bool()
+        slot = storage.obs[t + 1, sl] if t + 1 < num_steps else storage.next_obs[sl]
+        slot.copy_(torch.from_numpy(step.obs), non_blocking=True)
         if len(step.episode_returns):
             on_episodes(step.episode_returns, step.episode_lengths, (t + 1) * storage.num_envs)
-    storage.next_obs.copy_(obs)
-    return obs
+
+    groups = envs.groups
+    for t in range(num_steps):
+        for sl, env in groups:
+            if t > 0:
+                receive(env, t - 1, sl)  # group's step t-1 is done: its obs t is in storage
+            out = agent.act(storage.obs[t, sl])
+            storage.actions[t, sl] = out.action
+            storage.log_probs[t, sl] = out.log_prob
+            storage.values[t, sl] = out.value
+            env.send(out.action.cpu().numpy())
+    for sl, env in groups:
+        receive(env, num_steps - 1, sl)
 
 
 def ppo_update(
@@ -248,6 +261,10 @@ def train(
                 head.on_torso_loaded()
         print(f"Loaded {', '.join(loaded)} from {cfg.model.init_from}")
     frozen = freeze(agent, cfg.model.freeze)
+    if cfg.perf.compile:
+        sample = torch.from_numpy(spaces[0].sample()[None]).to(dev)
+        print(f"perf.compile: torso {'compiled' if try_compile(agent.torso, sample) else 'runs eagerly'}")
+    bf16 = check_bf16(cfg.perf.bf16, dev)
     trainable = [p for p in agent.parameters() if p.requires_grad]
     if not trainable:
         raise ValueError(
@@ -288,7 +305,7 @@ def train(
             bar.log(f"Stage {stage.index} ({stage.name}): {stage.cfg.env.id}, {stage.cfg.env.num_envs} envs")
             ended = _run_stage(
                 cfg, stage, envs, agent, optimizer, trainable, state, logger, bar, dev,
-                start_time, start_step, lambda: save(), next_checkpoint,
+                start_time, start_step, lambda: save(), next_checkpoint, bf16,
             )
             next_checkpoint = ended["next_checkpoint"]
             envs.close()
@@ -322,7 +339,7 @@ def _next_multiple(step: int, every: int) -> int:
 
 def _run_stage(
     cfg, stage, envs, agent, optimizer, trainable, state, logger, bar, dev, start_time, start_step,
-    save, next_checkpoint,
+    save, next_checkpoint, bf16,
 ) -> dict:
     """Train one stage until its rule or total_steps ends it."""
     scfg = stage.cfg
@@ -337,7 +354,7 @@ def _run_stage(
     aux = AuxTasks(stage_tasks(agent, stage), scfg.aux, storage, cfg.seed + stage.index)
     aux.weights = task_weights(agent, stage)
     # A fresh env per (re)start: resumed runs start new episodes, counted from the saved step.
-    obs = storage.to_device(envs.reset(seed=cfg.seed + 1000 * stage.index + state.global_step), storage.obs)
+    storage.next_obs.copy_(torch.from_numpy(envs.reset(seed=cfg.seed + 1000 * stage.index + state.global_step)))
     window = cfg.log.return_window
 
     def on_episodes(returns: np.ndarray, lengths: np.ndarray, steps_taken: int) -> None:
@@ -366,23 +383,25 @@ def _run_stage(
             group["lr"] = lr
 
         agent.eval()  # no dropout/batch-norm today, but keep the modes honest for user heads
-        obs = collect_rollout(envs, agent, storage, obs, on_episodes)
+        with autocast(bf16, dev):
+            collect_rollout(envs, agent, storage, on_episodes)
+            with torch.no_grad():
+                next_value = agent.value(agent.torso(storage.next_obs)).float()
         state.global_step += storage.num_steps * storage.num_envs
-        with torch.no_grad():
-            next_value = agent.value(agent.torso(obs))
         storage.finish(next_value, scfg.ppo.gamma, scfg.ppo.gae_lambda)
         aux.add_rollout(storage)
 
         agent.train()
         weights = aux.current_weights(state.global_step) if aux else {}
         diagnose = bool(aux) and scfg.aux.diagnostics_every > 0 and state.update % scfg.aux.diagnostics_every == 0
-        metrics = ppo_update(scfg, agent, optimizer, storage, aux, weights, trainable, diagnose)
+        with autocast(bf16, dev):
+            metrics = ppo_update(scfg, agent, optimizer, storage, aux, weights, trainable, diagnose)
         state.update += 1
 
-        # One host sync per update for the logged scalars.
-        values = {k: float(v) for k, v in metrics.items()}
+        metrics["losses/explained_variance"] = explained_variance(storage.values, storage.returns, storage.valid)
+        # One host sync per update for all logged scalars.
+        values = dict(zip(metrics, torch.stack([v.float() for v in metrics.values()]).tolist()))
         sps = (state.global_step - start_step) / max(time.monotonic() - start_time, 1e-9)
-        values["losses/explained_variance"] = explained_variance(storage.values, storage.returns, storage.valid)
         values["charts/learning_rate"] = lr
         values["charts/SPS"] = sps
         for name, w in weights.items():

@@ -37,10 +37,10 @@ def test_reset_steps_are_masked_and_truncation_bootstraps_in_a_real_rollout():
     with make_envs(cfg) as envs:
         agent = build_agent("mlp", [16], envs.single_observation_space, envs.single_action_space)
         storage = RolloutStorage(32, 3, (4,), torch.float32, (), torch.long, torch.device("cpu"))
-        obs = torch.as_tensor(envs.reset(seed=1))
-        obs = collect_rollout(envs, agent, storage, obs, lambda r, n, s: None)
+        storage.next_obs.copy_(torch.as_tensor(envs.reset(seed=1)))
+        collect_rollout(envs, agent, storage, lambda r, n, s: None)
     with torch.no_grad():
-        next_value = agent.value(agent.torso(obs))
+        next_value = agent.value(agent.torso(storage.next_obs))
     storage.finish(next_value, PPOConfig.gamma, PPOConfig.gae_lambda)
     done = storage.terminated | storage.truncated
     # Every step right after a done is a reset step, and only those are invalid.
@@ -105,3 +105,30 @@ def test_atari_episode_stats_are_unclipped_whole_games():
 def test_unknown_atari_game_error_is_helpful():
     with pytest.raises(ValueError, match="ALE/Breakout-v5"):
         make_envs(EnvConfig(id="ALE/NotAGame-v5", num_envs=1))
+
+
+def test_grouped_atari_rollout_matches_env_semantics():
+    # Two groups stepped in turn fill the same [steps, envs] layout as one synchronous env.
+    cfg = EnvConfig(id="ALE/Breakout-v5", num_envs=4, groups=2)
+    torch.manual_seed(0)
+    with make_envs(cfg) as envs:
+        assert [sl for sl, _ in envs.groups] == [slice(0, 2), slice(2, 4)]
+        agent = build_agent("nature_cnn", [], envs.single_observation_space, envs.single_action_space)
+        storage = RolloutStorage(64, 4, (4, 84, 84), torch.uint8, (), torch.long, torch.device("cpu"))
+        storage.next_obs.copy_(torch.as_tensor(envs.reset(seed=1)))
+        first = storage.next_obs.clone()
+        collect_rollout(envs, agent, storage, lambda r, n, s: None)
+    assert torch.equal(storage.obs[0], first)
+    # Consecutive stored observations of one env are consecutive frames: the newest frame of
+    # obs[t] is the second newest of obs[t+1] (frame stacking), for every env and step that is
+    # not a reset or a life-loss boundary.
+    same = storage.obs[1:, :, -2] == storage.obs[:-1, :, -1]
+    ok = same.flatten(2).all(-1) | ~storage.valid[:-1] | storage.terminated[:-1]
+    assert ok.all()
+    # And the observation after the last step continues the last stored one.
+    assert torch.equal(storage.next_obs[:, -2], storage.obs[-1, :, -1]) or not storage.valid[-1].all()
+
+
+def test_groups_need_atari_and_divide_num_envs():
+    with pytest.raises(ValueError, match="needs an Atari id"):
+        make_envs(EnvConfig(id="CartPole-v1", num_envs=4, groups=2))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from auxrl.config import EnvConfig
 from auxrl.envs.atari import AtariVecEnv, is_atari_id
 from auxrl.envs.base import Step, VecEnv
@@ -20,7 +22,15 @@ def make_envs(cfg: EnvConfig, *, training: bool = True) -> VecEnv:
             from auxrl.envs.atari_modes import AtariModesVecEnv  # the native env has no modes
 
             return AtariModesVecEnv(cfg, training=training)
+        if cfg.groups > 1:
+            from auxrl.envs.grouped import GroupedVecEnv
+
+            # Groups run in turn, so each may use every core while it steps.
+            share = dataclasses.replace(cfg, num_envs=cfg.num_envs // cfg.groups)
+            return GroupedVecEnv([AtariVecEnv(share, training=training) for _ in range(cfg.groups)])
         return AtariVecEnv(cfg, training=training)
+    if cfg.groups > 1:
+        raise ValueError(f"env.groups={cfg.groups} needs an Atari id (ALE/<Game>-v5); {cfg.id} steps synchronously.")
     return GymVecEnv(cfg, training=training)
 
 

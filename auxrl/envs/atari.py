@@ -81,7 +81,14 @@ class AtariVecEnv(VecEnv):
         return obs
 
     def step(self, actions: np.ndarray) -> Step:
-        obs, reward, terminated, truncated, info = self.env.step(actions.astype(np.int64))
+        self.send(actions)
+        return self.recv()
+
+    def send(self, actions: np.ndarray) -> None:
+        self.env.send(actions.astype(np.int64))  # returns at once; C++ threads step the games
+
+    def recv(self) -> Step:
+        obs, reward, terminated, truncated, info = self.env.recv()
         frame = info["episode_frame_number"].astype(np.int64)
         # The episode frame counter only goes back when the game was reset: this is exact for
         # every game, including ones that end with lives left.

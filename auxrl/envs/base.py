@@ -60,6 +60,20 @@ class VecEnv:
     def step(self, actions: np.ndarray) -> Step:
         raise NotImplementedError
 
+    # Split-phase stepping: ``send`` starts a step, ``recv`` waits for it. Envs that can step in
+    # the background (ale-py's C++ threads) override both, so the learner can act for one group
+    # of envs while another group's emulators run; the default is a plain synchronous step.
+    def send(self, actions: np.ndarray) -> None:
+        self._pending_actions = actions
+
+    def recv(self) -> Step:
+        return self.step(self._pending_actions)
+
+    @property
+    def groups(self) -> list[tuple[slice, VecEnv]]:
+        """Env groups stepped in turn, with the slice of the batch each one covers."""
+        return [(slice(0, self.num_envs), self)]
+
     def close(self) -> None:
         pass
 

@@ -18,7 +18,7 @@ class CategoricalPolicy(nn.Module):
         self.logits = layer_init(nn.Linear(feature_dim, num_actions), std=0.01)
 
     def forward(self, features: torch.Tensor) -> Categorical:
-        return Categorical(logits=self.logits(features))
+        return Categorical(logits=self.logits(features).float())
 
     @staticmethod
     def log_prob(dist: Categorical, actions: torch.Tensor) -> torch.Tensor:
@@ -42,7 +42,7 @@ class GaussianPolicy(nn.Module):
         self.log_std = nn.Parameter(torch.zeros(action_dim))
 
     def forward(self, features: torch.Tensor) -> Normal:
-        mean = self.mean(features)
+        mean = self.mean(features).float()
         return Normal(mean, self.log_std.expand_as(mean).exp())
 
     @staticmethod
@@ -64,7 +64,7 @@ class ValueHead(nn.Module):
         self.v = layer_init(nn.Linear(feature_dim, 1), std=1.0)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.v(features).squeeze(-1)
+        return self.v(features).squeeze(-1).float()
 
 
 def make_policy(feature_dim: int, action_space: gym.Space) -> nn.Module:

@@ -64,9 +64,15 @@ def ppo_loss(
     return PPOLoss(pg_loss, v_loss, ent, approx_kl, old_approx_kl, clipfrac, total)
 
 
-def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> float:
-    """1 - Var[returns - values] / Var[returns] over real transitions (nan when Var is 0)."""
-    m = mask.bool()
-    y, v = returns[m], values[m]
-    var_y = y.var()
-    return float("nan") if var_y == 0 or y.numel() < 2 else float(1 - (y - v).var() / var_y)
+def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """1 - Var[returns - values] / Var[returns] over real transitions (nan when Var is 0).
+
+    Computed on the device with a mask, so logging it costs no extra host sync.
+    """
+    m = mask.float()
+    n = m.sum()
+    mean_y = (returns * m).sum() / n
+    var_y = ((returns - mean_y) ** 2 * m).sum() / n
+    resid = (returns - values) * m
+    var_r = ((resid - resid.sum() / n) ** 2 * m).sum() / n
+    return torch.where(var_y > 0, 1 - var_r / var_y, torch.full_like(var_y, float("nan")))

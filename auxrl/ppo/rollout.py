@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 
@@ -88,10 +87,6 @@ class RolloutStorage:
         self.returns = torch.zeros(tn, device=device)
         # The observation after the last step (bootstrap input, and next_obs for aux tasks).
         self.next_obs = torch.zeros((num_envs,) + obs_shape, dtype=obs_dtype, device=device)
-
-    def to_device(self, array: np.ndarray, like: torch.Tensor) -> torch.Tensor:
-        """Host array -> device tensor of ``like``'s dtype (non-blocking from pinned memory)."""
-        return torch.as_tensor(array).to(self.device, dtype=like.dtype, non_blocking=True)
 
     def finish(self, next_value: torch.Tensor, gamma: float, gae_lambda: float) -> None:
         self.advantages, self.returns = compute_gae(

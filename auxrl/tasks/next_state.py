@@ -108,8 +108,8 @@ class NextStatePrediction(AuxTask):
         for k in range(horizon):
             z = self.transition(torch.cat([z, actions[:, k]], dim=-1))  # z_{k+1}
             predictions.append(self.predictor(z))
-        p = F.normalize(torch.stack(predictions, 1), dim=-1)  # [B, K, F]
-        t = F.normalize(targets, dim=-1)
+        p = F.normalize(torch.stack(predictions, 1).float(), dim=-1)  # [B, K, F], fp32 under autocast
+        t = F.normalize(targets.float(), dim=-1)
         # Prediction k + 1 targets obs[:, k + 1], which is in obs[:, 0]'s episode iff
         # in_episode[:, k].
         mask = seq.in_episode.float()

@@ -137,7 +137,7 @@ class PixelControl(AuxTask):
         """Features [N, F] -> Q [N, actions, n, n] (dueling: V + A - mean_a A)."""
         x = self.fc(features).reshape(-1, DECONV_CHANNELS, self.side, self.side)
         adv = self.advantage(x)
-        return self.value(x) + adv - adv.mean(dim=1, keepdim=True)
+        return (self.value(x) + adv - adv.mean(dim=1, keepdim=True)).float()  # fp32 under autocast
 
     def loss(self, seq: Sequences, encode: Encoder) -> AuxOutput:
         cfg = self.cfg

@@ -85,25 +85,21 @@ class Replay:
             n_rew = rewarding.sum()
             n_zero = rewarding.numel() - n_rew
             p = float(rewarding_fraction)
-            # Per-candidate probability: p shared by rewarding windows, 1-p by the others
-            # (uniform when one of the two groups is empty).
-            weights = torch.where(
-                rewarding,
-                p / n_rew.clamp(min=1),
-                (1 - p) / n_zero.clamp(min=1),
-            ).flatten()
-            if n_rew == 0 or n_zero == 0:
-                weights = torch.ones_like(weights)
+            # Per-candidate probability: p shared by rewarding windows, 1-p by the others;
+            # uniform when one of the two groups is empty. Decided on the device (no host sync).
+            skewed = torch.where(rewarding, p / n_rew.clamp(min=1), (1 - p) / n_zero.clamp(min=1))
+            both = (n_rew > 0) & (n_zero > 0)
+            weights = torch.where(both, skewed, torch.ones_like(skewed)).flatten()
             flat = torch.multinomial(weights, batch_size, replacement=True, generator=generator)
         start, env = flat // self.num_envs, flat % self.num_envs
         steps = first + start.unsqueeze(1) + torch.arange(length + 1, device=self.device)  # [B, L+1]
         rows = self._rows(steps)
         envs = env.unsqueeze(1)
-        obs = self.obs[rows.clamp(max=self.capacity - 1), envs]
-        # The observation after the newest step is not in the ring: take it from next_obs.
-        past_end = steps == self.size
-        if past_end.any():
-            obs[past_end] = self.next_obs[env.unsqueeze(1).expand_as(steps)[past_end]]
+        obs = self.obs[rows, envs]
+        # The observation after the newest step is not in the ring: take it from next_obs
+        # (a select, not a data-dependent branch, so sampling never waits on the device).
+        past_end = (steps == self.size).reshape(steps.shape + (1,) * (obs.dim() - 2))
+        obs = torch.where(past_end, self.next_obs[envs], obs)
         tr, te = rows[:, :-1], envs
         return Sequences(
             obs=obs,

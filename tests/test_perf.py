@@ -1,0 +1,35 @@
+"""The fast-path switches fall back cleanly where CUDA or a compiler is unavailable."""
+
+import pytest
+import torch
+
+from auxrl.config import load_config
+from auxrl.models.torsos import NatureCNN
+from auxrl.perf import autocast, check_bf16, try_compile
+from auxrl.trainer import train
+
+
+def test_compile_failure_falls_back_to_eager(monkeypatch):
+    torso = NatureCNN(4)
+    obs = torch.randint(0, 255, (2, 4, 84, 84), dtype=torch.uint8)
+    expected = torso(obs)
+
+    def broken_compile(self, *args, **kwargs):
+        raise RuntimeError("no compiler here")
+
+    monkeypatch.setattr(torch.nn.Module, "compile", broken_compile)
+    with pytest.warns(UserWarning, match="running eagerly"):
+        assert try_compile(torso, obs) is False
+    assert torch.equal(torso(obs), expected)
+
+
+def test_bf16_is_ignored_off_cuda_and_training_runs(tmp_path):
+    with pytest.warns(UserWarning, match="only applies on CUDA"):
+        assert check_bf16(True, torch.device("cpu")) is False
+    assert check_bf16(False, torch.device("cpu")) is False
+    with autocast(True, torch.device("cpu")):
+        assert not torch.is_autocast_enabled()
+    cfg = load_config("cartpole", ["ppo.total_steps=256", "perf.bf16=true"])
+    with pytest.warns(UserWarning, match="only applies on CUDA"):
+        result = train(cfg, tmp_path / "run", device="cpu", progress=False)
+    assert result.global_step == 256
