@@ -6,8 +6,15 @@ from auxrl.tasks.base import AuxOutput, AuxTask, Needs, Sequences, TaskContext, 
 __version__ = "0.1.0"
 
 __all__ = [
-    "AuxOutput", "AuxTask", "Config", "Needs", "Sequences", "TaskContext", "TaskMismatch",
-    "load_config", "train",
+    "AuxOutput",
+    "AuxTask",
+    "Config",
+    "Needs",
+    "Sequences",
+    "TaskContext",
+    "TaskMismatch",
+    "load_config",
+    "train",
 ]
 
 

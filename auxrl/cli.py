@@ -29,7 +29,9 @@ def cmd_train(args: argparse.Namespace) -> int:
             run_dir = run_dir.parent.parent
     else:
         if args.config is None:
-            raise ConfigError("auxrl train needs a CONFIG (a YAML path or a shipped name) or --resume RUN_DIR.")
+            raise ConfigError(
+                "auxrl train needs a CONFIG (a YAML path or a shipped name) or --resume RUN_DIR."
+            )
         overrides = list(args.overrides) + ([f"seed={args.seed}"] if args.seed is not None else [])
         cfg = load_config(args.config, overrides)
         run_dir = Path(args.run_dir) if args.run_dir else _default_run_dir(cfg.name, cfg.seed)
@@ -55,15 +57,22 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
         recorder = VideoRecorder(args.video)
     result = evaluate(
-        agent, cfg, args.episodes, device, deterministic=args.deterministic,
-        num_envs=1 if recorder else args.num_envs, seed=args.seed,
+        agent,
+        cfg,
+        args.episodes,
+        device,
+        deterministic=args.deterministic,
+        num_envs=1 if recorder else args.num_envs,
+        seed=args.seed,
         on_step=recorder.on_step if recorder else None,
     )
     if recorder is not None:
         path, frames = recorder.close(result.returns)
         print(f"Video: {path} ({frames} frames)")
-    print(f"{cfg.env.id}: {len(result.returns)} episodes, score {result.mean:.2f} +- {result.std:.2f} "
-          f"(min {min(result.returns):.1f}, max {max(result.returns):.1f})")
+    print(
+        f"{cfg.env.id}: {len(result.returns)} episodes, score {result.mean:.2f} +- {result.std:.2f} "
+        f"(min {min(result.returns):.1f}, max {max(result.returns):.1f})"
+    )
     return 0
 
 
@@ -90,9 +99,14 @@ def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="auxrl", description="PPO with auxiliary heads on a shared torso.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("train", help="train an agent", description=(
-        "Train from a YAML config (a path or a shipped name: "
-        f"{', '.join(shipped_config_names())}) with dotted key=value overrides."))
+    p = sub.add_parser(
+        "train",
+        help="train an agent",
+        description=(
+            "Train from a YAML config (a path or a shipped name: "
+            f"{', '.join(shipped_config_names())}) with dotted key=value overrides."
+        ),
+    )
     p.add_argument("config", nargs="?", help="config path or shipped config name")
     p.add_argument("overrides", nargs="*", help="overrides such as ppo.lr=1e-4 env.num_envs=16")
     p.add_argument("--run-dir", help="where to write events, config and checkpoints")

@@ -364,9 +364,7 @@ def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
         if child is None:
             child = node[part] = {}
         if not isinstance(child, dict):
-            raise ConfigError(
-                f"Cannot set {key!r}: {'.'.join(parts[: i + 1])!r} is a value, not a section."
-            )
+            raise ConfigError(f"Cannot set {key!r}: {'.'.join(parts[: i + 1])!r} is a value, not a section.")
         node = child
     node[parts[-1]] = value
 
@@ -445,6 +443,4 @@ def validate(cfg: Config) -> None:
             raise ConfigError(message)
     for i, stage in enumerate(cfg.curriculum.stages):
         if stage.steps <= 0 and stage.return_threshold is None and i < len(cfg.curriculum.stages) - 1:
-            raise ConfigError(
-                f"curriculum.stages[{i}] never ends: give it `steps` or `return_threshold`."
-            )
+            raise ConfigError(f"curriculum.stages[{i}] never ends: give it `steps` or `return_threshold`.")

@@ -31,7 +31,7 @@ class Stage:
         if (
             self.return_threshold is not None
             and len(recent_returns) >= self.window
-            and float(np.mean(recent_returns[-self.window:])) >= self.return_threshold
+            and float(np.mean(recent_returns[-self.window :])) >= self.return_threshold
         ):
             return "threshold"
         return None
@@ -56,7 +56,9 @@ def plan_stages(cfg: Config) -> list[Stage]:
             stage_cfg = from_dict(base, overrides)
         except ConfigError as err:
             raise ConfigError(f"curriculum.stages[{i}] ({spec.name or i}): {err}") from None
-        stages.append(Stage(i, spec.name or f"stage{i}", stage_cfg, spec.steps, spec.return_threshold, spec.window))
+        stages.append(
+            Stage(i, spec.name or f"stage{i}", stage_cfg, spec.steps, spec.return_threshold, spec.window)
+        )
     return stages
 
 

@@ -34,7 +34,9 @@ def load_agent(run_dir_or_checkpoint: str, device: torch.device) -> tuple[Agent,
     cfg = build(Config, saved["config"])
     obs_space, action_space = saved["spaces"]
     agent = build_agent(cfg.model.torso, cfg.model.hidden_sizes, obs_space, action_space)
-    state = {k: v for k, v in saved["model"].items() if k.startswith(("torso.", "heads.policy.", "heads.value."))}
+    state = {
+        k: v for k, v in saved["model"].items() if k.startswith(("torso.", "heads.policy.", "heads.value."))
+    }
     agent.load_state_dict(state)
     return agent.to(device).eval(), cfg
 
@@ -72,7 +74,7 @@ def evaluate(
             obs = step.obs
             # Finished games come in env order, one per env that just reset.
             done_envs = np.flatnonzero(step.reset)
-            for i, (ret, length) in enumerate(zip(step.episode_returns, step.episode_lengths)):
+            for i, (ret, length) in enumerate(zip(step.episode_returns, step.episode_lengths, strict=True)):
                 env_id = done_envs[i]
                 if counts[env_id] < per_env and len(returns) < episodes:
                     counts[env_id] += 1

@@ -45,14 +45,23 @@ class Progress:
         self.bar = None
         if enabled and sys.stdout.isatty():
             from rich.progress import (
-                BarColumn, MofNCompleteColumn, Progress as RichProgress, TextColumn,
+                BarColumn,
+                MofNCompleteColumn,
+                TextColumn,
                 TimeRemainingColumn,
+            )
+            from rich.progress import (
+                Progress as RichProgress,
             )
 
             self.bar = RichProgress(
-                TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
-                TextColumn("{task.fields[sps]} SPS"), TextColumn("return {task.fields[ret]}"),
-                TextColumn("ETA"), TimeRemainingColumn(),
+                TextColumn("[bold]train"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[sps]} SPS"),
+                TextColumn("return {task.fields[ret]}"),
+                TextColumn("ETA"),
+                TimeRemainingColumn(),
             )
             self.task = self.bar.add_task("train", total=total, completed=start, sps="-", ret="-")
             self.bar.start()

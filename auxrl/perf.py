@@ -26,8 +26,9 @@ def try_compile(torso: nn.Module, sample_obs: torch.Tensor) -> bool:
     except Exception as err:  # any compiler failure means: run eagerly
         torso._compiled_call_impl = None  # undo Module.compile
         torch._dynamo.reset()
-        warnings.warn(f"perf.compile: torch.compile failed, running eagerly ({type(err).__name__}: {err})",
-                      stacklevel=2)
+        warnings.warn(
+            f"perf.compile: torch.compile failed, running eagerly ({type(err).__name__}: {err})", stacklevel=2
+        )
         return False
 
 

@@ -24,8 +24,8 @@ from auxrl.config import Config, save_config, to_dict
 from auxrl.curriculum import Stage, plan_stages
 from auxrl.envs import VecEnv, make_envs
 from auxrl.logger import Logger, Progress
-from auxrl.perf import autocast, check_bf16, try_compile
 from auxrl.models.agent import Agent, build_agent, freeze, load_pretrained
+from auxrl.perf import autocast, check_bf16, try_compile
 from auxrl.ppo.loss import explained_variance, ppo_loss
 from auxrl.ppo.rollout import RolloutStorage
 from auxrl.tasks.base import AuxTask, TaskContext
@@ -185,7 +185,10 @@ def ppo_update(
         for batch in storage.minibatches(p.num_minibatches):
             dist, new_values, _ = agent(batch.obs)  # one torso pass for policy and value
             loss = ppo_loss(
-                p, batch, agent.policy.log_prob(dist, batch.actions), agent.policy.entropy(dist),
+                p,
+                batch,
+                agent.policy.log_prob(dist, batch.actions),
+                agent.policy.entropy(dist),
                 new_values,
             )
             aux_out = aux.losses(agent.torso) if aux else {}
@@ -204,9 +207,12 @@ def ppo_update(
 
             count += 1
             terms = {
-                "losses/policy_loss": loss.policy, "losses/value_loss": loss.value,
-                "losses/entropy": loss.entropy, "losses/approx_kl": loss.approx_kl,
-                "losses/old_approx_kl": loss.old_approx_kl, "losses/clipfrac": loss.clipfrac,
+                "losses/policy_loss": loss.policy,
+                "losses/value_loss": loss.value,
+                "losses/entropy": loss.entropy,
+                "losses/approx_kl": loss.approx_kl,
+                "losses/old_approx_kl": loss.old_approx_kl,
+                "losses/clipfrac": loss.clipfrac,
                 "losses/total": total,
             }
             for name, out in aux_out.items():
@@ -288,11 +294,19 @@ def train(
     next_checkpoint = _next_multiple(state.global_step, cfg.log.checkpoint_every)
 
     def save() -> None:
-        checkpoint.save(run_dir, {
-            "model": agent.state_dict(), "optimizer": optimizer.state_dict(),
-            "state": vars(state).copy(), "rng": checkpoint.rng_state(), "config": to_dict(cfg),
-            "spaces": spaces,
-        }, state.global_step, cfg.log.keep_checkpoints)
+        checkpoint.save(
+            run_dir,
+            {
+                "model": agent.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "state": vars(state).copy(),
+                "rng": checkpoint.rng_state(),
+                "config": to_dict(cfg),
+                "spaces": spaces,
+            },
+            state.global_step,
+            cfg.log.keep_checkpoints,
+        )
 
     start_time, start_step = time.monotonic(), state.global_step
     envs: VecEnv | None = first_envs
@@ -304,32 +318,53 @@ def train(
             check_spaces(spaces, envs, stage)
             bar.log(f"Stage {stage.index} ({stage.name}): {stage.cfg.env.id}, {stage.cfg.env.num_envs} envs")
             ended = _run_stage(
-                cfg, stage, envs, agent, optimizer, trainable, state, logger, bar, dev,
-                start_time, start_step, lambda: save(), next_checkpoint, bf16,
+                cfg,
+                stage,
+                envs,
+                agent,
+                optimizer,
+                trainable,
+                state,
+                logger,
+                bar,
+                dev,
+                start_time,
+                start_step,
+                lambda: save(),
+                next_checkpoint,
+                bf16,
             )
             next_checkpoint = ended["next_checkpoint"]
             envs.close()
             envs = None
             if ended["reason"] is None:
                 break  # total_steps reached
-            bar.log(f"Stage {stage.index} ({stage.name}) ended at step {state.global_step:,}: {ended['reason']}")
+            bar.log(
+                f"Stage {stage.index} ({stage.name}) ended at step {state.global_step:,}: {ended['reason']}"
+            )
             state.stage += 1
             state.stage_start_step = state.global_step
             state.stage_returns = []
         save()
     except KeyboardInterrupt:
         save()  # stopping by hand loses nothing: resume with --resume
-        bar.log(f"Interrupted: saved a checkpoint at step {state.global_step:,}; continue with --resume {run_dir}")
+        bar.log(
+            f"Interrupted: saved a checkpoint at step {state.global_step:,}; continue with --resume {run_dir}"
+        )
         raise
     finally:
         if envs is not None:
             envs.close()
         bar.close()
         logger.close()
-    recent = state.stage_returns[-cfg.log.return_window:]
+    recent = state.stage_returns[-cfg.log.return_window :]
     return TrainResult(
-        run_dir, state.global_step, state.stage, state.episodes,
-        float(np.mean(recent)) if recent else None, state.best_recent_return,
+        run_dir,
+        state.global_step,
+        state.stage,
+        state.episodes,
+        float(np.mean(recent)) if recent else None,
+        state.best_recent_return,
     )
 
 
@@ -338,14 +373,29 @@ def _next_multiple(step: int, every: int) -> int:
 
 
 def _run_stage(
-    cfg, stage, envs, agent, optimizer, trainable, state, logger, bar, dev, start_time, start_step,
-    save, next_checkpoint, bf16,
+    cfg,
+    stage,
+    envs,
+    agent,
+    optimizer,
+    trainable,
+    state,
+    logger,
+    bar,
+    dev,
+    start_time,
+    start_step,
+    save,
+    next_checkpoint,
+    bf16,
 ) -> dict:
     """Train one stage until its rule or total_steps ends it."""
     scfg = stage.cfg
     obs_space = envs.single_observation_space
     storage = RolloutStorage(
-        scfg.ppo.num_steps, envs.num_envs, tuple(obs_space.shape),
+        scfg.ppo.num_steps,
+        envs.num_envs,
+        tuple(obs_space.shape),
         torch.uint8 if obs_space.dtype == np.uint8 else torch.float32,
         tuple(envs.single_action_space.shape),
         torch.long if isinstance(envs.single_action_space, gym.spaces.Discrete) else torch.float32,
@@ -354,19 +404,21 @@ def _run_stage(
     aux = AuxTasks(stage_tasks(agent, stage), scfg.aux, storage, cfg.seed + stage.index)
     aux.weights = task_weights(agent, stage)
     # A fresh env per (re)start: resumed runs start new episodes, counted from the saved step.
-    storage.next_obs.copy_(torch.from_numpy(envs.reset(seed=cfg.seed + 1000 * stage.index + state.global_step)))
+    storage.next_obs.copy_(
+        torch.from_numpy(envs.reset(seed=cfg.seed + 1000 * stage.index + state.global_step))
+    )
     window = cfg.log.return_window
 
     def on_episodes(returns: np.ndarray, lengths: np.ndarray, steps_taken: int) -> None:
         step = state.global_step + steps_taken  # the env step at which these games ended
-        for ret, length in zip(returns, lengths):
+        for ret, length in zip(returns, lengths, strict=True):
             logger.scalar("charts/episodic_return", ret, step)
             logger.scalar("charts/episodic_length", length, step)
             if len(cfg.curriculum.stages):
                 logger.scalar(f"curriculum/{stage.name}/episodic_return", ret, step)
             state.stage_returns.append(float(ret))
             state.episodes += 1
-        state.stage_returns[:] = state.stage_returns[-max(window, stage.window):]
+        state.stage_returns[:] = state.stage_returns[-max(window, stage.window) :]
         if len(state.stage_returns) >= window:
             recent = float(np.mean(state.stage_returns[-window:]))
             state.best_recent_return = max(recent, state.best_recent_return or -math.inf)
@@ -378,7 +430,11 @@ def _run_stage(
         if reason is not None:
             return {"reason": reason, "next_checkpoint": next_checkpoint}
         # Linear LR annealing over the whole run (PPO implementation detail #4).
-        lr = scfg.ppo.lr * (1.0 - state.global_step / cfg.ppo.total_steps) if scfg.ppo.anneal_lr else scfg.ppo.lr
+        lr = (
+            scfg.ppo.lr * (1.0 - state.global_step / cfg.ppo.total_steps)
+            if scfg.ppo.anneal_lr
+            else scfg.ppo.lr
+        )
         for group in optimizer.param_groups:
             group["lr"] = lr
 
@@ -393,14 +449,18 @@ def _run_stage(
 
         agent.train()
         weights = aux.current_weights(state.global_step) if aux else {}
-        diagnose = bool(aux) and scfg.aux.diagnostics_every > 0 and state.update % scfg.aux.diagnostics_every == 0
+        diagnose = (
+            bool(aux) and scfg.aux.diagnostics_every > 0 and state.update % scfg.aux.diagnostics_every == 0
+        )
         with autocast(bf16, dev):
             metrics = ppo_update(scfg, agent, optimizer, storage, aux, weights, trainable, diagnose)
         state.update += 1
 
-        metrics["losses/explained_variance"] = explained_variance(storage.values, storage.returns, storage.valid)
+        metrics["losses/explained_variance"] = explained_variance(
+            storage.values, storage.returns, storage.valid
+        )
         # One host sync per update for all logged scalars.
-        values = dict(zip(metrics, torch.stack([v.float() for v in metrics.values()]).tolist()))
+        values = dict(zip(metrics, torch.stack([v.float() for v in metrics.values()]).tolist(), strict=True))
         sps = (state.global_step - start_step) / max(time.monotonic() - start_time, 1e-9)
         values["charts/learning_rate"] = lr
         values["charts/SPS"] = sps

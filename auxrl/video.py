@@ -116,7 +116,7 @@ def draw_text(
     w = min(mask.shape[1], image.shape[1] - x)
     if h <= 0 or w <= 0:
         return
-    image[y:y + h, x:x + w][mask[:h, :w]] = color
+    image[y : y + h, x : x + w][mask[:h, :w]] = color
 
 
 def format_score(score: float) -> str:
@@ -247,9 +247,9 @@ class VideoRecorder:
             x0, x1 = int(i * slot) + pad, max(int(i * slot) + pad + 1, int((i + 1) * slot) - pad)
             h = int(round(abs(v) * half))
             if v >= 0:
-                image[mid - h:mid, x0:x1] = BAR_POS
+                image[mid - h : mid, x0:x1] = BAR_POS
             else:
-                image[mid:mid + h, x0:x1] = BAR_NEG
+                image[mid : mid + h, x0:x1] = BAR_NEG
         image[mid, :] = 90  # the zero line
         if slot >= 12:  # label the dimensions when there is room
             for i in range(len(values)):
@@ -265,7 +265,7 @@ class VideoRecorder:
         height = BANNER_HEIGHT + h + (h % 2)
         frame = np.zeros((height, width, 3), dtype=np.uint8)
         frame[:BANNER_HEIGHT] = BANNER_BG
-        frame[BANNER_HEIGHT:BANNER_HEIGHT + h, :w] = picture
+        frame[BANNER_HEIGHT : BANNER_HEIGHT + h, :w] = picture
         y = (BANNER_HEIGHT - 14) // 2
         draw_text(frame, left, 6, y, TEXT_WHITE)
         right_width = text_mask(right).shape[1]
@@ -292,8 +292,14 @@ class VideoRecorder:
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
         return iio.get_writer(
-            self.path, format="FFMPEG", mode="I", fps=self.fps, codec="libx264", quality=8,
-            macro_block_size=2, ffmpeg_log_level="error",
+            self.path,
+            format="FFMPEG",
+            mode="I",
+            fps=self.fps,
+            codec="libx264",
+            quality=8,
+            macro_block_size=2,
+            ffmpeg_log_level="error",
         )
 
     def _write_gif(self) -> int:

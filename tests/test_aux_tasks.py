@@ -143,9 +143,7 @@ def test_reward_class():
 
 
 def storage_with(num_steps: int, num_envs: int) -> RolloutStorage:
-    return RolloutStorage(
-        num_steps, num_envs, (2,), torch.float32, (), torch.int64, torch.device("cpu")
-    )
+    return RolloutStorage(num_steps, num_envs, (2,), torch.float32, (), torch.int64, torch.device("cpu"))
 
 
 def test_skewed_sampler_hits_the_rewarding_fraction():

@@ -9,8 +9,13 @@ from auxrl.config import load_config
 from auxrl.evaluate import load_agent
 from auxrl.trainer import train
 
-TINY = ["env.num_envs=4", "ppo.num_steps=64", "ppo.num_minibatches=2", "ppo.update_epochs=2",
-        "log.checkpoint_every=512"]
+TINY = [
+    "env.num_envs=4",
+    "ppo.num_steps=64",
+    "ppo.num_minibatches=2",
+    "ppo.update_epochs=2",
+    "log.checkpoint_every=512",
+]
 
 
 def _scalars(run_dir, tag):

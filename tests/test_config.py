@@ -27,9 +27,17 @@ def test_shipped_configs_load_and_have_expected_values():
 
 
 def test_overrides_types_and_nesting():
-    cfg = load_config("breakout", ["ppo.lr=1e-4", "env.num_envs=16", "aux.enabled=false",
-                                   "model.freeze=[torso]", "aux.tasks.next_state.horizon=3",
-                                   "ppo.total_steps=1e6"])
+    cfg = load_config(
+        "breakout",
+        [
+            "ppo.lr=1e-4",
+            "env.num_envs=16",
+            "aux.enabled=false",
+            "model.freeze=[torso]",
+            "aux.tasks.next_state.horizon=3",
+            "ppo.total_steps=1e6",
+        ],
+    )
     assert cfg.ppo.lr == 1e-4 and isinstance(cfg.ppo.lr, float)
     assert cfg.env.num_envs == 16 and cfg.aux.enabled is False
     assert cfg.model.freeze == ["torso"]
@@ -39,8 +47,14 @@ def test_overrides_types_and_nesting():
 
 
 def test_weight_schedule_and_new_task_via_override():
-    cfg = load_config("cartpole", ["aux.enabled=true", "aux.tasks.rp.type=reward_prediction",
-                                   "aux.tasks.rp.weight={start: 1.0, end: 0.0, steps: 1000}"])
+    cfg = load_config(
+        "cartpole",
+        [
+            "aux.enabled=true",
+            "aux.tasks.rp.type=reward_prediction",
+            "aux.tasks.rp.weight={start: 1.0, end: 0.0, steps: 1000}",
+        ],
+    )
     assert cfg.aux.tasks["rp"].weight == WeightSchedule(1.0, 0.0, 1000)
 
 

@@ -41,17 +41,25 @@ class InverseDynamics(AuxTask):
         features = encode(seq.obs.flatten(0, 1)).reshape(batch, -1)
         logits = self.head(features)
         mask = seq.valid[:, 0].float()
-        loss = (F.cross_entropy(logits, seq.actions[:, 0], reduction="none") * mask).sum() / mask.sum().clamp(min=1)
+        loss = (F.cross_entropy(logits, seq.actions[:, 0], reduction="none") * mask).sum() / mask.sum().clamp(
+            min=1
+        )
         accuracy = ((logits.argmax(-1) == seq.actions[:, 0]).float() * mask).sum() / mask.sum().clamp(min=1)
         return AuxOutput(loss, {"accuracy": accuracy})
 
 
 def test_custom_task_by_import_path_logs_its_tags(tmp_path):
-    cfg = load_config("cartpole", [
-        "ppo.total_steps=2048", "aux.enabled=true", "aux.diagnostics_every=1",
-        f"aux.tasks.inverse_dynamics.type={__name__}:InverseDynamics",
-        "aux.tasks.inverse_dynamics.weight=0.5", "aux.tasks.inverse_dynamics.hidden=32",
-    ])
+    cfg = load_config(
+        "cartpole",
+        [
+            "ppo.total_steps=2048",
+            "aux.enabled=true",
+            "aux.diagnostics_every=1",
+            f"aux.tasks.inverse_dynamics.type={__name__}:InverseDynamics",
+            "aux.tasks.inverse_dynamics.weight=0.5",
+            "aux.tasks.inverse_dynamics.hidden=32",
+        ],
+    )
     train(cfg, tmp_path / "run", device="cpu", progress=False)
     acc = EventAccumulator(str(tmp_path / "run"), size_guidance={"scalars": 0})
     acc.Reload()

@@ -40,5 +40,7 @@ def test_gae_no_leak_across_envs_and_lambda_one_is_discounted_return():
     values = torch.zeros(3, 2)
     flags = torch.zeros(3, 2, dtype=torch.bool)
     adv, ret = compute_gae(rewards, values, flags, flags, ~flags, torch.tensor([2.0, 0.0]), 0.5, 1.0)
-    assert torch.allclose(ret[:, 0], torch.tensor([1 + 0.5 + 0.25 + 0.125 * 2, 1 + 0.5 + 0.25 * 2, 1 + 0.5 * 2]))
+    assert torch.allclose(
+        ret[:, 0], torch.tensor([1 + 0.5 + 0.25 + 0.125 * 2, 1 + 0.5 + 0.25 * 2, 1 + 0.5 * 2])
+    )
     assert torch.allclose(ret[:, 1], torch.tensor([2.5, 5.0, 10.0]))

@@ -114,10 +114,17 @@ def synthetic_steps(n: int = 50, ends: tuple[int, ...] = (20, 49)):
         reward = 0.0 if reset else float(i % 3 == 0)
         returns = np.array([score]) if reset else np.zeros(0)
         score = 0.0 if reset else score + reward
-        yield obs, Step(
-            obs=obs, reward=np.array([reward], np.float32), terminated=np.zeros(1, bool),
-            truncated=np.zeros(1, bool), reset=np.array([reset]), episode_returns=returns,
-            episode_lengths=np.ones(len(returns), dtype=np.int64),
+        yield (
+            obs,
+            Step(
+                obs=obs,
+                reward=np.array([reward], np.float32),
+                terminated=np.zeros(1, bool),
+                truncated=np.zeros(1, bool),
+                reset=np.array([reset]),
+                episode_returns=returns,
+                episode_lengths=np.ones(len(returns), dtype=np.int64),
+            ),
         )
 
 
@@ -158,10 +165,16 @@ def test_video_of_vector_observations(tmp_path):
     recorder = VideoRecorder(tmp_path / "cartpole.gif")
     for i in range(6):
         obs = np.array([[0.1 * i, -1.0, 0.02, 2.0 - i]], np.float32)
-        recorder.on_step(obs, Step(
-            obs=obs, reward=np.ones(1, np.float32), terminated=np.zeros(1, bool),
-            truncated=np.zeros(1, bool), reset=np.zeros(1, bool),
-        ))
+        recorder.on_step(
+            obs,
+            Step(
+                obs=obs,
+                reward=np.ones(1, np.float32),
+                terminated=np.zeros(1, bool),
+                truncated=np.zeros(1, bool),
+                reset=np.zeros(1, bool),
+            ),
+        )
     path, frames = recorder.close([])
     assert frames == count_frames(path) == 6
 
@@ -183,10 +196,17 @@ def test_eval_records_a_video(tmp_path, capsys):
     from auxrl.config import load_config
     from auxrl.trainer import train
 
-    cfg = load_config("breakout", [
-        "ppo.total_steps=256", "env.num_envs=2", "ppo.num_steps=128", "ppo.num_minibatches=2",
-        "ppo.update_epochs=1", "aux.enabled=false",
-    ])
+    cfg = load_config(
+        "breakout",
+        [
+            "ppo.total_steps=256",
+            "env.num_envs=2",
+            "ppo.num_steps=128",
+            "ppo.num_minibatches=2",
+            "ppo.update_epochs=1",
+            "aux.enabled=false",
+        ],
+    )
     train(cfg, tmp_path / "run", device="cpu", progress=False)
     video = tmp_path / "v.mp4"
     argv = ["eval", str(tmp_path / "run"), "--episodes", "1", "--video", str(video), "--device", "cpu"]

@@ -14,7 +14,7 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 def test_readme_starts_with_the_two_commands():
     text = README.read_text()
     first_block = re.search(r"```bash\n(.*?)```", text, re.S).group(1)
-    assert 'pip install -e . && auxrl train cartpole' in first_block
+    assert "pip install -e . && auxrl train cartpole" in first_block
     assert 'pip install -e ".[dev]" && python -m pytest -q' in first_block
 
 
@@ -25,12 +25,23 @@ def test_readme_custom_task_example_trains(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
     sys.modules.pop("my_tasks", None)
     run = tmp_path / "run"
-    code = main([
-        "train", "breakout", "aux.tasks.inverse_dynamics.type=my_tasks:InverseDynamics",
-        "aux.tasks.inverse_dynamics.weight=0.1", "ppo.total_steps=512", "env.num_envs=4",
-        "aux.batch_size=4", "aux.diagnostics_every=1", "--run-dir", str(run), "--no-progress",
-        "--device", "cpu",
-    ])
+    code = main(
+        [
+            "train",
+            "breakout",
+            "aux.tasks.inverse_dynamics.type=my_tasks:InverseDynamics",
+            "aux.tasks.inverse_dynamics.weight=0.1",
+            "ppo.total_steps=512",
+            "env.num_envs=4",
+            "aux.batch_size=4",
+            "aux.diagnostics_every=1",
+            "--run-dir",
+            str(run),
+            "--no-progress",
+            "--device",
+            "cpu",
+        ]
+    )
     assert code == 0
     acc = EventAccumulator(str(run), size_guidance={"scalars": 0})
     acc.Reload()

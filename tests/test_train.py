@@ -10,9 +10,17 @@ from auxrl.config import load_config
 from auxrl.trainer import train
 
 CLEANRL_TAGS = [
-    "charts/episodic_return", "charts/episodic_length", "charts/SPS", "charts/learning_rate",
-    "losses/policy_loss", "losses/value_loss", "losses/entropy", "losses/approx_kl",
-    "losses/clipfrac", "losses/explained_variance", "losses/total",
+    "charts/episodic_return",
+    "charts/episodic_length",
+    "charts/SPS",
+    "charts/learning_rate",
+    "losses/policy_loss",
+    "losses/value_loss",
+    "losses/entropy",
+    "losses/approx_kl",
+    "losses/clipfrac",
+    "losses/explained_variance",
+    "losses/total",
 ]
 AUX_TAGS = [
     f"aux/{name}/{key}"
@@ -40,11 +48,23 @@ def test_cartpole_learns(tmp_path):
 
 def test_breakout_all_heads_end_to_end_via_cli(tmp_path, capsys):
     run = tmp_path / "breakout"
-    code = main([
-        "train", "breakout", "ppo.total_steps=1024", "env.num_envs=4", "ppo.num_steps=128",
-        "aux.batch_size=4", "aux.diagnostics_every=1", "aux.replay_size=1024",
-        "--run-dir", str(run), "--device", "cpu", "--no-progress",
-    ])
+    code = main(
+        [
+            "train",
+            "breakout",
+            "ppo.total_steps=1024",
+            "env.num_envs=4",
+            "ppo.num_steps=128",
+            "aux.batch_size=4",
+            "aux.diagnostics_every=1",
+            "aux.replay_size=1024",
+            "--run-dir",
+            str(run),
+            "--device",
+            "cpu",
+            "--no-progress",
+        ]
+    )
     assert code == 0
     acc = EventAccumulator(str(run), size_guidance={"scalars": 0})
     acc.Reload()
@@ -67,8 +87,17 @@ def test_cli_errors_name_the_problem(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "ppo.lerning_rate" in err and "Valid keys" in err
     # A task that cannot work with the env fails at start-up and says why.
-    code = main(["train", "cartpole", "aux.enabled=true", "aux.tasks.pixel_control.weight=0.01",
-                 "--run-dir", str(tmp_path / "pc"), "--no-progress"])
+    code = main(
+        [
+            "train",
+            "cartpole",
+            "aux.enabled=true",
+            "aux.tasks.pixel_control.weight=0.01",
+            "--run-dir",
+            str(tmp_path / "pc"),
+            "--no-progress",
+        ]
+    )
     assert code == 2
     err = capsys.readouterr().err
     assert "pixel_control" in err and "image observations" in err
@@ -87,7 +116,16 @@ def test_tasks_command_lists_builtins(capsys):
 
 @pytest.mark.parametrize("torso", ["impala"])
 def test_other_torso_trains_a_step(tmp_path, torso):
-    cfg = load_config("breakout", [f"model.torso={torso}", "ppo.total_steps=256", "env.num_envs=2",
-                                   "ppo.num_minibatches=2", "ppo.update_epochs=1", "aux.enabled=false"])
+    cfg = load_config(
+        "breakout",
+        [
+            f"model.torso={torso}",
+            "ppo.total_steps=256",
+            "env.num_envs=2",
+            "ppo.num_minibatches=2",
+            "ppo.update_epochs=1",
+            "aux.enabled=false",
+        ],
+    )
     result = train(cfg, tmp_path / "run", device="cpu", progress=False)
     assert result.global_step == 256

@@ -30,7 +30,9 @@ def make_envs(cfg: EnvConfig, *, training: bool = True) -> VecEnv:
             return GroupedVecEnv([AtariVecEnv(share, training=training) for _ in range(cfg.groups)])
         return AtariVecEnv(cfg, training=training)
     if cfg.groups > 1:
-        raise ValueError(f"env.groups={cfg.groups} needs an Atari id (ALE/<Game>-v5); {cfg.id} steps synchronously.")
+        raise ValueError(
+            f"env.groups={cfg.groups} needs an Atari id (ALE/<Game>-v5); {cfg.id} steps synchronously."
+        )
     return GymVecEnv(cfg, training=training)
 
 

@@ -35,8 +35,12 @@ class FireOnReset(gym.Wrapper):
 def _make_one(cfg: EnvConfig):
     def thunk() -> gym.Env:
         env = gym.make(
-            cfg.id, mode=cfg.mode, difficulty=cfg.difficulty, frameskip=1,
-            repeat_action_probability=cfg.sticky_actions, full_action_space=cfg.full_action_space,
+            cfg.id,
+            mode=cfg.mode,
+            difficulty=cfg.difficulty,
+            frameskip=1,
+            repeat_action_probability=cfg.sticky_actions,
+            full_action_space=cfg.full_action_space,
             max_num_frames_per_episode=cfg.max_episode_frames,
         )
         env = AtariPreprocessing(env, noop_max=cfg.noop_max, frame_skip=cfg.frameskip, screen_size=84)

@@ -21,16 +21,18 @@ class GroupedVecEnv(VecEnv):
         self.single_observation_space = envs[0].single_observation_space
         self.single_action_space = envs[0].single_action_space
         starts = np.cumsum([0] + [e.num_envs for e in envs])
-        self._groups = [(slice(int(a), int(b)), e) for a, b, e in zip(starts[:-1], starts[1:], envs)]
+        self._groups = [
+            (slice(int(a), int(b)), e) for a, b, e in zip(starts[:-1], starts[1:], envs, strict=True)
+        ]
 
     @property
     def groups(self) -> list[tuple[slice, VecEnv]]:
         return self._groups
 
     def reset(self, seed: int | None = None) -> np.ndarray:
-        return np.concatenate([
-            env.reset(seed=None if seed is None else seed + sl.start) for sl, env in self._groups
-        ])
+        return np.concatenate(
+            [env.reset(seed=None if seed is None else seed + sl.start) for sl, env in self._groups]
+        )
 
     def step(self, actions: np.ndarray) -> Step:
         for sl, env in self._groups:
@@ -39,8 +41,15 @@ class GroupedVecEnv(VecEnv):
         return Step(
             **{
                 name: np.concatenate([getattr(s, name) for s in steps])
-                for name in ("obs", "reward", "terminated", "truncated", "reset",
-                             "episode_returns", "episode_lengths")
+                for name in (
+                    "obs",
+                    "reward",
+                    "terminated",
+                    "truncated",
+                    "reset",
+                    "episode_returns",
+                    "episode_lengths",
+                )
             }
         )
 

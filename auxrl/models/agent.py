@@ -42,7 +42,9 @@ class Agent(nn.Module):
     def value(self) -> nn.Module:
         return self.heads["value"]
 
-    def forward(self, obs: torch.Tensor) -> tuple[torch.distributions.Distribution, torch.Tensor, torch.Tensor]:
+    def forward(
+        self, obs: torch.Tensor
+    ) -> tuple[torch.distributions.Distribution, torch.Tensor, torch.Tensor]:
         """One torso pass -> (action distribution, value, features)."""
         features = self.torso(obs)
         return self.policy(features), self.value(features), features
@@ -58,7 +60,9 @@ class Agent(nn.Module):
         return {"torso": self.torso, **dict(self.heads.items())}
 
 
-def build_agent(torso_name: str, hidden_sizes: list[int], obs_space: gym.Space, action_space: gym.Space) -> Agent:
+def build_agent(
+    torso_name: str, hidden_sizes: list[int], obs_space: gym.Space, action_space: gym.Space
+) -> Agent:
     if not isinstance(obs_space, gym.spaces.Box):
         raise ValueError(f"Unsupported observation space {obs_space}: auxrl needs Box observations.")
     return Agent(make_torso(torso_name, tuple(obs_space.shape), hidden_sizes), action_space)
@@ -78,7 +82,9 @@ def load_pretrained(agent: Agent, run_dir_or_checkpoint: str, modules: list[str]
     names = list(agent.named_modules_for_freeze())
     for name in modules or []:
         if name not in names:
-            raise ValueError(f"model.init_modules: no module {name!r}. Modules of this model: {', '.join(names)}.")
+            raise ValueError(
+                f"model.init_modules: no module {name!r}. Modules of this model: {', '.join(names)}."
+            )
     loaded = []
     for name in modules if modules is not None else names:
         prefix = "torso." if name == "torso" else f"heads.{name}."

@@ -118,8 +118,6 @@ def make_torso(name: str, obs_shape: tuple[int, ...], hidden_sizes: list[int]) -
         return cls(*obs_shape)
     if name == "mlp":
         if len(obs_shape) == 3:
-            raise ValueError(
-                f"model.torso=mlp on image observations {obs_shape}: use nature_cnn or impala."
-            )
+            raise ValueError(f"model.torso=mlp on image observations {obs_shape}: use nature_cnn or impala.")
         return MLP(math.prod(obs_shape), hidden_sizes)
     raise ValueError(f"Unknown torso {name!r}. Valid torsos: nature_cnn, impala, mlp.")

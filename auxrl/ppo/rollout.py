@@ -90,8 +90,14 @@ class RolloutStorage:
 
     def finish(self, next_value: torch.Tensor, gamma: float, gae_lambda: float) -> None:
         self.advantages, self.returns = compute_gae(
-            self.rewards, self.values, self.terminated, self.truncated, self.valid,
-            next_value, gamma, gae_lambda,
+            self.rewards,
+            self.values,
+            self.terminated,
+            self.truncated,
+            self.valid,
+            next_value,
+            gamma,
+            gae_lambda,
         )
 
     def minibatches(self, num_minibatches: int, generator: torch.Generator | None = None):

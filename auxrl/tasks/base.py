@@ -19,8 +19,8 @@ task never reaches into the env or the learner.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import gymnasium as gym

@@ -24,9 +24,7 @@ def scheduled_weight(weight: float | WeightSchedule, step: int) -> float:
 class AuxTasks:
     """The tasks of one stage: what to sample for each, and each one's current weight."""
 
-    def __init__(
-        self, tasks: dict[str, AuxTask], aux: AuxConfig, storage: RolloutStorage, seed: int
-    ) -> None:
+    def __init__(self, tasks: dict[str, AuxTask], aux: AuxConfig, storage: RolloutStorage, seed: int) -> None:
         self.tasks = tasks
         self.batch_sizes = {name: aux.tasks[name].batch_size or aux.batch_size for name in tasks}
         self.weights = {name: aux.tasks[name].weight for name in tasks}
@@ -80,9 +78,12 @@ def gradient_diagnostics(
 
     def flat_grad(loss: torch.Tensor) -> torch.Tensor:
         grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
-        return torch.cat([
-            (g if g is not None else torch.zeros_like(p)).flatten() for g, p in zip(grads, params)
-        ])
+        return torch.cat(
+            [
+                (g if g is not None else torch.zeros_like(p)).flatten()
+                for g, p in zip(grads, params, strict=True)
+            ]
+        )
 
     g_main = flat_grad(main_loss)
     main_norm = g_main.norm()

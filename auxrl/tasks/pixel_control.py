@@ -31,9 +31,7 @@ from auxrl.tasks.base import (
 DECONV_CHANNELS = 32  # UNREAL: 32 x 9 x 9 before the transposed convolutions
 
 
-def pixel_change(
-    obs_a: torch.Tensor, obs_b: torch.Tensor, crop: int = 80, cell: int = 4
-) -> torch.Tensor:
+def pixel_change(obs_a: torch.Tensor, obs_b: torch.Tensor, crop: int = 80, cell: int = 4) -> torch.Tensor:
     """Mean absolute change in [0, 1] of the newest frame per cell: [..., C, H, W] -> [..., n, n].
 
     Only the newest frame (index -1 of the stack) is compared: the older ones were compared at

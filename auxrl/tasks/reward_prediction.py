@@ -53,9 +53,7 @@ class RewardPrediction(AuxTask):
     def __init__(self, cfg: RewardPredictionConfig, ctx: TaskContext) -> None:
         super().__init__(cfg, ctx)
         # Instance attribute: the skew comes from the config.
-        self.needs = Needs(
-            sequence_length=FRAMES, replay=True, rewarding_fraction=cfg.rewarding_fraction
-        )
+        self.needs = Needs(sequence_length=FRAMES, replay=True, rewarding_fraction=cfg.rewarding_fraction)
         self.head = nn.Sequential(
             layer_init(nn.Linear(FRAMES * ctx.feature_dim, cfg.hidden)),
             nn.ReLU(),
