@@ -19,6 +19,11 @@ from torch import nn
 def try_compile(torso: nn.Module, sample_obs: torch.Tensor) -> bool:
     """Compile ``torso`` in place (state_dict keys unchanged); True if it runs compiled."""
     try:
+        # The gradient diagnostics take several gradients of one graph (retain_graph=True),
+        # which compiled backward graphs with donated buffers refuse.
+        import torch._functorch.config as functorch_config
+
+        functorch_config.donated_buffer = False
         torso.compile()
         with torch.no_grad():
             torso(sample_obs)  # compilation happens here: fail now rather than mid-run

@@ -8,9 +8,12 @@ One command, one process, one table. Every variant runs with the same env settin
 * ``all_heads``: PPO plus all three heads.
 * ``sb3`` (optional peer): Stable-Baselines3 PPO (CnnPolicy) on ``make_atari_env``.
 
-Training SPS is reported twice: *steady* is the last ``charts/SPS`` scalar the trainer logs
-(steps since the training loop started / seconds since then, so env creation and model
-construction are excluded), *wall* is steps / seconds of the whole ``train()`` call.
+* ``all_heads+groups2`` / ``+compile`` / ``+bf16``: all heads with one fast-path switch
+  (``env.groups=2``, ``perf.compile=true``, ``perf.bf16=true``; bf16 on CUDA only).
+
+Training SPS is reported twice: *steady* is env steps / seconds between the first and the last
+update, from the TensorBoard events' wall times (start-up, compilation and the first update are
+excluded); *wall* is steps / seconds of the whole ``train()`` call.
 
 Example::
 
@@ -36,14 +39,20 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 HEADS = ("reward_prediction", "pixel_control", "next_state")
-TRAINING_VARIANTS = ("ppo", *HEADS, "all_heads")
+# The fast-path switches, each measured on top of all heads (kept only where they pay).
+FAST_PATH = {
+    "all_heads+groups2": ["env.groups=2"],
+    "all_heads+compile": ["perf.compile=true"],
+    "all_heads+bf16": ["perf.bf16=true"],
+}
+TRAINING_VARIANTS = ("ppo", *HEADS, "all_heads", *FAST_PATH)
 ALL_VARIANTS = ("env_only", *TRAINING_VARIANTS, "sb3")
 SPS_TAG = "charts/SPS"
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -66,7 +75,6 @@ class Row:
     wall_s: float | None = None
     note: str = ""
     error: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------------------------
@@ -169,13 +177,19 @@ def variant_overrides(variant: str, task_names: list[str]) -> list[str]:
     """``aux.*`` overrides that turn on exactly the heads of ``variant``."""
     if variant == "ppo":
         return ["aux.enabled=false"]
+    if variant in FAST_PATH:
+        return variant_overrides("all_heads", task_names) + FAST_PATH[variant]
     keep = set(HEADS) if variant == "all_heads" else {variant}
     flags = [f"aux.tasks.{name}.enabled={str(name in keep).lower()}" for name in task_names]
     return ["aux.enabled=true", *flags]
 
 
-def last_scalar(run_dir: Path, tag: str) -> float | None:
-    """The last value of ``tag`` in a run directory's TensorBoard events (None if absent)."""
+def steady_sps(run_dir: Path, tag: str = SPS_TAG) -> float | None:
+    """Steps per second between the first and the last update, from the events' wall times.
+
+    The first update (compilation, allocator and cuDNN warm-up, the first rollout) is excluded;
+    falls back to the last logged ``charts/SPS`` when there is a single update.
+    """
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
@@ -183,6 +197,8 @@ def last_scalar(run_dir: Path, tag: str) -> float | None:
     if tag not in acc.Tags().get("scalars", []):
         return None
     events = acc.Scalars(tag)
+    if len(events) >= 2 and events[-1].wall_time > events[0].wall_time:
+        return (events[-1].step - events[0].step) / (events[-1].wall_time - events[0].wall_time)
     return float(events[-1].value) if events else None
 
 
@@ -237,7 +253,7 @@ def run_training(
     t0 = time.perf_counter()
     result = train(cfg, run_dir, device=device, progress=False)
     wall = time.perf_counter() - t0
-    steady = last_scalar(run_dir, SPS_TAG)
+    steady = steady_sps(run_dir)
     note = "" if steady is not None else f"no {SPS_TAG} in the events; steady = wall"
     return Row(
         label, result.global_step, steady if steady is not None else result.global_step / wall,
@@ -303,7 +319,15 @@ def run_sb3(cfg: Any, args: argparse.Namespace, device: str) -> Row:
 
 
 def _fmt(value: float | None, spec: str = ",.0f") -> str:
-    return "-" if value is None else format(value, spec)
+    if value is None:
+        return "-"
+    if spec == ",.0f" and abs(value) < 100:
+        spec = ".1f"  # slow CPU runs: keep a digit
+    return format(value, spec)
+
+
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
 
 
 def ratios(rows: list[Row]) -> dict[str, float]:
@@ -335,7 +359,7 @@ def markdown_table(rows: list[Row]) -> str:
         note = note.replace("|", "\\|").replace("\n", " ")
         lines.append(
             f"| {r.variant} | {r.steps:,} | {_fmt(r.sps)} | {_fmt(r.wall_sps)} | {_fmt(r.wall_s, '.1f')} "
-            f"| {_fmt(vs_env, '.2f')} | {_fmt(vs_ppo, '.2f')} | {note} |"
+            f"| {_ratio(vs_env)} | {_ratio(vs_ppo)} | {note} |"
         )
     return "\n".join(lines)
 
@@ -343,14 +367,18 @@ def markdown_table(rows: list[Row]) -> str:
 def markdown_report(meta: dict[str, Any], rows: list[Row], ratio: dict[str, float]) -> str:
     """Table, ratios, metadata and the command, as one Markdown document."""
     v = meta["versions"]
+    where = meta["device_name"]
+    if where == "cpu":
+        where = f"CPU ({meta['cpu']}, {meta['cores']} cores)"
     parts = [
-        f"# auxrl throughput: {meta['env_id']} on {meta['device_name']} ({meta['date']})",
+        f"# auxrl throughput: {meta['env_id']} on {where} ({meta['date']})",
         "",
         markdown_table(rows),
         "",
-        "Steady SPS: env_only after a warm-up; auxrl variants the last `charts/SPS` the trainer logged "
-        "(steps / seconds since its training loop started, so env creation and model construction are "
-        "excluded); sb3 the `learn()` call alone. Wall SPS: steps / seconds of the whole call.",
+        "Steady SPS: env_only after a warm-up; auxrl variants env steps / seconds between their first "
+        "and last update (from the TensorBoard events' wall times, so start-up, compilation and the "
+        "first update are excluded); sb3 the `learn()` call alone. Wall SPS: steps / seconds of the "
+        "whole call.",
         "",
         "## Ratios (steady SPS)",
         "",
@@ -471,6 +499,9 @@ def main(argv: list[str] | None = None) -> int:
                 print("[throughput] warm-up failed; measuring anyway", flush=True)
 
         for variant in training:
+            if variant == "all_heads+bf16" and device.type != "cuda":
+                rows.append(Row(variant, note="skipped: bf16 autocast applies on CUDA only"))
+                continue
             overrides = common + variant_overrides(variant, task_names)
             measure = functools.partial(run_training, args.config, overrides, args.device, variant, workdir)
             record(variant, measure)
