@@ -11,12 +11,14 @@ import math
 import random
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
 import torch
+import yaml
 from torch import nn
 
 from auxrl import checkpoint
@@ -289,7 +291,7 @@ def train(
     # Events up to the checkpoint step are kept; later ones (written before a crash) are purged.
     logger = Logger(run_dir, cfg.log.flush_secs, purge_step=state.global_step + 1 if saved else None)
     if saved is None:
-        logger.text("config", "```\n" + __import__("yaml").safe_dump(to_dict(cfg), sort_keys=False) + "\n```")
+        logger.text("config", "```\n" + yaml.safe_dump(to_dict(cfg), sort_keys=False) + "\n```")
     bar = Progress(cfg.ppo.total_steps, state.global_step, progress, cfg.log.print_every_secs)
     next_checkpoint = _next_multiple(state.global_step, cfg.log.checkpoint_every)
 
@@ -308,7 +310,7 @@ def train(
             cfg.log.keep_checkpoints,
         )
 
-    start_time, start_step = time.monotonic(), state.global_step
+    session = _Session(agent, optimizer, trainable, state, logger, bar, dev, bf16, save)
     envs: VecEnv | None = first_envs
     try:
         while state.stage < len(stages) and state.global_step < cfg.ppo.total_steps:
@@ -317,23 +319,7 @@ def train(
                 envs = make_envs(stage.cfg.env)
             check_spaces(spaces, envs, stage)
             bar.log(f"Stage {stage.index} ({stage.name}): {stage.cfg.env.id}, {stage.cfg.env.num_envs} envs")
-            ended = _run_stage(
-                cfg,
-                stage,
-                envs,
-                agent,
-                optimizer,
-                trainable,
-                state,
-                logger,
-                bar,
-                dev,
-                start_time,
-                start_step,
-                lambda: save(),
-                next_checkpoint,
-                bf16,
-            )
+            ended = _run_stage(cfg, stage, envs, session, next_checkpoint)
             next_checkpoint = ended["next_checkpoint"]
             envs.close()
             envs = None
@@ -372,24 +358,36 @@ def _next_multiple(step: int, every: int) -> int:
     return (step // every + 1) * every if every > 0 else math.inf  # type: ignore[return-value]
 
 
-def _run_stage(
-    cfg,
-    stage,
-    envs,
-    agent,
-    optimizer,
-    trainable,
-    state,
-    logger,
-    bar,
-    dev,
-    start_time,
-    start_step,
-    save,
-    next_checkpoint,
-    bf16,
-) -> dict:
+@dataclass
+class _Session:
+    """The run-wide pieces every stage works with."""
+
+    agent: Agent
+    optimizer: torch.optim.Optimizer
+    trainable: list[nn.Parameter]
+    state: TrainState
+    logger: Logger
+    bar: Progress
+    device: torch.device
+    bf16: bool
+    save: Callable[[], None]
+    start_time: float = field(default_factory=time.monotonic)
+    start_step: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.start_step = self.state.global_step
+
+
+def _run_stage(cfg: Config, stage: Stage, envs: VecEnv, session: _Session, next_checkpoint: int) -> dict:
     """Train one stage until its rule or total_steps ends it."""
+    agent, optimizer, state, logger, bar = (
+        session.agent,
+        session.optimizer,
+        session.state,
+        session.logger,
+        session.bar,
+    )
+    dev, bf16 = session.device, session.bf16
     scfg = stage.cfg
     obs_space = envs.single_observation_space
     storage = RolloutStorage(
@@ -453,7 +451,7 @@ def _run_stage(
             bool(aux) and scfg.aux.diagnostics_every > 0 and state.update % scfg.aux.diagnostics_every == 0
         )
         with autocast(bf16, dev):
-            metrics = ppo_update(scfg, agent, optimizer, storage, aux, weights, trainable, diagnose)
+            metrics = ppo_update(scfg, agent, optimizer, storage, aux, weights, session.trainable, diagnose)
         state.update += 1
 
         metrics["losses/explained_variance"] = explained_variance(
@@ -461,7 +459,7 @@ def _run_stage(
         )
         # One host sync per update for all logged scalars.
         values = dict(zip(metrics, torch.stack([v.float() for v in metrics.values()]).tolist(), strict=True))
-        sps = (state.global_step - start_step) / max(time.monotonic() - start_time, 1e-9)
+        sps = (state.global_step - session.start_step) / max(time.monotonic() - session.start_time, 1e-9)
         values["charts/learning_rate"] = lr
         values["charts/SPS"] = sps
         for name, w in weights.items():
@@ -471,6 +469,6 @@ def _run_stage(
         bar.update(state.global_step, sps, float(np.mean(recent)) if recent else None)
 
         if state.global_step >= next_checkpoint:
-            save()
+            session.save()
             next_checkpoint = _next_multiple(state.global_step, cfg.log.checkpoint_every)
     return {"reason": None, "next_checkpoint": next_checkpoint}

@@ -94,18 +94,7 @@ class AtariVecEnv(VecEnv):
         # every game, including ones that end with lives left.
         reset = frame < self._frame
         self._frame = frame
-        raw = reward.astype(np.float64)
-        returns, lengths = self.tracker.update(raw, reset)
-        train_reward = np.sign(raw) if self.reward_clip else raw
-        return Step(
-            obs=obs,
-            reward=train_reward.astype(np.float32),
-            terminated=terminated.astype(bool),
-            truncated=truncated.astype(bool),
-            reset=reset,
-            episode_returns=returns,
-            episode_lengths=lengths,
-        )
+        return self.tracker.step(obs, reward, terminated, truncated, reset, self.reward_clip)
 
     def close(self) -> None:
         self.env.close()

@@ -105,18 +105,8 @@ class AtariModesVecEnv(VecEnv):
         # vector level, so gymnasium's autoreset only fires at a real game over.
         life_lost = (lives < self._lives) & ~reset
         self._lives = lives
-        raw = np.asarray(reward, dtype=np.float64)
-        returns, lengths = self.tracker.update(raw, reset)
-        train_reward = np.sign(raw) if self.reward_clip else raw
-        return Step(
-            obs=obs,
-            reward=train_reward.astype(np.float32),
-            terminated=np.asarray(terminated, dtype=bool) | (self.episodic_life & life_lost),
-            truncated=np.asarray(truncated, dtype=bool),
-            reset=reset.copy(),
-            episode_returns=returns,
-            episode_lengths=lengths,
-        )
+        terminated = np.asarray(terminated, dtype=bool) | (self.episodic_life & life_lost)
+        return self.tracker.step(obs, reward, terminated, truncated, reset, self.reward_clip)
 
     def close(self) -> None:
         self.env.close()

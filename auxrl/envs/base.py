@@ -36,6 +36,28 @@ class EpisodeTracker:
         self.returns = np.zeros(num_envs, dtype=np.float64)
         self.lengths = np.zeros(num_envs, dtype=np.int64)
 
+    def step(
+        self,
+        obs: np.ndarray,
+        raw_reward: np.ndarray,
+        terminated: np.ndarray,
+        truncated: np.ndarray,
+        reset: np.ndarray,
+        clip_reward: bool = False,
+    ) -> Step:
+        """Book one vectorized step and package it (reward clipped to its sign if asked)."""
+        raw = np.asarray(raw_reward, dtype=np.float64)
+        returns, lengths = self.update(raw, reset)
+        return Step(
+            obs=obs,
+            reward=(np.sign(raw) if clip_reward else raw).astype(np.float32),
+            terminated=np.asarray(terminated, dtype=bool),
+            truncated=np.asarray(truncated, dtype=bool),
+            reset=np.array(reset, dtype=bool),
+            episode_returns=returns,
+            episode_lengths=lengths,
+        )
+
     def update(self, raw_reward: np.ndarray, reset: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         done_returns = self.returns[reset].copy()
         done_lengths = self.lengths[reset].copy()

@@ -45,17 +45,7 @@ class GymVecEnv(VecEnv):
         obs, reward, terminated, truncated, _ = self.env.step(actions)
         reset = self._done  # NEXT_STEP: the step after a done only resets
         self._done = terminated | truncated
-        raw = np.asarray(reward, dtype=np.float64)
-        returns, lengths = self.tracker.update(raw, reset)
-        return Step(
-            obs=obs,
-            reward=raw.astype(np.float32),
-            terminated=np.asarray(terminated, dtype=bool),
-            truncated=np.asarray(truncated, dtype=bool),
-            reset=reset.copy(),
-            episode_returns=returns,
-            episode_lengths=lengths,
-        )
+        return self.tracker.step(obs, reward, terminated, truncated, reset)
 
     def close(self) -> None:
         self.env.close()
