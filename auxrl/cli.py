@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from auxrl.config import ConfigError, load_config, shipped_config_names
+from auxrl.config import ConfigError, from_dict, load_config, shipped_config_names
 
 
 def _default_run_dir(cfg_name: str, seed: int) -> Path:
@@ -20,10 +20,15 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     if args.resume:
         # The saved config is the run's config; overrides on resume change it (e.g. total_steps).
-        saved = checkpoint.load(args.resume)
-        from auxrl.config import from_dict
-
-        cfg = from_dict(saved["config"], args.overrides)
+        overrides = list(args.overrides)
+        if args.config is not None:
+            if "=" not in args.config:
+                raise ConfigError(
+                    f"--resume continues a run with its saved config; drop {args.config!r} (give "
+                    f"only key=value overrides, e.g. ppo.total_steps=20000000)."
+                )
+            overrides.insert(0, args.config)  # argparse put the first override in CONFIG's slot
+        cfg = from_dict(checkpoint.load(args.resume)["config"], overrides)
         run_dir = Path(args.resume)
         if run_dir.is_file():
             run_dir = run_dir.parent.parent

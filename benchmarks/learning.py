@@ -72,14 +72,12 @@ def game_slug(env_id: str) -> str:
 
 def read_scalars(run_dir: Path, tag: str) -> tuple[np.ndarray, np.ndarray]:
     """(steps, values) of ``tag`` in a run directory's TensorBoard events (empty if absent)."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from auxrl.plot import read_scalars as read
 
-    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
-    acc.Reload()
-    if tag not in acc.Tags().get("scalars", []):
+    try:
+        return read(run_dir, tag)
+    except (ValueError, FileNotFoundError):  # no events yet, or no finished episode
         return np.zeros(0, dtype=np.int64), np.zeros(0)
-    events = acc.Scalars(tag)
-    return np.array([e.step for e in events], dtype=np.int64), np.array([e.value for e in events])
 
 
 def final_return(run_dir: Path, last_n: int) -> tuple[float | None, int, int]:
@@ -102,9 +100,7 @@ def saved_step(run_dir: Path) -> int | None:
     return int(saved["state"]["global_step"])
 
 
-def train_one(
-    config: str, overrides: list[str], run_dir: Path, steps: int, device: str
-) -> tuple[str, float]:
+def train_one(config: str, overrides: list[str], run_dir: Path, steps: int, device: str) -> tuple[str, float]:
     """Train (or resume, or skip) one run; returns (status, seconds)."""
     from auxrl.config import load_config
     from auxrl.trainer import train
@@ -151,9 +147,7 @@ def results_markdown(meta: dict[str, Any], runs: list[RunSummary], plot_note: st
     for variant in VARIANTS:
         finals = [r.final_return for r in runs if r.variant == variant and r.final_return is not None]
         mean, std = mean_std(finals)
-        per_seed = ", ".join(
-            f"{r.seed}: {_fmt(r.final_return)}" for r in runs if r.variant == variant
-        )
+        per_seed = ", ".join(f"{r.seed}: {_fmt(r.final_return)}" for r in runs if r.variant == variant)
         lines.append(f"| {variant} | {len(finals)} | {_fmt(mean, std)} | {per_seed} |")
     lines += [
         "",
@@ -234,8 +228,11 @@ def metadata(args: argparse.Namespace, cfg: Any) -> dict[str, Any]:
         "cpu": cpu,
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "versions": {
-            "python": platform.python_version(), "torch": torch.__version__,
-            "gymnasium": gymnasium.__version__, "ale-py": ale_py.__version__, "auxrl": auxrl.__version__,
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "gymnasium": gymnasium.__version__,
+            "ale-py": ale_py.__version__,
+            "auxrl": auxrl.__version__,
         },
         "config": args.config,
         "env_id": cfg.env.id,
@@ -256,13 +253,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=2_000_000, help="env steps per run")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument(
-        "--out-dir", default=None,
+        "--out-dir",
+        default=None,
         help="where the runs, curves.png and results.md go "
         "(default: benchmarks/results/learning-<game>-<YYYY-MM-DD>)",
     )
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     parser.add_argument(
-        "--extra", nargs="*", default=[], metavar="KEY=VALUE",
+        "--extra",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
         help="config overrides for every run, e.g. env.num_envs=16 ppo.lr=1e-4",
     )
     parser.add_argument("--last-n", type=int, default=20, help="episodes averaged for the final return")
@@ -296,7 +297,10 @@ def main(argv: list[str] | None = None) -> int:
         for variant in VARIANTS:
             run_dir = out / f"{variant}__{seed}"
             overrides = [
-                *args.extra, f"ppo.total_steps={args.steps}", f"seed={seed}", f"name={variant}",
+                *args.extra,
+                f"ppo.total_steps={args.steps}",
+                f"seed={seed}",
+                f"name={variant}",
                 f"aux.enabled={'true' if variant == 'with_aux' else 'false'}",
             ]
             print(f"[learning] {run_dir.name} ...", flush=True)
@@ -314,9 +318,9 @@ def main(argv: list[str] | None = None) -> int:
     plot_note = make_plot([Path(r.run_dir) for r in runs if Path(r.run_dir).exists()], out / "curves.png")
     report = results_markdown(meta, runs, plot_note)
     (out / "results.md").write_text(report)
-    (out / "results.json").write_text(json.dumps(
-        {"metadata": meta, "runs": [asdict(r) for r in runs], "plot": plot_note}, indent=2
-    ) + "\n")
+    (out / "results.json").write_text(
+        json.dumps({"metadata": meta, "runs": [asdict(r) for r in runs], "plot": plot_note}, indent=2) + "\n"
+    )
     print(f"\nWrote {out / 'results.md'}\n")
     print(report.split("\n## Runs")[0].rstrip())
     return 1 if any(r.status.startswith("failed") for r in runs) else 0

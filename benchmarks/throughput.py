@@ -215,6 +215,7 @@ def run_env_only(cfg: Any, steps: int, warmup_steps: int, seed: int) -> Row:
         space = envs.single_action_space
         rng = np.random.default_rng(seed)
         if isinstance(space, gym.spaces.Discrete):
+
             def sample() -> np.ndarray:
                 return rng.integers(space.start, space.start + space.n, size=n)
         else:
@@ -236,14 +237,16 @@ def run_env_only(cfg: Any, steps: int, warmup_steps: int, seed: int) -> Row:
     total = vector_steps * n
     wall = time.perf_counter() - t0
     return Row(
-        "env_only", total, total / seconds, total / wall, wall,
+        "env_only",
+        total,
+        total / seconds,
+        total / wall,
+        wall,
         note=f"random actions, {warmup_steps // n * n} warm-up steps excluded",
     )
 
 
-def run_training(
-    config: str, overrides: list[str], device: str, label: str, workdir: Path
-) -> Row:
+def run_training(config: str, overrides: list[str], device: str, label: str, workdir: Path) -> Row:
     """One auxrl ``train()`` call in a fresh run directory; SPS from its TensorBoard events."""
     from auxrl.config import load_config
     from auxrl.trainer import train
@@ -256,8 +259,12 @@ def run_training(
     steady = steady_sps(run_dir)
     note = "" if steady is not None else f"no {SPS_TAG} in the events; steady = wall"
     return Row(
-        label, result.global_step, steady if steady is not None else result.global_step / wall,
-        result.global_step / wall, wall, note=note,
+        label,
+        result.global_step,
+        steady if steady is not None else result.global_step / wall,
+        result.global_step / wall,
+        wall,
+        note=note,
     )
 
 
@@ -287,7 +294,9 @@ def run_sb3(cfg: Any, args: argparse.Namespace, device: str) -> Row:
 
         gym.register_envs(ale_py)
         env = make_atari_env(
-            e.id, n_envs=args.num_envs, seed=cfg.seed,
+            e.id,
+            n_envs=args.num_envs,
+            seed=cfg.seed,
             env_kwargs={"frameskip": 1, "repeat_action_probability": e.sticky_actions},
         )
         env = VecFrameStack(env, e.frame_stack)
@@ -297,11 +306,21 @@ def run_sb3(cfg: Any, args: argparse.Namespace, device: str) -> Row:
         policy, note = "MlpPolicy", "make_vec_env, MlpPolicy"
     try:
         model = PPO(
-            policy, env, n_steps=p.num_steps,
-            batch_size=args.num_envs * p.num_steps // p.num_minibatches, n_epochs=p.update_epochs,
-            learning_rate=p.lr, gamma=p.gamma, gae_lambda=p.gae_lambda, clip_range=p.clip_coef,
-            ent_coef=p.ent_coef, vf_coef=p.vf_coef, max_grad_norm=p.max_grad_norm,
-            seed=cfg.seed, device=device, verbose=0,
+            policy,
+            env,
+            n_steps=p.num_steps,
+            batch_size=args.num_envs * p.num_steps // p.num_minibatches,
+            n_epochs=p.update_epochs,
+            learning_rate=p.lr,
+            gamma=p.gamma,
+            gae_lambda=p.gae_lambda,
+            clip_range=p.clip_coef,
+            ent_coef=p.ent_coef,
+            vf_coef=p.vf_coef,
+            max_grad_norm=p.max_grad_norm,
+            seed=cfg.seed,
+            device=device,
+            verbose=0,
         )
         start = time.perf_counter()
         model.learn(total_timesteps=args.steps)
@@ -429,16 +448,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--num-envs", type=int, default=8)
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     parser.add_argument(
-        "--variants", default=",".join(ALL_VARIANTS),
+        "--variants",
+        default=",".join(ALL_VARIANTS),
         help=f"comma-separated subset of {','.join(ALL_VARIANTS)} (default: all)",
     )
     parser.add_argument("--out-dir", default="benchmarks/results")
     parser.add_argument(
-        "--sb3", action=argparse.BooleanOptionalAction, default=None,
+        "--sb3",
+        action=argparse.BooleanOptionalAction,
+        default=None,
         help="measure Stable-Baselines3 PPO as a peer (default: when stable_baselines3 is importable)",
     )
     parser.add_argument(
-        "--warmup-steps", type=int, default=None,
+        "--warmup-steps",
+        type=int,
+        default=None,
         help="env steps of an unreported auxrl warm-up run before the measured training variants "
         "(default: one PPO update, num_envs x ppo.num_steps; 0: none)",
     )
@@ -491,8 +515,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[throughput] warm-up: {warmup:,} steps with all heads (not reported)", flush=True)
             try:
                 run_training(
-                    args.config, base_overrides(args, warmup) + variant_overrides("all_heads", task_names),
-                    args.device, "warmup", workdir,
+                    args.config,
+                    base_overrides(args, warmup) + variant_overrides("all_heads", task_names),
+                    args.device,
+                    "warmup",
+                    workdir,
                 )
             except Exception:
                 traceback.print_exc()
@@ -509,8 +536,13 @@ def main(argv: list[str] | None = None) -> int:
         if "sb3" in args.variants:
             wanted = args.sb3 if args.sb3 is not None else sb3_available()
             if not sb3_available():
-                rows.append(Row("sb3", note="skipped: stable_baselines3 is not installed "
-                                            "(pip install 'auxrl[bench]' or stable-baselines3)"))
+                rows.append(
+                    Row(
+                        "sb3",
+                        note="skipped: stable_baselines3 is not installed "
+                        "(pip install 'auxrl[bench]' or stable-baselines3)",
+                    )
+                )
             elif not wanted:
                 rows.append(Row("sb3", note="skipped: --no-sb3"))
             else:
@@ -520,10 +552,13 @@ def main(argv: list[str] | None = None) -> int:
     report = markdown_report(meta, rows, ratio)
     md_path, json_path = output_paths(Path(args.out_dir), f"{device_slug(device)}-{meta['date']}")
     md_path.write_text(report)
-    json_path.write_text(json.dumps(
-        {"metadata": meta, "rows": [asdict(r) for r in rows], "ratios": ratio, "markdown": report},
-        indent=2,
-    ) + "\n")
+    json_path.write_text(
+        json.dumps(
+            {"metadata": meta, "rows": [asdict(r) for r in rows], "ratios": ratio, "markdown": report},
+            indent=2,
+        )
+        + "\n"
+    )
     print(f"\nWrote {md_path} and {json_path}\n")
     print(markdown_table(rows))
     return 0

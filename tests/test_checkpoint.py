@@ -85,3 +85,16 @@ def test_resume_continues_step_count_and_curve(tmp_path):
     assert lrs[1280] == pytest.approx(cfg.ppo.lr * (1 - 1024 / 2560))
     assert lrs[2560] == pytest.approx(cfg.ppo.lr * (1 - 2304 / 2560))
     assert checkpoint.load(run)["state"]["update"] == 10
+
+
+def test_cli_resume_applies_overrides(tmp_path, capsys):
+    from auxrl.cli import main
+
+    run = tmp_path / "run"
+    assert (
+        main(["train", "cartpole", *TINY, "ppo.total_steps=512", "--run-dir", str(run), "--no-progress"]) == 0
+    )
+    assert main(["train", "--resume", str(run), "ppo.total_steps=1024", "--no-progress"]) == 0
+    assert checkpoint.load(run)["state"]["global_step"] == 1024
+    assert main(["train", "cartpole", "--resume", str(run)]) == 2
+    assert "--resume continues a run with its saved config" in capsys.readouterr().err

@@ -38,9 +38,16 @@ def test_bf16_is_ignored_off_cuda_and_training_runs(tmp_path):
 def test_compiled_torso_trains_with_aux_heads_and_diagnostics(tmp_path):
     # A real torch.compile (CPU inductor where a compiler exists, else the eager fallback), with
     # gradient diagnostics, which take several gradients of one graph.
-    cfg = load_config("cartpole", [
-        "ppo.total_steps=512", "perf.compile=true", "aux.enabled=true", "aux.diagnostics_every=1",
-        "aux.tasks.reward_prediction.weight=1.0", "aux.batch_size=8",
-    ])
+    cfg = load_config(
+        "cartpole",
+        [
+            "ppo.total_steps=512",
+            "perf.compile=true",
+            "aux.enabled=true",
+            "aux.diagnostics_every=1",
+            "aux.tasks.reward_prediction.weight=1.0",
+            "aux.batch_size=8",
+        ],
+    )
     result = train(cfg, tmp_path / "run", device="cpu", progress=False)
     assert result.global_step == 512
