@@ -103,7 +103,8 @@ class PPOConfig:
 
 @dataclass
 class WeightSchedule:
-    """A loss weight that moves linearly from ``start`` to ``end`` over ``steps`` env steps."""
+    """A loss weight that moves linearly from ``start`` to ``end`` over the run's first ``steps``
+    env steps (counted from the start of the run, across curriculum stages)."""
 
     start: float
     end: float

@@ -97,15 +97,6 @@ def stage_tasks(agent: Agent, stage: Stage) -> dict[str, AuxTask]:
     return {name: agent.heads[name] for name in enabled_tasks(stage.cfg.aux)}
 
 
-def task_weights(agent: Agent, stage: Stage) -> dict:
-    """Configured weights, or each task's documented default where none is given."""
-    return {
-        name: spec.weight if spec.weight is not None else type(agent.heads[name]).default_weight
-        for name, spec in stage.cfg.aux.tasks.items()
-        if name in stage_tasks(agent, stage)
-    }
-
-
 def check_spaces(agent_env: tuple[gym.Space, gym.Space], envs: VecEnv, stage: Stage) -> None:
     obs_space, action_space = agent_env
     if envs.single_action_space != action_space:
@@ -293,7 +284,6 @@ def train(
     if saved is None:
         logger.text("config", "```\n" + yaml.safe_dump(to_dict(cfg), sort_keys=False) + "\n```")
     bar = Progress(cfg.ppo.total_steps, state.global_step, progress, cfg.log.print_every_secs)
-    next_checkpoint = _next_multiple(state.global_step, cfg.log.checkpoint_every)
 
     def save() -> None:
         checkpoint.save(
@@ -310,7 +300,18 @@ def train(
             cfg.log.keep_checkpoints,
         )
 
-    session = _Session(agent, optimizer, trainable, state, logger, bar, dev, bf16, save)
+    session = _Session(
+        agent,
+        optimizer,
+        trainable,
+        state,
+        logger,
+        bar,
+        dev,
+        bf16,
+        save,
+        next_checkpoint=_next_multiple(state.global_step, cfg.log.checkpoint_every),
+    )
     envs: VecEnv | None = first_envs
     try:
         while state.stage < len(stages) and state.global_step < cfg.ppo.total_steps:
@@ -319,15 +320,12 @@ def train(
                 envs = make_envs(stage.cfg.env)
             check_spaces(spaces, envs, stage)
             bar.log(f"Stage {stage.index} ({stage.name}): {stage.cfg.env.id}, {stage.cfg.env.num_envs} envs")
-            ended = _run_stage(cfg, stage, envs, session, next_checkpoint)
-            next_checkpoint = ended["next_checkpoint"]
+            reason = _run_stage(cfg, stage, envs, session)
             envs.close()
             envs = None
-            if ended["reason"] is None:
+            if reason is None:
                 break  # total_steps reached
-            bar.log(
-                f"Stage {stage.index} ({stage.name}) ended at step {state.global_step:,}: {ended['reason']}"
-            )
+            bar.log(f"Stage {stage.index} ({stage.name}) ended at step {state.global_step:,}: {reason}")
             state.stage += 1
             state.stage_start_step = state.global_step
             state.stage_returns = []
@@ -371,6 +369,7 @@ class _Session:
     device: torch.device
     bf16: bool
     save: Callable[[], None]
+    next_checkpoint: int
     start_time: float = field(default_factory=time.monotonic)
     start_step: int = field(init=False)
 
@@ -378,8 +377,8 @@ class _Session:
         self.start_step = self.state.global_step
 
 
-def _run_stage(cfg: Config, stage: Stage, envs: VecEnv, session: _Session, next_checkpoint: int) -> dict:
-    """Train one stage until its rule or total_steps ends it."""
+def _run_stage(cfg: Config, stage: Stage, envs: VecEnv, session: _Session) -> str | None:
+    """Train one stage; returns why it ended ("budget", "threshold"), None at total_steps."""
     agent, optimizer, state, logger, bar = (
         session.agent,
         session.optimizer,
@@ -400,7 +399,6 @@ def _run_stage(cfg: Config, stage: Stage, envs: VecEnv, session: _Session, next_
         dev,
     )
     aux = AuxTasks(stage_tasks(agent, stage), scfg.aux, storage, cfg.seed + stage.index)
-    aux.weights = task_weights(agent, stage)
     # A fresh env per (re)start: resumed runs start new episodes, counted from the saved step.
     storage.next_obs.copy_(
         torch.from_numpy(envs.reset(seed=cfg.seed + 1000 * stage.index + state.global_step))
@@ -426,7 +424,7 @@ def _run_stage(cfg: Config, stage: Stage, envs: VecEnv, session: _Session, next_
     while state.global_step < cfg.ppo.total_steps:
         reason = stage.finished(state.global_step - state.stage_start_step, state.stage_returns)
         if reason is not None:
-            return {"reason": reason, "next_checkpoint": next_checkpoint}
+            return reason
         # Linear LR annealing over the whole run (PPO implementation detail #4).
         lr = (
             scfg.ppo.lr * (1.0 - state.global_step / cfg.ppo.total_steps)
@@ -468,7 +466,7 @@ def _run_stage(cfg: Config, stage: Stage, envs: VecEnv, session: _Session, next_
         recent = state.stage_returns[-window:]
         bar.update(state.global_step, sps, float(np.mean(recent)) if recent else None)
 
-        if state.global_step >= next_checkpoint:
+        if state.global_step >= session.next_checkpoint:
             session.save()
-            next_checkpoint = _next_multiple(state.global_step, cfg.log.checkpoint_every)
-    return {"reason": None, "next_checkpoint": next_checkpoint}
+            session.next_checkpoint = _next_multiple(state.global_step, cfg.log.checkpoint_every)
+    return None

@@ -30,7 +30,6 @@ def test_readme_custom_task_example_trains(tmp_path, monkeypatch):
             "train",
             "breakout",
             "aux.tasks.inverse_dynamics.type=my_tasks:InverseDynamics",
-            "aux.tasks.inverse_dynamics.weight=0.1",
             "ppo.total_steps=512",
             "env.num_envs=4",
             "aux.batch_size=4",
@@ -48,3 +47,6 @@ def test_readme_custom_task_example_trains(tmp_path, monkeypatch):
     tags = acc.Tags()["scalars"]
     for key in ("loss", "accuracy", "weight", "grad_cosine", "grad_norm_ratio"):
         assert f"aux/inverse_dynamics/{key}" in tags
+    # No weight in the config: the task's documented default_weight applies.
+    weights = {round(e.value, 6) for e in acc.Scalars("aux/inverse_dynamics/weight")}
+    assert weights == {0.1}

@@ -27,7 +27,11 @@ class AuxTasks:
     def __init__(self, tasks: dict[str, AuxTask], aux: AuxConfig, storage: RolloutStorage, seed: int) -> None:
         self.tasks = tasks
         self.batch_sizes = {name: aux.tasks[name].batch_size or aux.batch_size for name in tasks}
-        self.weights = {name: aux.tasks[name].weight for name in tasks}
+        # The configured weight, or the task's documented default where none is given.
+        self.weights = {
+            name: w if (w := aux.tasks[name].weight) is not None else type(task).default_weight
+            for name, task in tasks.items()
+        }
         self.recent = storage.num_steps
         # Steps kept per env: the configured number of transitions split across envs.
         capacity = aux.replay_size // storage.num_envs if any(t.needs.replay for t in tasks.values()) else 0
