@@ -304,9 +304,11 @@ def test_next_state_learns_deterministic_dynamics():
     assert out.loss.item() < 0.5 * first
     assert out.metrics["cosine"].item() > 0.75
     # Not by collapse: the targets of different samples still point different ways.
-    targets = torch.nn.functional.normalize(task.target_torso(seq.obs[:, 1]), dim=-1)
+    targets = task.target_projection(task.target_torso(seq.obs[:, 1]))
+    targets = torch.nn.functional.normalize(targets, dim=-1)
     pairwise = (targets @ targets.T - torch.eye(batch)).sum() / (batch * batch - batch)
     assert pairwise.item() < 0.5
+    assert out.metrics["target_similarity"].item() == pytest.approx(pairwise.item(), abs=1e-5)
 
 
 def test_next_state_ema_target():
@@ -318,20 +320,24 @@ def test_next_state_ema_target():
     assert not any("_online" in k for k in keys)
     assert {id(p) for p in task.parameters()}.isdisjoint(id(p) for p in torso.parameters())
 
+    def targets() -> list[torch.Tensor]:
+        return [*task.target_torso.parameters(), *task.target_projection.parameters()]
+
+    online = [*torso.parameters(), *task.projection.parameters()]
     with torch.no_grad():
-        for p in torso.parameters():
+        for p in online:
             p.add_(torch.randn_like(p))  # make online and target differ
-    old = [p.clone() for p in task.target_torso.parameters()]
+    old = [p.clone() for p in targets()]
     task.ema_update(tau=0.1)
-    pairs = zip(task.target_torso.parameters(), old, torso.parameters(), strict=True)
-    for new, before, online in pairs:
+    pairs = zip(targets(), old, online, strict=True)
+    for new, before, online_p in pairs:
         assert not new.requires_grad
-        assert torch.allclose(new, 0.9 * before + 0.1 * online)
+        assert torch.allclose(new, 0.9 * before + 0.1 * online_p)
 
     seq = sequences(torch.randn(6, 2, 8), torch.randn(6, 1, 3))
-    snapshot = [p.clone() for p in task.target_torso.parameters()]
+    snapshot = [p.clone() for p in targets()]
     task.loss(seq, torso).loss.backward()
-    assert all(p.grad is None for p in task.target_torso.parameters())
+    assert all(p.grad is None for p in targets())
     assert all(p.grad is not None for p in torso.parameters())
-    for p, before in zip(task.target_torso.parameters(), snapshot, strict=True):
+    for p, before in zip(targets(), snapshot, strict=True):
         assert torch.equal(p, before)

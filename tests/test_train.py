@@ -26,7 +26,12 @@ AUX_TAGS = [
     f"aux/{name}/{key}"
     for name in ("reward_prediction", "pixel_control", "next_state")
     for key in ("loss", "weight", "grad_cosine", "grad_norm_ratio")
-] + ["aux/reward_prediction/accuracy", "aux/pixel_control/pseudo_reward", "aux/next_state/cosine"]
+] + [
+    "aux/reward_prediction/accuracy",
+    "aux/pixel_control/pseudo_reward",
+    "aux/next_state/cosine",
+    "aux/next_state/target_similarity",
+]
 
 
 def scalars(run_dir, tag):
