@@ -226,6 +226,37 @@ def ppo_update(
 # --------------------------------------------------------------------------------------------
 
 
+def _resume_mismatch(run_dir: Path, saved: dict, cfg: Config, err: Exception) -> str:
+    """Why a checkpoint does not fit the model this config builds, in the user's terms."""
+
+    def flat(d: dict, prefix: str = "") -> dict:
+        out = {}
+        for key, value in d.items():
+            if isinstance(value, dict) and value:
+                out.update(flat(value, f"{prefix}{key}."))
+            else:
+                out[f"{prefix}{key}"] = value
+        return out
+
+    # The sections that shape the network and its optimizer.
+    old = {k: v for k, v in flat(saved).items() if k.split(".")[0] in ("env", "model", "aux")}
+    new = {k: v for k, v in flat(to_dict(cfg)).items() if k.split(".")[0] in ("env", "model", "aux")}
+    changed = [
+        f"    {key}: {old.get(key, '(absent)')} in the checkpoint, {new.get(key, '(absent)')} here"
+        for key in sorted(old.keys() | new.keys())
+        if old.get(key) != new.get(key)
+    ]
+    first_line = str(err).strip().splitlines()[0]
+    return (
+        f"Cannot resume {run_dir}: its checkpoint holds a different model or optimizer than this "
+        f"config builds ({first_line}).\n"
+        + ("  Config keys that differ:\n" + "\n".join(changed) + "\n" if changed else "")
+        + f"Resume with `auxrl train --resume {run_dir}` and no config (it uses the run's saved "
+        f"config; overrides then may change training settings such as ppo.total_steps, not the "
+        f"model), or train the new config in a fresh --run-dir."
+    )
+
+
 def train(
     cfg: Config,
     run_dir: str | Path,
@@ -247,7 +278,6 @@ def train(
     saved = checkpoint.load(run_dir, dev) if resume else None
     if saved is not None:
         state = TrainState(**saved["state"])
-    save_config(cfg, run_dir / "config.yaml")
 
     # The model is built once from the first stage's env and carries over between stages.
     first_envs = make_envs(stages[state.stage].cfg.env)
@@ -272,12 +302,18 @@ def train(
         )
     optimizer = torch.optim.Adam(trainable, lr=cfg.ppo.lr, eps=cfg.ppo.adam_eps)
     if saved is not None:
-        agent.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
+        try:
+            agent.load_state_dict(saved["model"])
+            optimizer.load_state_dict(saved["optimizer"])
+        except (RuntimeError, ValueError) as err:
+            raise ValueError(_resume_mismatch(run_dir, saved["config"], cfg, err)) from None
         checkpoint.set_rng_state(saved["rng"])
         print(f"Resumed {run_dir} at step {state.global_step:,} (stage {stages[state.stage].name})")
     if frozen:
         print(f"Frozen: {', '.join(frozen)}")
+
+    # Written only now, so a resume that fails above leaves the run's own config.yaml in place.
+    save_config(cfg, run_dir / "config.yaml")
 
     # Events up to the checkpoint step are kept; later ones (written before a crash) are purged.
     logger = Logger(run_dir, cfg.log.flush_secs, purge_step=state.global_step + 1 if saved else None)

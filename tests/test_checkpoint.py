@@ -87,6 +87,19 @@ def test_resume_continues_step_count_and_curve(tmp_path):
     assert checkpoint.load(run)["state"]["update"] == 10
 
 
+def test_resume_with_a_different_model_fails_clearly_and_keeps_the_run(tmp_path):
+    run = tmp_path / "run"
+    train(load_config("cartpole", TINY + ["ppo.total_steps=256"]), run, device="cpu", progress=False)
+    config_before = (run / "config.yaml").read_text()
+    other = load_config("cartpole", TINY + ["ppo.total_steps=512", "model.hidden_sizes=[32]"])
+    with pytest.raises(ValueError, match="Cannot resume") as err:
+        train(other, run, device="cpu", progress=False, resume=True)
+    assert "model.hidden_sizes: [64, 64] in the checkpoint, [32] here" in str(err.value)
+    # The run is untouched: its config and checkpoint still resume it.
+    assert (run / "config.yaml").read_text() == config_before
+    assert checkpoint.load(run)["state"]["global_step"] == 256
+
+
 def test_cli_resume_applies_overrides(tmp_path, capsys):
     from auxrl.cli import main
 
