@@ -9,7 +9,8 @@ One command, one process, one table. Every variant runs with the same env settin
 * ``sb3`` (optional peer): Stable-Baselines3 PPO (CnnPolicy) on ``make_atari_env``.
 
 * ``all_heads+groups2`` / ``+compile`` / ``+bf16``: all heads with one fast-path switch
-  (``env.groups=2``, ``perf.compile=true``, ``perf.bf16=true``; bf16 on CUDA only).
+  (``env.groups=2``, ``perf.compile=true``, ``perf.bf16=true``; bf16 on CUDA only). Every
+  other training row runs with all three switches off, whatever the config sets.
 
 Training SPS is reported twice: *steady* is env steps / seconds between the first and the last
 update, from the TensorBoard events' wall times (start-up, compilation and the first update are
@@ -169,8 +170,19 @@ def metadata(args: argparse.Namespace, cfg: Any, device: Any) -> dict[str, Any]:
 
 
 def base_overrides(args: argparse.Namespace, steps: int) -> list[str]:
-    """Overrides shared by every auxrl training variant."""
-    return [f"ppo.total_steps={steps}", f"env.num_envs={args.num_envs}", "log.checkpoint_every=0"]
+    """Overrides shared by every auxrl training variant.
+
+    The fast-path switches are off here whatever the config says (the shipped Atari configs turn
+    compile on), so the plain rows measure the eager path and each ``FAST_PATH`` row one switch.
+    """
+    return [
+        f"ppo.total_steps={steps}",
+        f"env.num_envs={args.num_envs}",
+        "log.checkpoint_every=0",
+        "env.groups=1",
+        "perf.compile=false",
+        "perf.bf16=false",
+    ]
 
 
 def variant_overrides(variant: str, task_names: list[str]) -> list[str]:
