@@ -356,6 +356,17 @@ def _yaml_float(text: str) -> Any:
         return text
 
 
+def flatten_dotted(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested dict as ``{"a.b.c": value}``: the inverse of ``set_dotted``."""
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat.update(flatten_dotted(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
     """Set ``a.b.c`` in a nested dict, creating intermediate mappings."""
     node = data

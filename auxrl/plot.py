@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from auxrl.config import flatten_dotted
+
 EVENT_GLOB = "events.out.tfevents.*"
 GRID_POINTS = 400
 _RUN_SUFFIX = re.compile(r"__-?\d+__[0-9][0-9_-]*$")  # ``__<seed>__<timestamp>`` of default run dirs
@@ -68,19 +70,9 @@ def run_seed(run_dir: Path, config: dict) -> int | None:
     return int(match.group(0).split("__")[1]) if match else None
 
 
-def _flatten(data: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in data.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def config_differences(configs: list[dict]) -> list[str]:
     """Dotted keys whose values differ between ``configs``, besides the seed."""
-    flats = [_flatten(c) for c in configs if c]
+    flats = [flatten_dotted(c) for c in configs if c]
     if len(flats) < 2:
         return []
     keys = sorted(set().union(*flats) - {"seed"})

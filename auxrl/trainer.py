@@ -22,7 +22,7 @@ import yaml
 from torch import nn
 
 from auxrl import checkpoint
-from auxrl.config import Config, save_config, to_dict
+from auxrl.config import Config, flatten_dotted, save_config, to_dict
 from auxrl.curriculum import Stage, plan_stages
 from auxrl.envs import VecEnv, make_envs
 from auxrl.logger import Logger, Progress
@@ -229,18 +229,9 @@ def ppo_update(
 def _resume_mismatch(run_dir: Path, saved: dict, cfg: Config, err: Exception) -> str:
     """Why a checkpoint does not fit the model this config builds, in the user's terms."""
 
-    def flat(d: dict, prefix: str = "") -> dict:
-        out = {}
-        for key, value in d.items():
-            if isinstance(value, dict) and value:
-                out.update(flat(value, f"{prefix}{key}."))
-            else:
-                out[f"{prefix}{key}"] = value
-        return out
-
-    # The sections that shape the network and its optimizer.
-    old = {k: v for k, v in flat(saved).items() if k.split(".")[0] in ("env", "model", "aux")}
-    new = {k: v for k, v in flat(to_dict(cfg)).items() if k.split(".")[0] in ("env", "model", "aux")}
+    sections = ("env", "model", "aux")  # the ones that shape the network and its optimizer
+    old = {k: v for k, v in flatten_dotted(saved).items() if k.split(".")[0] in sections}
+    new = {k: v for k, v in flatten_dotted(to_dict(cfg)).items() if k.split(".")[0] in sections}
     changed = [
         f"    {key}: {old.get(key, '(absent)')} in the checkpoint, {new.get(key, '(absent)')} here"
         for key in sorted(old.keys() | new.keys())
