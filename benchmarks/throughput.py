@@ -53,7 +53,10 @@ FAST_PATH = {
     "all_heads+compile": ["perf.compile=true"],
     "all_heads+bf16": ["perf.bf16=true"],
 }
-TRAINING_VARIANTS = ("ppo", *HEADS, "all_heads", *FAST_PATH)
+# All heads with each aux.balance.method (per-task torso gradients; the balancer's cost).
+BALANCE_METHODS = ("none", "norm", "cosine", "pcgrad", "olaux")
+BALANCE = {f"all_heads/{m}": [f"aux.balance.method={m}"] for m in BALANCE_METHODS}
+TRAINING_VARIANTS = ("ppo", *HEADS, "all_heads", *BALANCE, *FAST_PATH)
 ALL_VARIANTS = ("env_only", *TRAINING_VARIANTS, "sb3")
 SPS_TAG = "charts/SPS"
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -191,6 +194,8 @@ def variant_overrides(variant: str, task_names: list[str]) -> list[str]:
         return ["aux.enabled=false"]
     if variant in FAST_PATH:
         return variant_overrides("all_heads", task_names) + FAST_PATH[variant]
+    if variant in BALANCE:
+        return variant_overrides("all_heads", task_names) + BALANCE[variant]
     keep = set(HEADS) if variant == "all_heads" else {variant}
     flags = [f"aux.tasks.{name}.enabled={str(name in keep).lower()}" for name in task_names]
     return ["aux.enabled=true", *flags]
@@ -278,6 +283,43 @@ def run_training(config: str, overrides: list[str], device: str, label: str, wor
         wall,
         note=note,
     )
+
+
+def run_baseline(args: argparse.Namespace, workdir: Path) -> Row:
+    """The ``all_heads`` row of commit ``args.baseline_ref``: its own throughput.py, run from a
+    temporary git worktree in a subprocess (its auxrl first on the path), same settings."""
+    import subprocess
+
+    tree = workdir / "baseline"
+    subprocess.run(
+        ["git", "-C", str(REPO_ROOT), "worktree", "add", "--detach", str(tree), args.baseline_ref],
+        check=True,
+        capture_output=True,
+    )
+    try:
+        out = workdir / "baseline-out"
+        cmd = [
+            sys.executable,
+            str(tree / "benchmarks" / "throughput.py"),
+            f"--config={args.config}",
+            f"--steps={args.steps}",
+            f"--num-envs={args.num_envs}",
+            f"--device={args.device}",
+            "--variants=all_heads",
+            "--warmup-steps=0",  # this process is warm already
+            f"--out-dir={out}",
+        ]
+        env = {**os.environ, "PYTHONPATH": str(tree)}
+        subprocess.run(cmd, check=True, env=env, cwd=tree)
+        (result,) = out.glob("*.json")
+        data = json.loads(result.read_text())
+        row = Row(**{**data["rows"][0], "variant": f"all_heads@{args.baseline_ref}"})
+        row.note = (
+            f"summed backward, one shared clip; auxrl from {data['metadata']['versions']['auxrl_path']}"
+        )
+        return row
+    finally:
+        subprocess.run(["git", "-C", str(REPO_ROOT), "worktree", "remove", "--force", str(tree)], check=False)
 
 
 def sb3_available() -> bool:
@@ -368,8 +410,8 @@ def ratios(rows: list[Row]) -> dict[str, float]:
     for variant in (*TRAINING_VARIANTS, "sb3"):
         if variant in sps and "env_only" in sps:
             out[f"{variant}/env_only"] = sps[variant] / sps["env_only"]
-    for variant in (*HEADS, "all_heads"):
-        if variant in sps and "ppo" in sps:
+    for variant in sps:
+        if variant not in ("env_only", "ppo", "sb3") and "ppo" in sps:
             out[f"{variant}/ppo"] = sps[variant] / sps["ppo"]
     if "ppo" in sps and "sb3" in sps:
         out["ppo/sb3"] = sps["ppo"] / sps["sb3"]
@@ -472,6 +514,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="measure Stable-Baselines3 PPO as a peer (default: when stable_baselines3 is importable)",
     )
     parser.add_argument(
+        "--baseline-ref",
+        metavar="GIT_REF",
+        help="also measure the all_heads row of an earlier commit (e.g. the summed-backward learner "
+        "before per-task gradients), from a temporary git worktree, in this same run",
+    )
+    parser.add_argument(
         "--warmup-steps",
         type=int,
         default=None,
@@ -544,6 +592,10 @@ def main(argv: list[str] | None = None) -> int:
             overrides = common + variant_overrides(variant, task_names)
             measure = functools.partial(run_training, args.config, overrides, args.device, variant, workdir)
             record(variant, measure)
+
+        if args.baseline_ref:
+            label = f"all_heads@{args.baseline_ref}"
+            record(label, lambda: run_baseline(args, workdir))
 
         if "sb3" in args.variants:
             wanted = args.sb3 if args.sb3 is not None else sb3_available()

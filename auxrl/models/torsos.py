@@ -19,6 +19,12 @@ def layer_init(layer: nn.Module, std: float = math.sqrt(2), bias: float = 0.0) -
     return layer
 
 
+def scale_frames(obs: torch.Tensor) -> torch.Tensor:
+    """uint8 frames -> float32 in [0, 1], scaled in place on the one float copy (``float() / 255``
+    would allocate a second full-size tensor; torch.compile fuses either form)."""
+    return obs.to(torch.float32, copy=True).mul_(1.0 / 255.0)  # copy: never scale the caller's tensor
+
+
 class Torso(nn.Module):
     """Base class: ``forward(obs) -> features`` of shape (batch, feature_dim)."""
 
@@ -45,7 +51,7 @@ class NatureCNN(Torso):
         self.feature_dim = 512
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.convs(obs.float() / 255.0))
+        return self.fc(self.convs(scale_frames(obs)))
 
 
 class _ResidualBlock(nn.Module):
@@ -86,7 +92,7 @@ class ImpalaCNN(Torso):
         self.feature_dim = 256
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.stacks(obs.float() / 255.0))
+        return self.fc(self.stacks(scale_frames(obs)))
 
 
 class MLP(Torso):

@@ -1,11 +1,8 @@
-"""Running the enabled auxiliary tasks beside PPO: sampling, weights, summed loss, diagnostics."""
+"""Running the enabled auxiliary tasks beside PPO: what to sample for each, and its weight."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
-from torch import nn
 
 from auxrl.config import AuxConfig, WeightSchedule
 from auxrl.ppo.rollout import RolloutStorage
@@ -38,6 +35,8 @@ class AuxTasks:
         self.replay = Replay(capacity, storage) if tasks else None
         self.generator = torch.Generator(device=storage.device)
         self.generator.manual_seed(seed)
+        self._drawn: dict[str, tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]] = {}
+        self._minibatch = 0
 
     def __bool__(self) -> bool:
         return bool(self.tasks)
@@ -49,51 +48,49 @@ class AuxTasks:
     def current_weights(self, step: int) -> dict[str, float]:
         return {name: scheduled_weight(w, step) for name, w in self.weights.items()}
 
-    def losses(self, encode: Encoder) -> dict[str, AuxOutput]:
-        out = {}
-        for name, task in self.tasks.items():
-            assert self.replay is not None
-            seq = self.replay.sample(
-                self.batch_sizes[name],
-                task.needs.sequence_length,
-                recent=None if task.needs.replay else self.recent,
-                rewarding_fraction=task.needs.rewarding_fraction,
+    def draw(self, minibatches: int, names: list[str] | None = None) -> None:
+        """Draw every window the next ``minibatches`` minibatches will use, one draw per task.
+
+        The replay does not change during an update, so drawing all windows at once is the same
+        as drawing them minibatch by minibatch, at one sampling call per task per update.
+        """
+        assert self.replay is not None
+        self._drawn = {}
+        for name in self.tasks if names is None else names:
+            needs = self.tasks[name].needs
+            start, env = self.replay.draw(
+                self.batch_sizes[name] * minibatches,
+                needs.sequence_length,
+                recent=None if needs.replay else self.recent,
+                rewarding_fraction=needs.rewarding_fraction,
                 generator=self.generator,
             )
-            out[name] = task.loss(seq, encode)
+            self._drawn[name] = (start.split(self.batch_sizes[name]), env.split(self.batch_sizes[name]))
+        self._minibatch = 0
+
+    def losses(self, encode: Encoder, names: list[str] | None = None) -> dict[str, AuxOutput]:
+        """Each task's loss on its windows for the current minibatch (see :meth:`draw`)."""
+        out = {}
+        i = self._minibatch
+        for name in self.tasks if names is None else names:
+            task = self.tasks[name]
+            assert self.replay is not None
+            if name not in self._drawn or i >= len(self._drawn[name][0]):
+                raise RuntimeError(
+                    f"aux task {name!r}: no windows drawn for minibatch {i}; call draw() first"
+                )
+            start, env = self._drawn[name][0][i], self._drawn[name][1][i]
+            out[name] = task.loss(self.replay.gather(start, env, task.needs.sequence_length), encode)
+        self._minibatch += 1
         return out
+
+    def rng_state(self) -> torch.Tensor:
+        """The sampling generator's state (a CPU ByteTensor), for checkpoints."""
+        return self.generator.get_state()
+
+    def set_rng_state(self, state: torch.Tensor) -> None:
+        self.generator.set_state(state.cpu())
 
     def after_update(self) -> None:
         for task in self.tasks.values():
             task.after_update()
-
-
-def gradient_diagnostics(
-    main_loss: torch.Tensor, aux_losses: dict[str, torch.Tensor], params: list[nn.Parameter]
-) -> dict[str, Any]:
-    """Cosine and norm ratio between each weighted aux loss's gradient and PPO's, on ``params``.
-
-    A negative cosine means the task pulls the shared torso against the RL objective; a large
-    norm ratio means it dominates the torso's update.
-    """
-    params = [p for p in params if p.requires_grad]
-    if not params:
-        return {}
-
-    def flat_grad(loss: torch.Tensor) -> torch.Tensor:
-        grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
-        return torch.cat(
-            [
-                (g if g is not None else torch.zeros_like(p)).flatten()
-                for g, p in zip(grads, params, strict=True)
-            ]
-        )
-
-    g_main = flat_grad(main_loss)
-    main_norm = g_main.norm()
-    out = {}
-    for name, loss in aux_losses.items():
-        g = flat_grad(loss)
-        out[f"aux/{name}/grad_cosine"] = torch.nn.functional.cosine_similarity(g, g_main, dim=0, eps=1e-12)
-        out[f"aux/{name}/grad_norm_ratio"] = g.norm() / main_norm.clamp(min=1e-12)
-    return out

@@ -19,9 +19,12 @@ class Replay:
     def __init__(self, capacity: int, storage: RolloutStorage) -> None:
         """``capacity``: steps kept per env (at least one rollout)."""
         self.capacity = max(capacity, storage.num_steps)
+        # One spare row: after each add it holds the observation after the newest step, so a
+        # window reaching past the newest step reads it like any other row (no copy, no select).
+        self.rows = self.capacity + 1
         self.num_envs = storage.num_envs
         self.device = storage.device
-        sn = (self.capacity, self.num_envs)
+        sn = (self.rows, self.num_envs)
 
         def like(t: torch.Tensor) -> torch.Tensor:
             return torch.zeros(sn + tuple(t.shape[2:]), dtype=t.dtype, device=self.device)
@@ -32,23 +35,83 @@ class Replay:
         self.terminated = like(storage.terminated)
         self.truncated = like(storage.truncated)
         self.valid = like(storage.valid)
-        self.next_obs = torch.zeros_like(storage.next_obs)  # obs after the newest stored step
-        self.head = 0  # next physical row to write
-        self.size = 0  # rows filled
+        self.head = 0  # next physical row to write (holds the obs after the newest step)
+        self.size = 0  # steps stored
 
     def add(self, storage: RolloutStorage) -> None:
         """Append one rollout (``storage.num_steps`` steps of every env)."""
         t = storage.num_steps
-        rows = (self.head + torch.arange(t, device=self.device)) % self.capacity
+        rows = (self.head + torch.arange(t, device=self.device)) % self.rows
         for name in ("obs", "actions", "rewards", "terminated", "truncated", "valid"):
             getattr(self, name)[rows] = getattr(storage, name)
-        self.next_obs.copy_(storage.next_obs)
-        self.head = (self.head + t) % self.capacity
+        self.head = (self.head + t) % self.rows
+        # The next rollout's first obs is this next_obs, and it will be written to this row.
+        self.obs[self.head] = storage.next_obs
         self.size = min(self.size + t, self.capacity)
 
     def _rows(self, logical: torch.Tensor) -> torch.Tensor:
-        """Logical index (0 = oldest stored step) -> physical row."""
-        return (self.head - self.size + logical) % self.capacity
+        """Logical index (0 = oldest stored step, ``size`` = the obs after the newest) -> row."""
+        return (self.head - self.size + logical) % self.rows
+
+    def draw(
+        self,
+        count: int,
+        length: int,
+        *,
+        recent: int | None = None,
+        rewarding_fraction: float | None = None,
+        generator: torch.Generator | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``count`` window starts: (logical step of the first transition, env), each ``[count]``.
+
+        ``recent``: only draw from the newest ``recent`` steps (e.g. the current rollout).
+        ``rewarding_fraction``: draw that share of windows from those whose last reward is
+        non-zero, when any exist (UNREAL's skewed sampling for reward prediction). Everything
+        is decided on the device, without a host sync.
+        """
+        size = self.size if recent is None else min(recent, self.size)
+        first = self.size - size  # logical index of the oldest usable step
+        # A window starting at logical i uses steps i..i+L-1 and obs i..i+L (obs `size` is the
+        # spare row), so i + L <= size.
+        num_starts = size - length + 1
+        if num_starts <= 0:
+            raise ValueError(
+                f"The replay holds {size} steps per env, fewer than the {length} an auxiliary "
+                f"task needs per sample. Raise aux.replay_size or ppo.num_steps."
+            )
+        dev = self.device
+        if rewarding_fraction is None:
+            flat = torch.randint(num_starts * self.num_envs, (count,), device=dev, generator=generator)
+        else:
+            end_rows = self._rows(first + length - 1 + torch.arange(num_starts, device=dev))
+            rewarding = ((self.rewards[end_rows] != 0) & self.valid[end_rows]).flatten()  # [starts*envs]
+            # Candidates sorted rewarding-first: a rewarding draw is a uniform index below n_rew,
+            # a zero-reward draw one at or above it (no multinomial over every candidate).
+            order = torch.argsort(rewarding.to(torch.uint8), descending=True, stable=True)
+            n_rew = rewarding.sum()
+            n_zero = rewarding.numel() - n_rew
+            wants_rew = torch.rand(count, device=dev, generator=generator) < rewarding_fraction
+            pick_rew = (wants_rew & (n_rew > 0)) | (n_zero == 0)  # uniform when a group is empty
+            u = torch.rand(count, device=dev, generator=generator)
+            in_rew = torch.minimum((u * n_rew).long(), (n_rew - 1).clamp(min=0))
+            in_zero = n_rew + torch.minimum((u * n_zero).long(), (n_zero - 1).clamp(min=0))
+            flat = order[torch.where(pick_rew, in_rew, in_zero)]
+        return first + flat // self.num_envs, flat % self.num_envs
+
+    def gather(self, start: torch.Tensor, env: torch.Tensor, length: int) -> Sequences:
+        """The windows of :meth:`draw`: ``length`` transitions and ``length + 1`` observations."""
+        steps = start.unsqueeze(1) + torch.arange(length + 1, device=self.device)  # [B, L+1]
+        rows = self._rows(steps)
+        envs = env.unsqueeze(1)
+        tr = rows[:, :-1]
+        return Sequences(
+            obs=self.obs[rows, envs],
+            actions=self.actions[tr, envs],
+            rewards=self.rewards[tr, envs],
+            terminated=self.terminated[tr, envs],
+            truncated=self.truncated[tr, envs],
+            valid=self.valid[tr, envs],
+        )
 
     def sample(
         self,
@@ -59,53 +122,8 @@ class Replay:
         rewarding_fraction: float | None = None,
         generator: torch.Generator | None = None,
     ) -> Sequences:
-        """``batch_size`` windows of ``length`` transitions (plus the observation after them).
-
-        ``recent``: only draw from the newest ``recent`` steps (e.g. the current rollout).
-        ``rewarding_fraction``: draw that share of windows from those whose last reward is
-        non-zero, when any exist (UNREAL's skewed sampling for reward prediction).
-        """
-        size = self.size if recent is None else min(recent, self.size)
-        first = self.size - size  # logical index of the oldest usable step
-        # A window starting at logical i uses steps i..i+L-1 and obs i..i+L; obs i+L exists for
-        # i+L <= size (the last one is next_obs).
-        num_starts = size - length + 1
-        if num_starts <= 0:
-            raise ValueError(
-                f"The replay holds {size} steps per env, fewer than the {length} an auxiliary "
-                f"task needs per sample. Raise aux.replay_size or ppo.num_steps."
-            )
-        if rewarding_fraction is None:
-            flat = torch.randint(
-                num_starts * self.num_envs, (batch_size,), device=self.device, generator=generator
-            )
-        else:
-            end_rows = self._rows(first + length - 1 + torch.arange(num_starts, device=self.device))
-            rewarding = (self.rewards[end_rows] != 0) & self.valid[end_rows]  # [starts, envs]
-            n_rew = rewarding.sum()
-            n_zero = rewarding.numel() - n_rew
-            p = float(rewarding_fraction)
-            # Per-candidate probability: p shared by rewarding windows, 1-p by the others;
-            # uniform when one of the two groups is empty. Decided on the device (no host sync).
-            skewed = torch.where(rewarding, p / n_rew.clamp(min=1), (1 - p) / n_zero.clamp(min=1))
-            both = (n_rew > 0) & (n_zero > 0)
-            weights = torch.where(both, skewed, torch.ones_like(skewed)).flatten()
-            flat = torch.multinomial(weights, batch_size, replacement=True, generator=generator)
-        start, env = flat // self.num_envs, flat % self.num_envs
-        steps = first + start.unsqueeze(1) + torch.arange(length + 1, device=self.device)  # [B, L+1]
-        rows = self._rows(steps)
-        envs = env.unsqueeze(1)
-        obs = self.obs[rows, envs]
-        # The observation after the newest step is not in the ring: take it from next_obs
-        # (a select, not a data-dependent branch, so sampling never waits on the device).
-        past_end = (steps == self.size).reshape(steps.shape + (1,) * (obs.dim() - 2))
-        obs = torch.where(past_end, self.next_obs[envs], obs)
-        tr, te = rows[:, :-1], envs
-        return Sequences(
-            obs=obs,
-            actions=self.actions[tr, te],
-            rewards=self.rewards[tr, te],
-            terminated=self.terminated[tr, te],
-            truncated=self.truncated[tr, te],
-            valid=self.valid[tr, te],
+        """``batch_size`` windows of ``length`` transitions (plus the observation after them)."""
+        start, env = self.draw(
+            batch_size, length, recent=recent, rewarding_fraction=rewarding_fraction, generator=generator
         )
+        return self.gather(start, env, length)

@@ -1,0 +1,139 @@
+"""Training across processes, GPUs and machines with torch.distributed: one small interface.
+
+The trainer holds one :class:`Dist` and never tests ranks itself. ``Dist.from_env()`` reads the
+variables ``torchrun`` (or ``auxrl train --nproc N``, which calls the same launcher) sets; a
+plain process gets the single-process ``Dist``, whose methods do nothing, so the ordinary path
+has no process group and no extra work.
+
+Semantics (as CleanRL's ``ppo_atari_multigpu.py``):
+
+- every rank steps its own ``env.num_envs`` envs, seeded ``seed + rank``, and samples its own
+  actions and aux windows from RNG streams seeded ``seed + rank``; the model starts from the same
+  weights everywhere (built from ``seed``);
+- ``ppo.total_steps`` counts the env steps of all ranks;
+- every rank computes its PPO and (balanced) aux gradients on its own data; then one flattened
+  all-reduce averages them, and every rank takes the same optimizer step, so the weights stay
+  identical;
+- the finished episodes of every rank are gathered after each rollout, so the logs, the LR
+  schedule, curriculum promotion and stopping are the same on every rank;
+- rank 0 alone writes TensorBoard, checkpoints, the config and the progress bar.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as torch_dist
+from torch import nn
+
+
+@dataclass
+class Dist:
+    """This process's place in the run; ``world_size == 1`` means no process group."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @classmethod
+    def from_env(cls, device: str = "auto") -> Dist:
+        """Join the process group torchrun set up (``WORLD_SIZE`` > 1), else a single process.
+
+        Backend: ``nccl`` when training on CUDA (one GPU per local rank), ``gloo`` on CPU.
+        """
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world <= 1:
+            return cls()
+        rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+        cuda = device != "cpu" and torch.cuda.is_available()
+        if cuda:
+            torch.cuda.set_device(local % torch.cuda.device_count())
+        if not torch_dist.is_initialized():
+            torch_dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(minutes=30))
+        return cls(rank, world, local)
+
+    def device(self, device: torch.device) -> torch.device:
+        """One GPU per local rank."""
+        if device.type == "cuda" and self.enabled:
+            return torch.device("cuda", self.local_rank % torch.cuda.device_count())
+        return device
+
+    def average_gradients(self, params: list[nn.Parameter]) -> None:
+        """Average ``p.grad`` over ranks with one flattened all-reduce.
+
+        Parameters without a gradient (a head not run this minibatch) are left out: every rank
+        runs the same heads, so the same ones are missing everywhere.
+        """
+        params = [p for p in params if p.grad is not None]
+        if not self.enabled or not params:
+            return
+        flat = torch.cat([p.grad.reshape(-1) for p in params])
+        torch_dist.all_reduce(flat, op=torch_dist.ReduceOp.SUM)
+        flat /= self.world_size
+        for p, g in zip(params, flat.split([p.numel() for p in params]), strict=True):
+            p.grad = g.view_as(p)
+
+    def mean(self, value: torch.Tensor) -> torch.Tensor:
+        """The mean of a tensor over ranks (e.g. approx_kl, so early stopping agrees)."""
+        if not self.enabled:
+            return value
+        out = value.detach().clone().float()
+        torch_dist.all_reduce(out, op=torch_dist.ReduceOp.SUM)
+        return out / self.world_size
+
+    def gather(self, items: list) -> list:
+        """Every rank's list, concatenated in rank order (small Python objects only)."""
+        if not self.enabled:
+            return items
+        parts: list = [None] * self.world_size
+        torch_dist.all_gather_object(parts, items)
+        return [x for part in parts for x in part]
+
+    def close(self) -> None:
+        if self.enabled and torch_dist.is_initialized():
+            torch_dist.destroy_process_group()
+
+
+def launch(nproc: int, argv: list[str]) -> None:
+    """Run ``python -m auxrl <argv>`` in ``nproc`` local workers with torch's own launcher (the
+    ``torch.distributed.run`` API behind ``torchrun --standalone``); returns when all are done.
+
+    A worker that fails takes the others down (the launcher's rule); the error then names the
+    first failed rank and its exit code, and the run's last checkpoint resumes.
+    """
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import get_args_parser, run
+
+    args = get_args_parser().parse_args(
+        ["--standalone", f"--nproc-per-node={nproc}", "--module", "auxrl", *argv]
+    )
+    try:
+        run(args)
+    except ChildFailedError as err:
+        rank, failure = err.get_first_failure()
+        raise WorkerFailed(
+            f"worker rank {rank} of {nproc} exited with code {failure.exitcode} (its output is above); "
+            f"the other workers were stopped. Fix the cause, then continue from the last checkpoint "
+            f"with `auxrl train --resume RUN_DIR --nproc {nproc}`."
+        ) from None
+
+
+class WorkerFailed(RuntimeError):
+    """A worker process of a multi-process run failed."""
+
+
+def weights_checksum(module: nn.Module) -> float:
+    """A float64 sum over every parameter and buffer: equal on ranks whose weights are equal."""
+    with torch.no_grad():
+        return float(sum(t.double().sum() * (i + 1) for i, t in enumerate(module.state_dict().values())))
