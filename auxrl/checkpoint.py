@@ -1,16 +1,25 @@
-"""Atomic checkpoints: save, find the latest, load.
+"""Atomic, verified checkpoints: save, find the latest, load (falling back past broken files).
 
 A checkpoint is written to a temporary file in the same directory and renamed over its final
 name (``os.replace`` is atomic on POSIX and Windows), so a kill at any moment leaves either the
-previous checkpoint or the new one, never a torn file. ``latest`` is a one-line pointer written
-the same way.
+previous checkpoint or the new one, never a torn file; a kill mid-write can leave a
+``.step_*.pt.*.tmp`` file, which the next ``auxrl train`` in that directory removes
+(:func:`remove_stale_tmp`). ``latest`` is a one-line pointer written the same way.
+
+Nothing non-finite is ever saved: :func:`save` refuses NaN/inf weights or optimizer state, so
+a diverged run keeps its last good checkpoint as ``latest``. :func:`load` reads the newest
+checkpoint that is intact; a truncated or corrupt one is reported, moved aside (renamed to
+``<name>.corrupt``) and skipped.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import random
+import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +28,9 @@ import torch
 
 CHECKPOINT_DIR = "checkpoints"
 LATEST = "latest"
+CORRUPT_SUFFIX = ".corrupt"
+# Entries that hold no training numbers (gym spaces have infinite bounds; configs are validated).
+_NOT_CHECKED = ("config", "spaces", "rng")
 
 
 def atomic_write(path: Path, write: Any) -> None:
@@ -36,6 +48,14 @@ def atomic_write(path: Path, write: Any) -> None:
         raise
 
 
+def remove_stale_tmp(run_dir: str | Path) -> list[Path]:
+    """Delete temp files left by a process killed mid-write (call only while holding the run)."""
+    stale = sorted((Path(run_dir) / CHECKPOINT_DIR).glob(".*.tmp"))
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
 def rng_state() -> dict[str, Any]:
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
@@ -44,18 +64,65 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
+    # The setters take CPU ByteTensors only; .cpu() also rescues states mapped onto a device.
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
+    torch.set_rng_state(torch.as_tensor(state["torch"]).cpu())
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([torch.as_tensor(s).cpu() for s in state["cuda"]])
+
+
+def _numbers(obj: Any, where: str) -> Iterator[tuple[str, torch.Tensor | float]]:
+    """Every floating-point tensor and Python float inside nested dicts/lists, with its path."""
+    if isinstance(obj, torch.Tensor):
+        if obj.is_floating_point() or obj.is_complex():
+            yield where, obj
+    elif isinstance(obj, float):
+        yield where, obj
+    elif isinstance(obj, dict):
+        for key, value in obj.items():
+            yield from _numbers(value, f"{where}[{key!r}]" if where else str(key))
+    elif isinstance(obj, (list, tuple)):
+        for i, value in enumerate(obj):
+            yield from _numbers(value, f"{where}[{i}]")
+
+
+def first_non_finite(state: dict[str, Any]) -> str | None:
+    """The path of the first NaN/inf value in ``state`` (weights, optimizer, counters), or None."""
+    found = [(w, v) for k, v in state.items() if k not in _NOT_CHECKED for w, v in _numbers(v, k)]
+    floats = [w for w, v in found if isinstance(v, float) and not math.isfinite(v)]
+    tensors = [(w, v) for w, v in found if isinstance(v, torch.Tensor) and v.numel()]
+    if tensors:
+        # One host sync for all tensors (per device).
+        flags = [torch.isfinite(v).all() for _, v in tensors]
+        ok = [bool(f) for f in torch.stack([f.cpu() for f in flags]).tolist()]
+        floats += [w for (w, _), good in zip(tensors, ok, strict=True) if not good]
+    return floats[0] if floats else None
 
 
 def save(run_dir: Path, state: dict[str, Any], step: int, keep: int = 3) -> Path:
-    """Write ``state`` as ``checkpoints/step_<step>.pt``, point ``latest`` at it, prune old ones."""
+    """Write ``state`` as ``checkpoints/step_<step>.pt``, point ``latest`` at it, prune old ones.
+
+    Raises ValueError, writing nothing, when ``state`` holds a NaN or infinite number.
+    """
     ckpt_dir = Path(run_dir) / CHECKPOINT_DIR
+    bad = first_non_finite(state)
+    if bad is not None:
+        try:
+            kept = f"{find(run_dir).name} stays the latest checkpoint"
+        except FileNotFoundError:
+            kept = "no checkpoint exists yet"
+        raise ValueError(
+            f"Refusing to save a checkpoint at step {step:,}: {bad} holds NaN or infinite values "
+            f"(training diverged). Nothing was written; {kept}. Likely causes: too high a "
+            f"learning rate (ppo.lr) or an auxiliary task's weight (aux.tasks.<name>.weight)."
+        )
     path = ckpt_dir / f"step_{step:012d}.pt"
-    atomic_write(path, lambda f: torch.save(state, f))
+    try:
+        atomic_write(path, lambda f: torch.save(state, f))
+    except OSError as err:  # e.g. a full disk: say which file could not be written
+        err.filename = err.filename or str(path)
+        raise
     atomic_write(ckpt_dir / LATEST, lambda f: f.write(path.name.encode()))
     old = sorted(ckpt_dir.glob("step_*.pt"))[:-keep] if keep > 0 else []
     for stale in old:
@@ -64,27 +131,87 @@ def save(run_dir: Path, state: dict[str, Any], step: int, keep: int = 3) -> Path
     return path
 
 
-def find(run_dir_or_file: str | Path) -> Path:
-    """A checkpoint file, or the latest checkpoint of a run directory."""
-    path = Path(run_dir_or_file)
-    if path.is_file():
-        return path
-    ckpt_dir = path / CHECKPOINT_DIR
+def candidates(run_dir: str | Path) -> list[Path]:
+    """A run's checkpoint files, the one ``latest`` names first, then newest to oldest."""
+    ckpt_dir = Path(run_dir) / CHECKPOINT_DIR
+    found = sorted(ckpt_dir.glob("step_*.pt"), reverse=True)
     pointer = ckpt_dir / LATEST
     if pointer.is_file():
         target = ckpt_dir / pointer.read_text().strip()
-        if target.is_file():
-            return target
-    found = sorted(ckpt_dir.glob("step_*.pt"))
+        if target in found:
+            found.remove(target)
+            found.insert(0, target)
+    return found
+
+
+def find(run_dir_or_file: str | Path) -> Path:
+    """A checkpoint file, or the latest checkpoint of a run directory (not read)."""
+    path = Path(run_dir_or_file)
+    if path.is_file():
+        return path
+    found = candidates(path)
     if found:
-        return found[-1]
+        return found[0]
     raise FileNotFoundError(
         f"No checkpoint in {path}: expected a .pt file or a run directory with "
         f"{CHECKPOINT_DIR}/step_*.pt (written by `auxrl train`)."
     )
 
 
-def load(run_dir_or_file: str | Path, device: torch.device | str = "cpu") -> dict[str, Any]:
+def _read(path: Path) -> dict[str, Any]:
     # Checkpoints hold numpy RNG state and plain config dicts, so full unpickling is needed;
     # only load checkpoints you trust (as with any torch.load of a pickle).
-    return torch.load(find(run_dir_or_file), map_location=device, weights_only=False)
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # truncated zip, bad pickle, ...: all mean "not a usable file"
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"{path} is not a readable checkpoint (truncated or corrupt: {reason})") from None
+    if not isinstance(saved, dict):
+        raise ValueError(f"{path} is not an auxrl checkpoint (it holds a {type(saved).__name__})")
+    return saved
+
+
+def _move_aside(path: Path) -> str:
+    try:
+        path.rename(path.with_name(path.name + CORRUPT_SUFFIX))
+        return f"moved aside to {path.name}{CORRUPT_SUFFIX}"
+    except OSError:  # a read-only run directory: leave it, it is skipped every time
+        return "left in place"
+
+
+def load(run_dir_or_file: str | Path, device: torch.device | str = "cpu") -> dict[str, Any]:
+    """A checkpoint file, or the newest intact checkpoint of a run directory.
+
+    Broken files of a run directory are skipped with a warning naming them (and renamed to
+    ``<name>.corrupt`` so they are not tried again); a broken file given by path is an error.
+    The model's weights are placed on ``device``; everything else (optimizer state, RNG states)
+    stays on the CPU: ``optimizer.load_state_dict`` moves its state to the parameters' device,
+    and RNG setters only take CPU tensors.
+    """
+    path = Path(run_dir_or_file)
+    if path.is_file():
+        return _on_device(_read(path), device)
+    broken = []
+    for candidate in candidates(path):
+        try:
+            saved = _read(candidate)
+        except ValueError as err:
+            broken.append(candidate.name)
+            print(f"auxrl: warning: {err}; {_move_aside(candidate)}, trying an older one.", file=sys.stderr)
+            continue
+        if broken:
+            print(f"auxrl: warning: using {candidate} instead of {', '.join(broken)}.", file=sys.stderr)
+        return _on_device(saved, device)
+    if broken:
+        raise ValueError(
+            f"No intact checkpoint in {path}: {', '.join(broken)} cannot be read. Start the run again "
+            f"in a new --run-dir (or with --overwrite)."
+        )
+    return _on_device(_read(find(path)), device)  # raises FileNotFoundError: no checkpoint at all
+
+
+def _on_device(saved: dict[str, Any], device: torch.device | str) -> dict[str, Any]:
+    if isinstance(saved.get("model"), dict) and torch.device(device) != torch.device("cpu"):
+        model = saved["model"]
+        saved["model"] = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in model.items()}
+    return saved

@@ -7,43 +7,82 @@ import sys
 import time
 from collections import deque
 from pathlib import Path
+from typing import Protocol
 
 from torch.utils.tensorboard import SummaryWriter
 
 
-class Logger:
-    """Scalars to TensorBoard under CleanRL's tag names; ``purge_step`` keeps resumed curves clean."""
+class Mirror(Protocol):
+    """Somewhere else the scalars go (``log.wandb``: :class:`auxrl.tracking.WandbMirror`)."""
 
-    def __init__(self, run_dir: Path, flush_secs: int = 10, purge_step: int | None = None) -> None:
-        self.writer = SummaryWriter(str(run_dir), flush_secs=flush_secs, purge_step=purge_step)
+    def log(self, values: dict[str, float], step: int) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class Logger:
+    """Scalars to TensorBoard under CleanRL's tag names; ``purge_step`` keeps resumed curves clean.
+
+    ``mirror`` receives the same scalars (``log.wandb``).
+    """
+
+    def __init__(
+        self, run_dir: Path, flush_secs: int = 10, purge_step: int | None = None, mirror: Mirror | None = None
+    ) -> None:
+        self._args = (str(run_dir), flush_secs, purge_step)
+        self._writer: SummaryWriter | None = None
+        self.mirror = mirror
+
+    @property
+    def writer(self) -> SummaryWriter:
+        # Opened at the first event: a process that logs nothing (resuming a finished run) leaves
+        # no empty event file behind.
+        if self._writer is None:
+            log_dir, flush_secs, purge_step = self._args
+            self._writer = SummaryWriter(log_dir, flush_secs=flush_secs, purge_step=purge_step)
+        return self._writer
 
     def scalar(self, tag: str, value: float, step: int) -> None:
         if value is not None and not (isinstance(value, float) and math.isnan(value)):
             self.writer.add_scalar(tag, float(value), step)
+            if self.mirror is not None:
+                self.mirror.log({tag: float(value)}, step)
 
     def scalars(self, values: dict[str, float], step: int) -> None:
-        for tag, value in values.items():
-            self.scalar(tag, value, step)
+        kept = {t: float(v) for t, v in values.items() if v is not None and not math.isnan(float(v))}
+        for tag, value in kept.items():
+            self.writer.add_scalar(tag, value, step)
+        if self.mirror is not None and kept:
+            self.mirror.log(kept, step)  # one row per update
 
     def text(self, tag: str, text: str, step: int = 0) -> None:
         self.writer.add_text(tag, text, step)
 
     def flush(self) -> None:
-        self.writer.flush()
+        if self._writer is not None:
+            self._writer.flush()
 
     def close(self) -> None:
-        self.writer.close()
+        if self._writer is not None:
+            self._writer.close()
+        if self.mirror is not None:
+            self.mirror.close()
 
 
 class Progress:
-    """A rich progress bar (steps, SPS, recent return, ETA), or periodic lines when not a TTY."""
+    """A rich progress bar (steps, SPS, recent return, ETA), or periodic lines when not a TTY.
 
-    def __init__(self, total: int, start: int, enabled: bool, print_every: float = 10.0) -> None:
-        self.total, self.print_every = total, print_every
+    ``quiet=True`` shows and prints nothing.
+    """
+
+    def __init__(
+        self, total: int, start: int, enabled: bool, print_every: float = 10.0, quiet: bool = False
+    ) -> None:
+        self.total, self.print_every, self.quiet = total, print_every, quiet
         self.returns: deque[float] = deque(maxlen=20)
         self.last_print = time.monotonic()
         self.bar = None
-        if enabled and sys.stdout.isatty():
+        if enabled and not quiet and sys.stdout.isatty():
             from rich.progress import (
                 BarColumn,
                 MofNCompleteColumn,
@@ -70,12 +109,13 @@ class Progress:
         ret = "-" if recent_return is None else f"{recent_return:.1f}"
         if self.bar is not None:
             self.bar.update(self.task, completed=min(step, self.total), sps=f"{sps:,.0f}", ret=ret)
-        elif time.monotonic() - self.last_print >= self.print_every:
+        elif not self.quiet and time.monotonic() - self.last_print >= self.print_every:
             self.last_print = time.monotonic()
             print(f"step {step:,}/{self.total:,}  SPS {sps:,.0f}  return {ret}", flush=True)
 
     def log(self, message: str) -> None:
-        (self.bar.console.print if self.bar is not None else print)(message)
+        if not self.quiet:
+            (self.bar.console.print if self.bar is not None else print)(message)
 
     def close(self) -> None:
         if self.bar is not None:

@@ -1,12 +1,15 @@
 """Checkpoint round trip, atomic writes, and resume continuing the step count and the curve."""
 
+import random
+
+import numpy as np
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from auxrl import checkpoint
 from auxrl.config import load_config
-from auxrl.evaluate import load_agent
+from auxrl.inference import load_agent
 from auxrl.trainer import train
 
 TINY = [
@@ -30,7 +33,8 @@ def test_checkpoint_round_trip(tmp_path):
     saved = checkpoint.load(tmp_path / "run")
     assert saved["state"]["global_step"] == 512
     assert {"model", "optimizer", "rng", "config", "state"} <= set(saved)
-    agent, cfg2 = load_agent(str(tmp_path / "run"), torch.device("cpu"))
+    trained = load_agent(str(tmp_path / "run"), torch.device("cpu"))
+    agent, cfg2 = trained.model, trained.config
     assert cfg2 == cfg
     for key, value in agent.state_dict().items():
         assert torch.equal(value, saved["model"][key]), key
@@ -111,3 +115,47 @@ def test_cli_resume_applies_overrides(tmp_path, capsys):
     assert checkpoint.load(run)["state"]["global_step"] == 1024
     assert main(["train", "cartpole", "--resume", str(run)]) == 2
     assert "--resume continues a run with its saved config" in capsys.readouterr().err
+
+
+def test_a_truncated_latest_checkpoint_falls_back_to_the_older_one(tmp_path, capsys):
+    from auxrl.cli import main
+
+    run = tmp_path / "run"
+    train(load_config("cartpole", TINY + ["ppo.total_steps=1024"]), run, device="cpu", progress=False)
+    latest = run / "checkpoints" / "step_000000001024.pt"
+    with open(latest, "r+b") as f:
+        f.truncate(20000)  # as `truncate -s 20000` does
+    capsys.readouterr()
+    assert main(["eval", str(run), "--episodes", "1", "--device", "cpu"]) == 0
+    err = capsys.readouterr().err
+    assert "step_000000001024.pt is not a readable checkpoint (truncated or corrupt" in err
+    assert "using" in err and "step_000000000512.pt" in err and "Traceback" not in err
+    # Moved aside (kept, never tried again nor counted as the newest), and the run resumes.
+    assert (run / "checkpoints" / "step_000000001024.pt.corrupt").is_file()
+    assert checkpoint.find(run).name == "step_000000000512.pt"
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 0
+    assert checkpoint.load(run)["state"]["global_step"] == 1024
+    steps = [s for s, _ in _scalars(run, "losses/value_loss")]
+    assert steps == list(range(256, 1025, 256))
+    # A broken file named explicitly is a clear error, not a traceback.
+    capsys.readouterr()
+    assert main(["eval", str(run / "checkpoints" / "step_000000001024.pt.corrupt")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("auxrl eval: error: ") and "not a readable checkpoint" in err
+    assert err.count("\n") == 1
+
+
+def test_rng_states_load_on_the_cpu_whatever_the_model_device(tmp_path):
+    # --resume on CUDA mapped the saved RNG ByteTensors onto the GPU, where torch.set_rng_state
+    # rejects them. The model may go anywhere (here the meta device); RNG states stay on the CPU.
+    cfg = load_config("cartpole", TINY + ["ppo.total_steps=256"])
+    train(cfg, tmp_path / "run", device="cpu", progress=False)
+    on_meta = checkpoint.load(tmp_path / "run", device="meta")
+    assert all(v.device.type == "meta" for v in on_meta["model"].values())
+    assert on_meta["rng"]["torch"].device.type == "cpu"
+    assert all(v.device.type == "cpu" for v in on_meta["optimizer"]["state"][0].values())
+    checkpoint.set_rng_state(on_meta["rng"])
+    after_meta = (torch.rand(3), np.random.rand(), random.random())
+    checkpoint.set_rng_state(checkpoint.load(tmp_path / "run")["rng"])
+    after_cpu = (torch.rand(3), np.random.rand(), random.random())
+    assert torch.equal(after_meta[0], after_cpu[0]) and after_meta[1:] == after_cpu[1:]

@@ -71,6 +71,8 @@ def test_stage_changing_action_space_is_a_clear_error(tmp_path):
     cfg.curriculum.stages[1].overrides = {"env.id": "Acrobot-v1"}  # 3 actions instead of 2
     with pytest.raises(ValueError, match="action space"):
         train(cfg, tmp_path / "run", device="cpu", progress=False)
+    # Caught before training starts (not at the stage change): no run directory was even made.
+    assert not (tmp_path / "run").exists()
 
 
 def test_stage_overrides_are_validated():

@@ -61,45 +61,133 @@ def test_reset_steps_are_masked_and_truncation_bootstraps_in_a_real_rollout():
         assert not torch.allclose(storage.obs[t + 1, e], storage.obs[t + 2, e])
 
 
-def _play_atari(episodic_life: bool, reward_clip: bool, steps: int = 1500):
-    cfg = EnvConfig(id="ALE/Breakout-v5", num_envs=2, episodic_life=episodic_life, reward_clip=reward_clip)
+def _play_atari(episodic_life: bool, reward_clip: bool, steps: int = 1500, num_envs: int = 2):
+    cfg = EnvConfig(
+        id="ALE/Breakout-v5", num_envs=num_envs, episodic_life=episodic_life, reward_clip=reward_clip
+    )
     rng = np.random.default_rng(0)
     out = []
     with make_envs(cfg) as envs:
         envs.reset(seed=3)
         for _ in range(steps):
-            out.append(envs.step(rng.integers(0, 4, size=2)))
+            out.append(envs.step(rng.integers(0, 4, size=num_envs)))
     return out
 
 
 def test_atari_episodic_life_terminates_on_life_loss_without_reset():
     steps = _play_atari(episodic_life=True, reward_clip=True)
     terminated = np.array([s.terminated for s in steps])
-    reset = np.array([s.reset for s in steps])
+    masked = np.array([s.reset for s in steps])
     games = sum(len(s.episode_returns) for s in steps)
-    assert games >= 1
-    # Five lives a game: many more life-loss terminations than real resets.
-    assert terminated.sum() >= 4 * reset.sum() > 0
-    # After a life loss the game goes on: most terminations are not followed by a reset.
-    followed_by_reset = (terminated[:-1] & reset[1:]).sum()
-    assert followed_by_reset < terminated[:-1].sum() / 2
+    # Five lives a game: many more life-loss terminations than finished games.
+    assert terminated.sum() >= 4 * games > 0
+    # Every termination is followed by at least one masked step (the game's reset, or the
+    # FIRE / no-op steps after a lost life), and the game goes on after a lost life.
+    assert masked[1:][terminated[:-1]].all()
+    assert masked.sum() > 2 * terminated.sum()
     # Training rewards are clipped.
     assert set(np.unique(np.concatenate([s.reward for s in steps]))) <= {-1.0, 0.0, 1.0}
 
 
 def test_atari_episode_stats_are_unclipped_whole_games():
-    # The same seed and actions with and without the training-only settings: the reported
-    # game scores must be identical (whole games over all lives, raw score).
+    # The same seed and actions with and without reward clipping: the reported game scores are
+    # identical (whole games over all lives, raw score).
     a = _play_atari(episodic_life=True, reward_clip=True)
-    b = _play_atari(episodic_life=False, reward_clip=False)
+    b = _play_atari(episodic_life=True, reward_clip=False)
     returns_a = np.concatenate([s.episode_returns for s in a])
     returns_b = np.concatenate([s.episode_returns for s in b])
     assert len(returns_a) >= 1
     assert np.array_equal(returns_a, returns_b)
-    # And the score is the sum of the raw rewards of that game.
-    raw = np.array([s.reward[0] for s in b])
-    first_reset = next(i for i, s in enumerate(b) if s.reset[0])
-    assert raw[:first_reset].sum() == b[first_reset].episode_returns[0]
+    # And the score is the sum of the raw rewards of the game's real transitions.
+    one = _play_atari(episodic_life=True, reward_clip=False, num_envs=1)
+    end = next(i for i, s in enumerate(one) if len(s.episode_returns))
+    raw = sum(s.reward[0] for s in one[:end] if not s.reset[0])
+    assert raw == one[end].episode_returns[0] > 0
+
+
+def _ale(num_envs: int):
+    """ale-py's AtariVectorEnv with the settings auxrl's Atari env gives it (EnvConfig defaults)."""
+    from ale_py.vector_env import AtariVectorEnv
+
+    return AtariVectorEnv(
+        "breakout",
+        num_envs,
+        num_threads=1,
+        episodic_life=False,
+        life_loss_info=True,
+        reward_clipping=False,
+        autoreset_mode="NextStep",
+    )
+
+
+def test_atari_first_frame_fills_the_stack_like_envpool():
+    # Random play through game overs; the same seed and actions on ale-py itself.
+    rng = np.random.default_rng(1)
+    ale = _ale(2)
+    raw, _ = ale.reset(seed=7)
+    with make_envs(EnvConfig(id="ALE/Breakout-v5", num_envs=2, episodic_life=False)) as envs:
+        obs = envs.reset(seed=7)
+        raw_steps, steps = [raw], [obs]
+        for _ in range(1200):
+            action = rng.integers(0, 4, size=2)
+            raw_steps.append(ale.step(action)[0])
+            steps.append(envs.step(action))
+    ale.close()
+    assert (raw[:, :3] == 0).all()  # ale-py: 3 of 4 frames of a first observation are black
+    age = np.zeros(2, dtype=int)
+    resets = 0
+    for t, (raw, step) in enumerate(zip(raw_steps, steps, strict=True)):
+        obs = step if t == 0 else step.obs
+        if t > 0:
+            age = np.where(step.reset, 0, age + 1)
+            resets += int(step.reset.sum())
+        for e in range(2):
+            first = 3 - min(age[e], 3)  # the slot of the game's first frame
+            # The real frames are ale-py's; the slots before the first frame repeat it.
+            assert np.array_equal(obs[e, first:], raw[e, first:])
+            assert all(np.array_equal(obs[e, k], raw[e, first]) for k in range(first))
+            assert (raw[e, :first] == 0).all()  # where ale-py has black frames
+    assert resets >= 2  # game overs were covered, not only the first reset
+
+
+def test_atari_fire_and_noops_after_a_lost_life_like_envpool():
+    # An agent that only ever sends NOOP: Breakout's ball is served by FIRE.
+    noop = np.zeros(1, dtype=np.int64)
+    with make_envs(EnvConfig(id="ALE/Breakout-v5", num_envs=1)) as envs:
+        envs.reset(seed=4)
+        steps = []
+        while not any(len(s.episode_returns) for s in steps[-1:]) and len(steps) < 3000:
+            steps.append(envs.step(noop))
+    terminated = np.array([s.terminated[0] for s in steps])
+    masked = np.array([s.reset[0] for s in steps])
+    # The ball is served again after every lost life: the game ends (5 lives) within a few
+    # hundred steps, although the agent never fires.
+    assert len(steps[-1].episode_returns) == 1 and terminated.sum() == 5
+    # Masked steps come in runs, each right after a termination: 4 lost lives, then the game over.
+    starts = np.flatnonzero(masked & ~np.r_[False, masked[:-1]])
+    assert np.array_equal(starts - 1, np.flatnonzero(terminated))
+    # After a lost life: 1-8 forced steps (0..29 no-op frames in whole steps of 4, then FIRE),
+    # of varying length (random no-ops).
+    ends = np.flatnonzero(masked & ~np.r_[masked[1:], False])
+    runs = list(ends[:4] - starts[:4] + 1)
+    assert all(1 <= n <= 8 for n in runs) and len(set(runs)) > 1
+    # Against ale-py directly: the same game with the forced actions spelled out (NOOP, and
+    # FIRE on the last step of each forced run) gives the same frames, lives and rewards.
+    actions = np.zeros(len(steps), dtype=np.int64)
+    last_forced = masked & ~np.r_[masked[1:], False]
+    actions[last_forced[:-1].nonzero()[0]] = 1
+    ale = _ale(1)
+    ale.reset(seed=4)
+    for t, step in enumerate(steps[:-1]):
+        obs, reward, terminated_raw, _, _ = ale.step(actions[t : t + 1])
+        assert np.array_equal(obs[0, -1], step.obs[0, -1]), t
+        assert terminated_raw[0] == step.terminated[0]
+        assert step.reward[0] == (0 if masked[t] else np.sign(reward[0]))
+    # Without the FIRE, ale-py never serves again: one lost life, then nothing for as long.
+    ale.reset(seed=4)
+    lives = [ale.step(noop)[4]["lives"][0] for _ in range(len(steps))]
+    ale.close()
+    assert min(lives) == 4
 
 
 def test_unknown_atari_game_error_is_helpful():

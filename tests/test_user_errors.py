@@ -1,0 +1,216 @@
+"""Everything a user can get wrong (input, file system, environment): one line naming the problem
+and the fix, exit code 2, no traceback, and nothing of an existing run lost."""
+
+import builtins
+import errno
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from auxrl import checkpoint
+from auxrl.cli import main
+
+TINY = [
+    "env.num_envs=4",
+    "ppo.num_steps=64",
+    "ppo.num_minibatches=2",
+    "ppo.update_epochs=2",
+    "log.checkpoint_every=256",
+    "ppo.total_steps=512",
+]
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str]:
+    capsys.readouterr()
+    code = main(list(argv))
+    err = capsys.readouterr().err
+    return code, err
+
+
+def one_line_error(code: int, err: str, command: str = "train") -> str:
+    """The message of a clean user error (asserting the form)."""
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2, err
+    assert "Traceback" not in err
+    assert len(lines) == 1 and lines[0].startswith(f"auxrl {command}: error: "), err
+    return lines[0]
+
+
+def snapshot(run: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(run)): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("runs") / "done"
+    assert main(["train", "cartpole", *TINY, "--run-dir", str(run), "--no-progress"]) == 0
+    return run
+
+
+def test_yaml_syntax_error(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("ppo:\n  lr: [1e-3,\n  gamma: 0.9\n")
+    line = one_line_error(*run_cli(capsys, "train", str(bad), "--run-dir", str(tmp_path / "r")))
+    assert "bad.yaml: not valid YAML (line" in line
+    assert not (tmp_path / "r").exists()
+
+
+def test_plugin_that_raises_on_import(tmp_path, capsys, monkeypatch):
+    (tmp_path / "broken_plugin.py").write_text("raise RuntimeError('plugin bug')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    run = tmp_path / "r"
+    code, err = run_cli(
+        capsys,
+        "train",
+        "cartpole",
+        "aux.enabled=true",
+        "aux.tasks.mine.type=broken_plugin:Task",
+        "--run-dir",
+        str(run),
+    )
+    line = one_line_error(code, err)
+    assert "aux.tasks.mine" in line and "RuntimeError: plugin bug" in line and "enabled=false" in line
+    assert not run.exists()  # start-up errors leave no run directory behind
+    sys.modules.pop("broken_plugin", None)
+
+
+def test_unknown_env_kwargs_key(tmp_path, capsys):
+    run = tmp_path / "r"
+    line = one_line_error(*run_cli(capsys, "train", "cartpole", "env.kwargs.colour=1", "--run-dir", str(run)))
+    assert "env.kwargs: CartPole-v1 takes no 'colour'" in line and "max_episode_steps" in line
+    assert not run.exists()
+
+
+def test_bad_env_id_leaves_no_directory(tmp_path, capsys):
+    run = tmp_path / "deep" / "r"
+    line = one_line_error(*run_cli(capsys, "train", "cartpole", "env.id=NoSuchEnv-v0", "--run-dir", str(run)))
+    assert "NoSuchEnv-v0" in line
+    assert not (tmp_path / "deep").exists()
+
+
+def test_aux_task_option_typo_lists_every_key(tmp_path, capsys):
+    code, err = run_cli(
+        capsys,
+        "train",
+        "cartpole",
+        "aux.enabled=true",
+        "aux.tasks.reward_prediction.wieght=1",
+        "--run-dir",
+        str(tmp_path / "r"),
+    )
+    line = one_line_error(code, err)
+    assert "aux.tasks.reward_prediction.wieght" in line and "Did you mean 'weight'?" in line
+    for key in ("weight", "enabled", "type", "batch_size", "rewarding_fraction"):
+        assert key in line
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("ppo.total_steps=100", "less than one rollout"),
+        ("log.checkpoint_every=-5", "log.checkpoint_every must be >= 0"),
+        ("ppo.lr=.inf", "ppo.lr must be a number in (0, 1)"),
+        ("ppo.lr=1e9", "ppo.lr must be a number in (0, 1)"),
+        ("ppo.vf_coef=.nan", "ppo.vf_coef must be a number >= 0"),
+        ("ppo.max_grad_norm=0", "ppo.max_grad_norm must be a positive number"),
+        ("aux.tasks.reward_prediction.weight=-1", "weight must be a number >= 0"),
+    ],
+)
+def test_values_out_of_range(tmp_path, capsys, override, message):
+    line = one_line_error(*run_cli(capsys, "train", "cartpole", override, "--run-dir", str(tmp_path / "r")))
+    assert message in line
+    assert not (tmp_path / "r").exists()
+
+
+def test_run_dir_with_resume(finished_run, tmp_path, capsys):
+    code, err = run_cli(capsys, "train", "--resume", str(finished_run), "--run-dir", str(tmp_path / "x"))
+    line = one_line_error(code, err)
+    assert "--run-dir" in line and "drop --run-dir" in line
+    # The same directory both ways is fine.
+    code, _ = run_cli(capsys, "train", "--resume", str(finished_run), "--run-dir", str(finished_run))
+    assert code == 0
+
+
+def test_eval_zero_episodes(finished_run, capsys):
+    line = one_line_error(*run_cli(capsys, "eval", str(finished_run), "--episodes", "0"), command="eval")
+    assert "--episodes (0)" in line and ">= 1" in line
+
+
+def test_eval_unwritable_video_path(finished_run, tmp_path, capsys):
+    (tmp_path / "a_file").write_text("")
+    target = tmp_path / "a_file" / "play.mp4"
+    code, err = run_cli(capsys, "eval", str(finished_run), "--episodes", "1", "--video", str(target))
+    line = one_line_error(code, err, command="eval")
+    assert "--video" in line and "cannot write there" in line
+
+
+def test_read_only_run_directory(finished_run, capsys, monkeypatch):
+    before = snapshot(finished_run)
+    real_open = builtins.open
+
+    def read_only_open(file, mode="r", *args, **kwargs):
+        if any(c in mode for c in "wax+") and str(finished_run) in str(file):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(file))
+        return real_open(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", read_only_open)
+    code, err = run_cli(capsys, "train", "--resume", str(finished_run), "ppo.total_steps=1024")
+    monkeypatch.undo()
+    line = one_line_error(code, err)
+    assert "Read-only file system" in line and f"--resume {finished_run}" in line
+    assert snapshot(finished_run) == before
+
+
+def test_full_disk_keeps_the_last_checkpoint(tmp_path, capsys, monkeypatch):
+    run = tmp_path / "r"
+    assert main(["train", "cartpole", *TINY, "--run-dir", str(run), "--no-progress"]) == 0
+
+    def no_space(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", no_space)
+    code, err = run_cli(capsys, "train", "--resume", str(run), "ppo.total_steps=1024", "--no-progress")
+    monkeypatch.undo()
+    line = one_line_error(code, err)
+    assert "No space left on device: " in line and "step_000000000768.pt" in line
+    assert f"continue with `auxrl train --resume {run}`" in line
+    # The last good checkpoint is intact and still the latest; no temp file was left.
+    assert checkpoint.find(run).name == "step_000000000512.pt"
+    assert not list((run / "checkpoints").glob("*.tmp"))
+    assert main(["train", "--resume", str(run), "ppo.total_steps=1024", "--no-progress"]) == 0
+    assert checkpoint.load(run)["state"]["global_step"] == 1024
+
+
+def test_diverged_training_keeps_the_last_good_checkpoint(tmp_path, capsys, monkeypatch):
+    # The value head turns NaN (as a diverging run would): the update stops with an error and no
+    # checkpoint is written on the way out; the last good checkpoint stays `latest`.
+    from auxrl.models.heads import ValueHead
+
+    run = tmp_path / "r"
+    assert main(["train", "cartpole", *TINY, "--run-dir", str(run), "--no-progress"]) == 0
+    before = snapshot(run / "checkpoints")
+    real_forward = ValueHead.forward
+    monkeypatch.setattr(ValueHead, "forward", lambda self, x: real_forward(self, x) * float("nan"))
+    code, err = run_cli(capsys, "train", "--resume", str(run), "ppo.total_steps=1024", "--no-progress")
+    monkeypatch.undo()
+    line = one_line_error(code, err)
+    assert "non-finite" in line and "latest" in line
+    assert snapshot(run / "checkpoints") == before
+    assert all(torch.isfinite(v).all() for v in checkpoint.load(run)["model"].values())
+
+
+def test_checkpoint_save_refuses_non_finite_values(tmp_path):
+    good = checkpoint.save(tmp_path, {"model": {"w": torch.ones(3)}, "state": {"step": 1}}, step=1)
+    bad = {
+        "model": {"w": torch.ones(3)},
+        "optimizer": {"state": {0: {"exp_avg": torch.tensor([float("inf")])}}},
+    }
+    with pytest.raises(ValueError, match=r"optimizer\[.state.\]\[0\]\[.exp_avg.\] holds NaN or infinite"):
+        checkpoint.save(tmp_path, bad, step=2)
+    with pytest.raises(ValueError, match="step_000000000001.pt stays the latest"):
+        checkpoint.save(tmp_path, {"model": {"w": torch.tensor([float("nan")])}}, step=3)
+    assert checkpoint.find(tmp_path) == good
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == sorted(["latest", good.name])
