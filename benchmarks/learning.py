@@ -24,6 +24,7 @@ import datetime as dt
 import importlib.util
 import json
 import math
+import os
 import platform
 import shlex
 import socket
@@ -204,8 +205,8 @@ def make_plot(run_dirs: list[Path], out: Path) -> str:
     return f"![curves]({Path(path).name})"
 
 
-def metadata(args: argparse.Namespace, cfg: Any) -> dict[str, Any]:
-    """When, where and with what the runs were trained."""
+def setup_info(device: str) -> dict[str, Any]:
+    """When and where this runs: date, host, CPU model, device name and package versions."""
     import ale_py
     import gymnasium
     import torch
@@ -213,7 +214,7 @@ def metadata(args: argparse.Namespace, cfg: Any) -> dict[str, Any]:
     import auxrl
     from auxrl.trainer import resolve_device
 
-    device = resolve_device(args.device)
+    dev = resolve_device(device)
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
@@ -226,7 +227,8 @@ def metadata(args: argparse.Namespace, cfg: Any) -> dict[str, Any]:
         "time": now.isoformat(timespec="seconds"),
         "hostname": socket.gethostname(),
         "cpu": cpu,
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "cores": os.cpu_count(),
+        "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
         "versions": {
             "python": platform.python_version(),
             "torch": torch.__version__,
@@ -234,6 +236,13 @@ def metadata(args: argparse.Namespace, cfg: Any) -> dict[str, Any]:
             "ale-py": ale_py.__version__,
             "auxrl": auxrl.__version__,
         },
+    }
+
+
+def metadata(args: argparse.Namespace, cfg: Any) -> dict[str, Any]:
+    """When, where and with what the runs were trained."""
+    return {
+        **setup_info(args.device),
         "config": args.config,
         "env_id": cfg.env.id,
         "steps": args.steps,

@@ -1,0 +1,481 @@
+"""Scores of the Atari 100k suite: human-normalised scores, rliable aggregates, results.md.
+
+Used by ``benchmarks/atari100k.py`` (``--analyze`` or at the end of every invocation). Works
+on any subset of finished runs: the aggregates use the largest block of matched runs (the same
+games and seeds for every variant compared), and what is not finished yet is listed.
+
+The aggregates follow Agarwal et al. (2021), "Deep RL at the edge of the statistical
+precipice", with their ``rliable`` package: interquartile mean (IQM), median and mean of the
+human-normalised score (HNS) with 95% percentile intervals from a stratified bootstrap (runs
+resampled within each game), and the probability of improvement P(X > Y) of each variant over
+``no_aux``. ``rliable`` needs ``pip install -e ".[bench]"``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# --------------------------------------------------------------------------------------------
+# Reference scores
+# --------------------------------------------------------------------------------------------
+
+# The 26 games of Atari 100k (Kaiser et al. 2019, SimPLe), as listed by rliable.
+ATARI_100K_GAMES = (
+    "Alien", "Amidar", "Assault", "Asterix", "BankHeist", "BattleZone", "Boxing", "Breakout",
+    "ChopperCommand", "CrazyClimber", "DemonAttack", "Freeway", "Frostbite", "Gopher", "Hero",
+    "Jamesbond", "Kangaroo", "Krull", "KungFuMaster", "MsPacman", "Pong", "PrivateEye", "Qbert",
+    "RoadRunner", "Seaquest", "UpNDown",
+)  # fmt: skip
+
+# Random-agent and human reference scores of the DQN literature (Mnih et al. 2015; the random
+# scores with up to 30 no-op starts), as used for Atari 100k by DER, CURL, DrQ and SPR.
+# Copied from RANDOM_SCORES / HUMAN_SCORES in google-research/rliable's
+# deep_rl_precipice_colab.ipynb (Agarwal et al. 2021), which normalises its Atari 100k data
+# with them. HNS = (score - random) / (human - random).
+RANDOM_SCORES: dict[str, float] = {
+    "Alien": 227.8, "Amidar": 5.8, "Assault": 222.4, "Asterix": 210.0, "BankHeist": 14.2,
+    "BattleZone": 2360.0, "Boxing": 0.1, "Breakout": 1.7, "ChopperCommand": 811.0,
+    "CrazyClimber": 10780.5, "DemonAttack": 152.1, "Freeway": 0.0, "Frostbite": 65.2,
+    "Gopher": 257.6, "Hero": 1027.0, "Jamesbond": 29.0, "Kangaroo": 52.0, "Krull": 1598.0,
+    "KungFuMaster": 258.5, "MsPacman": 307.3, "Pong": -20.7, "PrivateEye": 24.9, "Qbert": 163.9,
+    "RoadRunner": 11.5, "Seaquest": 68.4, "UpNDown": 533.4,
+}  # fmt: skip
+HUMAN_SCORES: dict[str, float] = {
+    "Alien": 7127.7, "Amidar": 1719.5, "Assault": 742.0, "Asterix": 8503.3, "BankHeist": 753.1,
+    "BattleZone": 37187.5, "Boxing": 12.1, "Breakout": 30.5, "ChopperCommand": 7387.8,
+    "CrazyClimber": 35829.4, "DemonAttack": 1971.0, "Freeway": 29.6, "Frostbite": 4334.7,
+    "Gopher": 2412.5, "Hero": 30826.4, "Jamesbond": 302.8, "Kangaroo": 3035.0, "Krull": 2665.5,
+    "KungFuMaster": 22736.3, "MsPacman": 6951.6, "Pong": 14.6, "PrivateEye": 69571.3,
+    "Qbert": 13455.0, "RoadRunner": 7845.0, "Seaquest": 42054.7, "UpNDown": 11693.2,
+}  # fmt: skip
+
+# Published PPO scores after 100k agent steps, per game, for the table's comparison column.
+# SimPLe (Kaiser et al. 2019, arXiv:1903.00374, appendix table "PPO_100k", 5 seeds) reports them
+# for all 26 games; they could not be retrieved from the sources searchable while this was
+# written, so the column stays empty until someone copies them in (value, and cite the table).
+PUBLISHED_PPO_100K: dict[str, float] = {}
+PUBLISHED_PPO_100K_SOURCE = "Kaiser et al. 2019 (SimPLe), arXiv:1903.00374, appendix, column PPO_100k"
+
+REFERENCE_SOURCE = "RANDOM_SCORES / HUMAN_SCORES, google-research/rliable deep_rl_precipice_colab.ipynb"
+BASELINE = "no_aux"
+METRICS = ("IQM", "median", "mean")
+
+
+def human_normalized(game: str, score: float) -> float:
+    """Human-normalised score: 0 is the random agent, 1 the human reference."""
+    if game not in RANDOM_SCORES:
+        raise KeyError(f"No reference scores for {game!r}; Atari 100k games: {', '.join(ATARI_100K_GAMES)}")
+    return (score - RANDOM_SCORES[game]) / (HUMAN_SCORES[game] - RANDOM_SCORES[game])
+
+
+# --------------------------------------------------------------------------------------------
+# Finished runs and matched blocks
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Score:
+    """The evaluation score of one finished run."""
+
+    game: str
+    variant: str
+    seed: int
+    score: float  # mean unclipped return of the evaluation games
+
+    @property
+    def hns(self) -> float:
+        return human_normalized(self.game, self.score)
+
+
+@dataclass
+class Block:
+    """Matched runs: for every game, the same ``k`` seeds for every variant."""
+
+    games: list[str]
+    seeds: dict[str, list[int]]  # game -> the k seeds used
+    hns: dict[str, np.ndarray]  # variant -> (k, len(games)) human-normalised scores
+
+    @property
+    def k(self) -> int:
+        return len(next(iter(self.seeds.values()))) if self.seeds else 0
+
+    def describe(self) -> str:
+        if not self.games:
+            return "no matched runs yet"
+        return f"{len(self.games)} games x {self.k} seeds, matched across variants"
+
+
+def matched_block(scores: Iterable[Score], games: Sequence[str], variants: Sequence[str]) -> Block:
+    """The largest complete block of matched runs of ``variants`` on ``games``.
+
+    A game's matched seeds are those finished for every variant. rliable needs the same number
+    of runs on every game, so the block takes ``k`` seeds (the lowest matched ones) on the games
+    with at least ``k`` matched seeds, with ``k`` chosen to keep the most runs (ties: more games).
+    """
+    by_key = {(s.game, s.variant, s.seed): s for s in scores}
+    matched: dict[str, list[int]] = {}
+    for game in games:
+        seed_sets = [{s for (g, v, s) in by_key if g == game and v == variant} for variant in variants]
+        common = sorted(set.intersection(*seed_sets)) if seed_sets else []
+        if common:
+            matched[game] = common
+    if not matched:
+        return Block([], {}, {v: np.zeros((0, 0)) for v in variants})
+    most = max(len(s) for s in matched.values())
+    best_k = max(range(1, most + 1), key=lambda k: (k * sum(len(s) >= k for s in matched.values()), -k))
+    used = [g for g in games if len(matched.get(g, [])) >= best_k]
+    seeds = {g: matched[g][:best_k] for g in used}
+    hns = {
+        v: np.array(
+            [[by_key[(g, v, seeds[g][i])].hns for g in used] for i in range(best_k)], dtype=np.float64
+        )
+        for v in variants
+    }
+    return Block(used, seeds, hns)
+
+
+# --------------------------------------------------------------------------------------------
+# rliable aggregates
+# --------------------------------------------------------------------------------------------
+
+
+def _rliable() -> tuple[Any, Any]:
+    # arch (under rliable) warns that rliable's random_state argument is deprecated.
+    warnings.filterwarnings("ignore", message="random_state is deprecated", category=FutureWarning)
+    try:
+        from rliable import library, metrics
+    except Exception as err:  # ImportError, or arch failing to import under pandas >= 3
+        raise ImportError(
+            f"The Atari 100k analysis needs rliable ({type(err).__name__}: {err}). Install it with "
+            'pip install -e ".[bench]" (its dependency arch 7.x needs pandas < 3).'
+        ) from err
+    return library, metrics
+
+
+Interval = tuple[float, float, float]  # point estimate, lower, upper
+
+
+def aggregate_estimates(
+    hns: dict[str, np.ndarray], reps: int = 1000, seed: int = 0
+) -> dict[str, dict[str, Interval]]:
+    """IQM, median and mean HNS of every variant, with 95% stratified-bootstrap intervals."""
+    library, metrics = _rliable()
+
+    def aggregates(x: np.ndarray) -> np.ndarray:
+        return np.array([metrics.aggregate_iqm(x), metrics.aggregate_median(x), metrics.aggregate_mean(x)])
+
+    points, intervals = library.get_interval_estimates(
+        hns, aggregates, reps=reps, random_state=np.random.RandomState(seed)
+    )
+    return {
+        v: {
+            m: (float(points[v][i]), float(intervals[v][0, i]), float(intervals[v][1, i]))
+            for i, m in enumerate(METRICS)
+        }
+        for v in hns
+    }
+
+
+def improvement_estimates(
+    hns: dict[str, np.ndarray], baseline: str = BASELINE, reps: int = 1000, seed: int = 0
+) -> dict[str, Interval]:
+    """P(variant > baseline) for every other variant, with 95% stratified-bootstrap intervals.
+
+    The probability that a run of the variant scores higher than a run of the baseline on a
+    game picked at random (Mann-Whitney U statistic averaged over games; ties count half).
+    """
+    library, metrics = _rliable()
+    pairs = {f"{v},{baseline}": (hns[v], hns[baseline]) for v in hns if v != baseline}
+    if not pairs:
+        return {}
+
+    def probability(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        return np.array([metrics.probability_of_improvement(x, y)])
+
+    points, intervals = library.get_interval_estimates(
+        pairs, probability, reps=reps, random_state=np.random.RandomState(seed)
+    )
+    return {
+        pair.split(",")[0]: (
+            float(points[pair][0]),
+            float(intervals[pair][0, 0]),
+            float(intervals[pair][1, 0]),
+        )
+        for pair in pairs
+    }
+
+
+def best_variant(aggregates: dict[str, dict[str, Interval]], baseline: str = BASELINE) -> str | None:
+    """The variant other than ``baseline`` with the highest IQM (ties: the higher mean)."""
+    candidates = [v for v in aggregates if v != baseline]
+    if not candidates:
+        return None
+    return max(candidates, key=lambda v: (aggregates[v]["IQM"][0], aggregates[v]["mean"][0]))
+
+
+# --------------------------------------------------------------------------------------------
+# One phase's analysis
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PhaseAnalysis:
+    """What is finished in one phase of the suite and what it shows."""
+
+    phase: str
+    games: list[str]
+    variants: list[str]
+    planned: list[tuple[str, str, int]]  # (game, variant, seed)
+    scores: list[Score]
+    block: Block
+    aggregates: dict[str, dict[str, Interval]]
+    improvement: dict[str, Interval]
+
+    @property
+    def missing(self) -> list[tuple[str, str, int]]:
+        done = {(s.game, s.variant, s.seed) for s in self.scores}
+        return [key for key in self.planned if key not in done]
+
+    @property
+    def complete(self) -> bool:
+        return not self.missing and bool(self.planned)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "games": self.games,
+            "variants": self.variants,
+            "planned": len(self.planned),
+            "finished": len(self.planned) - len(self.missing),
+            "missing": ["__".join(map(str, key)) for key in self.missing],
+            "block": {"games": self.block.games, "seeds": self.block.seeds},
+            "aggregates": self.aggregates,
+            "probability_of_improvement_over_no_aux": self.improvement,
+            "runs": [
+                {"game": s.game, "variant": s.variant, "seed": s.seed, "score": s.score, "hns": s.hns}
+                for s in self.scores
+            ],
+        }
+
+
+def analyze_phase(
+    phase: str,
+    planned: Sequence[tuple[str, str, int]],
+    scores: Iterable[Score],
+    reps: int = 1000,
+    seed: int = 0,
+) -> PhaseAnalysis:
+    """Aggregate the finished runs among ``planned`` (any subset may be finished)."""
+    planned = list(planned)
+    games = list(dict.fromkeys(g for g, _, _ in planned))
+    variants = list(dict.fromkeys(v for _, v, _ in planned))
+    keys = set(planned)
+    mine = [s for s in scores if (s.game, s.variant, s.seed) in keys]
+    # Variants with no finished run yet would empty the whole block: compare the others.
+    block = matched_block(mine, games, [v for v in variants if any(s.variant == v for s in mine)])
+    aggregates: dict[str, dict[str, Interval]] = {}
+    improvement: dict[str, Interval] = {}
+    if block.games:
+        aggregates = aggregate_estimates(block.hns, reps, seed)
+        if BASELINE in block.hns:
+            improvement = improvement_estimates(block.hns, BASELINE, reps, seed)
+    return PhaseAnalysis(phase, games, variants, planned, mine, block, aggregates, improvement)
+
+
+# --------------------------------------------------------------------------------------------
+# Plots
+# --------------------------------------------------------------------------------------------
+
+
+def rliable_plots(analysis: PhaseAnalysis, out_dir: Path, reps: int = 1000) -> list[str]:
+    """Interval estimates, probability of improvement and performance profile PNGs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from rliable import library, plot_utils
+
+    if not analysis.aggregates:
+        return []
+    written = []
+    variants = list(analysis.aggregates)
+    points = {v: np.array([analysis.aggregates[v][m][0] for m in METRICS]) for v in variants}
+    intervals = {
+        v: np.array(
+            [[analysis.aggregates[v][m][1] for m in METRICS], [analysis.aggregates[v][m][2] for m in METRICS]]
+        )
+        for v in variants
+    }
+    fig, _ = plot_utils.plot_interval_estimates(
+        points, intervals, metric_names=list(METRICS), algorithms=variants, xlabel="Human-normalised score"
+    )
+    written.append(_save(fig, out_dir / f"aggregates-{analysis.phase}.png", plt))
+
+    if analysis.improvement:
+        estimates = {f"{v},{BASELINE}": np.array([p]) for v, (p, _, _) in analysis.improvement.items()}
+        cis = {f"{v},{BASELINE}": np.array([[lo], [hi]]) for v, (_, lo, hi) in analysis.improvement.items()}
+        ax = plot_utils.plot_probability_of_improvement(estimates, cis, figsize=(5, 1 + 0.5 * len(estimates)))
+        written.append(_save(ax.figure, out_dir / f"probability_of_improvement-{analysis.phase}.png", plt))
+
+    tau = np.linspace(-0.1, max(1.0, max(float(np.max(x)) for x in analysis.block.hns.values())), 101)
+    profiles, profile_cis = library.create_performance_profile(analysis.block.hns, tau, reps=reps)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    plot_utils.plot_performance_profiles(
+        profiles, tau, performance_profile_cis=profile_cis, ax=ax, xlabel="Human-normalised score (τ)",
+        ylabel="Fraction of runs with score > τ", legend=True,
+    )  # fmt: skip
+    ax.legend(loc="upper right")
+    written.append(_save(fig, out_dir / f"performance_profile-{analysis.phase}.png", plt))
+    return written
+
+
+def _save(fig: Any, path: Path, plt: Any) -> str:
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return path.name
+
+
+# --------------------------------------------------------------------------------------------
+# results.md
+# --------------------------------------------------------------------------------------------
+
+
+def _num(x: float | None, digits: int = 2) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "n/a"
+    return f"{x:.{digits}f}"
+
+
+def _interval(x: Interval | None, digits: int = 3) -> str:
+    return "n/a" if x is None else f"{x[0]:.{digits}f} [{x[1]:.{digits}f}, {x[2]:.{digits}f}]"
+
+
+def aggregate_table(analysis: PhaseAnalysis) -> list[str]:
+    """Markdown rows: IQM / median / mean HNS with CIs and P(> no_aux) per variant."""
+    if not analysis.aggregates:
+        return ["No matched finished runs yet: no aggregates."]
+    lines = [
+        f"Block: {analysis.block.describe()} ({', '.join(analysis.block.games)}); 95% stratified-bootstrap "
+        "intervals in brackets.",
+        "",
+        "| variant | runs | IQM HNS | median HNS | mean HNS | P(variant > no_aux) |",
+        "|---|--:|--:|--:|--:|--:|",
+    ]
+    for v, agg in analysis.aggregates.items():
+        runs = analysis.block.hns[v].size
+        poi = "(baseline)" if v == BASELINE else _interval(analysis.improvement.get(v), 2)
+        lines.append(
+            f"| {v} | {runs} | {_interval(agg['IQM'])} | {_interval(agg['median'])} "
+            f"| {_interval(agg['mean'])} | {poi} |"
+        )
+    return lines
+
+
+def per_game_table(analysis: PhaseAnalysis) -> list[str]:
+    """Markdown rows: raw score mean ± std (seeds) and mean HNS per game and variant."""
+    head = "| game | random | human | PPO 100k (published) | " + " | ".join(analysis.variants) + " |"
+    lines = [head, "|---|--:|--:|--:|" + "--:|" * len(analysis.variants)]
+    for game in analysis.games:
+        cells = []
+        for v in analysis.variants:
+            values = [s.score for s in analysis.scores if s.game == game and s.variant == v]
+            if not values:
+                cells.append("-")
+                continue
+            std = f" ± {np.std(values, ddof=1):.1f}" if len(values) > 1 else ""
+            hns = human_normalized(game, float(np.mean(values)))
+            cells.append(f"{np.mean(values):.1f}{std} (n={len(values)}; HNS {hns:.3f})")
+        published = PUBLISHED_PPO_100K.get(game)
+        lines.append(
+            f"| {game} | {RANDOM_SCORES[game]:g} | {HUMAN_SCORES[game]:g} | "
+            f"{'-' if published is None else f'{published:g}'} | " + " | ".join(cells) + " |"
+        )
+    return lines
+
+
+def results_markdown(
+    meta: dict[str, Any], phases: dict[str, PhaseAnalysis], plots: dict[str, list[str]], best: dict[str, Any]
+) -> str:
+    """The whole results.md: status, aggregates, per-game tables, plots, setup."""
+    v = meta["versions"]
+    lines = [
+        f"# Atari 100k: PPO with and without auxiliary heads ({meta['device_name']}, {meta['date']})",
+        "",
+        "Score of a run: mean unclipped return of `auxrl eval RUN --episodes 10` (whole games: no "
+        "episodic-life cut, no reward clipping) on its final checkpoint at 100k agent steps (400k frames). "
+        "HNS = (score - random) / (human - random), reference scores of the DQN literature as in rliable.",
+        "",
+        "## Status",
+        "",
+    ]
+    for name, a in phases.items():
+        done = len(a.planned) - len(a.missing)
+        lines.append(f"- {name}: {done}/{len(a.planned)} runs finished")
+    lines.append(
+        f"- best heads variant for the final phase: {best.get('variant') or 'not chosen yet'} "
+        f"({best.get('why', '')})"
+    )
+    for name in ("final", "screen"):
+        if name not in phases:
+            continue
+        a = phases[name]
+        title = "Final comparison" if name == "final" else "Screening (every balancing method)"
+        lines += [
+            "",
+            f"## {title}",
+            "",
+            *aggregate_table(a),
+            "",
+            "Per game (raw score mean ± sample std over seeds):",
+            "",
+        ]
+        lines += per_game_table(a)
+        if plots.get(name):
+            lines += ["", " ".join(f"![{p}]({p})" for p in plots[name])]
+    lines += ["", "## Not finished yet", ""]
+    missing = [(name, key) for name, a in phases.items() for key in a.missing]
+    lines += [f"- {name}: {'__'.join(map(str, key))}" for name, key in missing] or [
+        "- nothing: every planned run is finished"
+    ]
+    lines += [
+        "",
+        "## Setup",
+        "",
+        f"- runs: {meta['started']} to {meta['time']}; host: {meta['hostname']}; CPU: {meta['cpu']} "
+        f"({meta['cores']} cores); device: {meta['device_name']}; parallel runs: {meta.get('jobs', '?')}",
+        f"- config: `{meta['config']}` ({meta['config_summary']})",
+        f"- versions: python {v['python']}, torch {v['torch']}, gymnasium {v['gymnasium']}, "
+        f"ale-py {v['ale-py']}, auxrl {v['auxrl']}, rliable {meta.get('rliable', '?')}",
+        f"- published PPO column: {PUBLISHED_PPO_100K_SOURCE}"
+        + ("" if PUBLISHED_PPO_100K else " (not filled in yet)"),
+        "",
+        "## Command",
+        "",
+        "```",
+        *meta["commands"],
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_results(out_dir: Path, meta: dict[str, Any], phases: dict[str, PhaseAnalysis], plots, best) -> Path:
+    """Write results.md and results.json into ``out_dir``; returns the results.md path."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "results.md").write_text(results_markdown(meta, phases, plots, best))
+    data = {
+        "metadata": meta,
+        "best_variant": best,
+        "reference_scores": REFERENCE_SOURCE,
+        "phases": {name: a.to_json() for name, a in phases.items()},
+        "plots": plots,
+    }
+    (out_dir / "results.json").write_text(json.dumps(data, indent=2) + "\n")
+    return out_dir / "results.md"
