@@ -1,17 +1,56 @@
-"""``auxrl`` command line: train, eval, tasks (thin: parse, then call the library)."""
+"""``auxrl`` command line: train, eval, config, tasks, plot (thin: parse, then call the library)."""
 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
+import os
+import platform
 import sys
+import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
-from auxrl.config import ConfigError, from_dict, load_config, shipped_config_names
+from auxrl.config import Config, ConfigError, build, from_dict, load_config, load_dict, shipped_config_names
 
 
 def _default_run_dir(cfg_name: str, seed: int) -> Path:
     return Path("runs") / f"{cfg_name}__{seed}__{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _describe(err: OSError) -> str:
+    """An OSError as one line: what failed, on which file."""
+    what = err.strerror or str(err)
+    return f"{what}: {err.filename}" if err.filename else what
+
+
+def _resume_target(resume: str, run_dir: str | None) -> Path:
+    """The run directory of ``--resume RUN_DIR`` (or of a checkpoint file in it)."""
+    path = Path(resume)
+    target = path.parent.parent if path.is_file() else path
+    if run_dir is not None and Path(run_dir).resolve() != target.resolve():
+        raise ValueError(
+            f"--resume {resume} continues the run in {target}, but --run-dir says {run_dir}. A resumed "
+            f"run stays in its directory: drop --run-dir (or copy the run there first)."
+        )
+    return target
+
+
+def _resume_config(run_dir: Path) -> dict[str, Any]:
+    """The config to resume with: the latest checkpoint's, or config.yaml of a run that died
+    before its first checkpoint (that run then starts again from step 0)."""
+    from auxrl import checkpoint
+
+    try:
+        return checkpoint.load(run_dir)["config"]
+    except FileNotFoundError:
+        if (run_dir / "config.yaml").is_file():
+            return load_dict(run_dir / "config.yaml")
+        raise FileNotFoundError(
+            f"Nothing to resume in {run_dir}: no checkpoint and no config.yaml of a run. Start one "
+            f"with `auxrl train CONFIG --run-dir {run_dir}`."
+        ) from None
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -28,10 +67,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                     f"only key=value overrides, e.g. ppo.total_steps=20000000)."
                 )
             overrides.insert(0, args.config)  # argparse put the first override in CONFIG's slot
-        cfg = from_dict(checkpoint.load(args.resume)["config"], overrides)
-        run_dir = Path(args.resume)
-        if run_dir.is_file():
-            run_dir = run_dir.parent.parent
+        run_dir = _resume_target(args.resume, args.run_dir)
+        cfg = from_dict(_resume_config(run_dir), overrides)
     else:
         if args.config is None:
             raise ConfigError(
@@ -41,7 +78,22 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg = load_config(args.config, overrides)
         run_dir = Path(args.run_dir) if args.run_dir else _default_run_dir(cfg.name, cfg.seed)
     print(f"Run directory: {run_dir}  (tensorboard --logdir {run_dir})")
-    result = train(cfg, run_dir, device=args.device, progress=not args.no_progress, resume=bool(args.resume))
+    try:
+        result = train(
+            cfg,
+            run_dir,
+            device=args.device,
+            progress=not args.no_progress,
+            resume=bool(args.resume),
+            overwrite=args.overwrite,
+        )
+    except OSError as err:  # disk full, permissions, ...: say so, and how to go on
+        if (run_dir / "config.yaml").is_file():
+            raise ValueError(
+                f"{_describe(err)}. Nothing of the run is lost: fix that, then continue with "
+                f"`auxrl train --resume {run_dir}`."
+            ) from None
+        raise
     recent = "n/a" if result.recent_return is None else f"{result.recent_return:.2f}"
     print(
         f"Done: {result.global_step:,} steps, {result.episodes} episodes, mean return of the last "
@@ -50,30 +102,78 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_eval(args: argparse.Namespace) -> int:
-    from auxrl.evaluate import evaluate, load_agent
-    from auxrl.trainer import resolve_device
+def _check_writable(path: Path) -> None:
+    """Fail before playing any game when ``--video`` cannot be written (creates nothing)."""
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        if not folder.is_dir():
+            raise NotADirectoryError(20, "Not a directory", str(folder))
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        raise ValueError(
+            f"--video {path}: cannot write there ({_describe(err)}); give a writable path."
+        ) from None
 
-    device = resolve_device(args.device)
-    agent, cfg = load_agent(args.run, device)
-    recorder = None
+
+def _screen_available(cfg: Config) -> bool:
+    """Whether this machine can render the env's game screen; says why not (and the fix) if not."""
+    from auxrl.envs import make_envs
+
+    probe = build(type(cfg.env), {**vars(cfg.env), "num_envs": 1})
+    try:
+        with make_envs(probe, training=False, render=True) as envs:
+            envs.reset(seed=0)
+            if envs.render() is None:
+                raise RuntimeError("the env returned no frame")
+    except Exception as err:  # a missing renderer (pygame, OpenCV, OpenGL) must not stop the eval
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        fix = (
+            "set MUJOCO_GL=egl (or osmesa) for off-screen MuJoCo rendering"
+            if "mujoco" in reason.lower() or "opengl" in reason.lower() or "gl" in type(err).__name__.lower()
+            else 'pip install "auxrl[video]" (pygame and OpenCV render the screens)'
+        )
+        print(
+            f"auxrl eval: note: cannot render the screen of {cfg.env.id} ({reason}); recording what the "
+            f"agent sees instead (--video-view agent). To get the screen: {fix}.",
+            file=sys.stderr,
+        )
+        return False
+    return True
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from auxrl.evaluate import evaluate
+    from auxrl.inference import load_agent
+
+    if args.episodes < 1 or args.num_envs < 1:
+        raise ValueError(
+            f"--episodes ({args.episodes}) and --num-envs ({args.num_envs}) must be >= 1, e.g. --episodes 10."
+        )
+    if args.video:
+        _check_writable(Path(args.video))
+    agent = load_agent(args.run, args.device)
+    cfg = agent.config
+    recorder, render = None, False
     if args.video:
         from auxrl.video import VideoRecorder
 
         recorder = VideoRecorder(args.video)
+        render = args.video_view == "screen" and _screen_available(cfg)
     result = evaluate(
         agent,
-        cfg,
         args.episodes,
-        device,
         deterministic=args.deterministic,
         num_envs=1 if recorder else args.num_envs,
         seed=args.seed,
         on_step=recorder.on_step if recorder else None,
+        render=render,
     )
     if recorder is not None:
         path, frames = recorder.close(result.returns)
-        print(f"Video: {path} ({frames} frames)")
+        print(f"Video: {path} ({frames} frames, {'game screen' if render else 'agent input'})")
     print(
         f"{cfg.env.id}: {len(result.returns)} episodes, score {result.mean:.2f} +- {result.std:.2f} "
         f"(min {min(result.returns):.1f}, max {max(result.returns):.1f})"
@@ -95,50 +195,139 @@ def cmd_tasks(args: argparse.Namespace) -> int:
 def cmd_plot(args: argparse.Namespace) -> int:
     from auxrl.plot import plot_runs
 
-    out = plot_runs(args.runs, args.out, smoothing=args.smoothing, tag=args.tag)
+    def split(text: str | None) -> list[str] | None:
+        return None if text is None else [part.strip() for part in text.split(",")]
+
+    out = plot_runs(
+        args.runs,
+        args.out,
+        smoothing=args.smoothing,
+        tag=args.tag,
+        labels=split(args.labels),
+        group_by=split(args.group_by),
+    )
     print(f"Wrote {out}")
     return 0
 
 
+def cmd_config(args: argparse.Namespace) -> int:
+    from auxrl.confighelp import describe_config
+
+    cfg = load_config(args.config, args.overrides)
+    print(describe_config(cfg, " ".join([args.config, *args.overrides])))
+    return 0
+
+
+def _version() -> str:
+    """auxrl's version and the versions that decide its behaviour (read without importing them)."""
+    from auxrl import __version__
+
+    deps = []
+    for name in ("torch", "gymnasium", "ale-py"):
+        try:
+            deps.append(f"{name} {importlib.metadata.version(name)}")
+        except importlib.metadata.PackageNotFoundError:
+            deps.append(f"{name} missing")
+    return f"auxrl {__version__} ({', '.join(deps)}; Python {platform.python_version()})"
+
+
+DEVICE_HELP = "auto: CUDA when PyTorch sees a GPU, else the CPU (default: auto)"
+
+
 def make_parser() -> argparse.ArgumentParser:
+    from auxrl.confighelp import key_summary
+
     parser = argparse.ArgumentParser(prog="auxrl", description="PPO with auxiliary heads on a shared torso.")
+    parser.add_argument("--version", action="version", version=_version(), help="print the versions and exit")
     sub = parser.add_subparsers(dest="command", required=True)
+    shipped = ", ".join(shipped_config_names())
 
     p = sub.add_parser(
         "train",
         help="train an agent",
         description=(
-            "Train from a YAML config (a path or a shipped name: "
-            f"{', '.join(shipped_config_names())}) with dotted key=value overrides."
+            f"Train from a YAML config (a path or a shipped name: {shipped}) with dotted key=value "
+            f"overrides, e.g. `auxrl train cartpole ppo.lr=3e-4 env.num_envs=4`."
         ),
+        epilog=(
+            "config keys (`auxrl config CONFIG` prints the resolved config and each key with its\n"
+            "type, default and help):\n" + key_summary()
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("config", nargs="?", help="config path or shipped config name")
     p.add_argument("overrides", nargs="*", help="overrides such as ppo.lr=1e-4 env.num_envs=16")
-    p.add_argument("--run-dir", help="where to write events, config and checkpoints")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument(
+        "--run-dir", help="where to write events, config and checkpoints (default: runs/NAME__SEED__TIME)"
+    )
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help=DEVICE_HELP)
     p.add_argument("--seed", type=int, help="shorthand for seed=N")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its latest checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="delete the run already in --run-dir, start anew")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (plain status lines)")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("eval", help="play whole games with a trained agent")
-    p.add_argument("run", metavar="RUN_DIR_OR_CHECKPOINT")
-    p.add_argument("--episodes", type=int, default=10)
+    p = sub.add_parser(
+        "eval",
+        help="play whole games with a trained agent",
+        description="Play whole games (training-only settings off) and report the mean and std of the score.",
+    )
+    p.add_argument("run", metavar="RUN_DIR_OR_CHECKPOINT", help="a run directory or a checkpoint .pt file")
+    p.add_argument("--episodes", type=int, default=10, help="games to play (default: 10)")
     p.add_argument("--deterministic", action="store_true", help="greedy actions instead of sampling")
-    p.add_argument("--video", metavar="PATH", help="record to an .mp4 (or .gif) file")
-    p.add_argument("--num-envs", type=int, default=8)
-    p.add_argument("--seed", type=int, default=12345)
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--video", metavar="PATH", help="record to an .mp4 (or .gif) file (plays one env)")
+    p.add_argument(
+        "--video-view",
+        choices=["screen", "agent"],
+        default="screen",
+        help="screen: the game's RGB screen as rendered by the env (default); agent: the observation "
+        "the agent acts on (84x84 frames, or bars for vector observations)",
+    )
+    p.add_argument("--num-envs", type=int, default=8, help="envs played at once without --video (default: 8)")
+    p.add_argument("--seed", type=int, default=12345, help="seed of the evaluation envs (default: 12345)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help=DEVICE_HELP)
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser(
+        "config",
+        help="print a resolved config and every valid key",
+        description="Print the config `auxrl train CONFIG [overrides]` would run, then every valid key with "
+        "its type, default and help.",
+    )
+    p.add_argument("config", help=f"config path or shipped config name ({shipped})")
+    p.add_argument("overrides", nargs="*", help="overrides such as ppo.lr=1e-4 env.num_envs=16")
+    p.set_defaults(func=cmd_config)
 
     p = sub.add_parser("tasks", help="list the available auxiliary tasks")
     p.set_defaults(func=cmd_tasks)
 
-    p = sub.add_parser("plot", help="plot episodic return against steps from TensorBoard files")
-    p.add_argument("runs", nargs="+", metavar="RUN_DIR")
-    p.add_argument("--out", default="curves.png")
-    p.add_argument("--smoothing", type=float, default=0.9, help="EMA smoothing in [0, 1)")
-    p.add_argument("--tag", default="charts/episodic_return")
+    p = sub.add_parser(
+        "plot",
+        help="plot episodic return against steps from TensorBoard files",
+        description="Plot a scalar against env steps for each run, smoothed; runs of one config that differ "
+        "only in their seed are drawn as their mean with a min-max band. Runs are grouped by config name, "
+        "env id and every config key in which runs of one name differ; runs of different envs are never "
+        "averaged together.",
+    )
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories written by auxrl train")
+    p.add_argument(
+        "--out", default="curves.png", help="image to write: .png, .pdf or .svg (default: %(default)s)"
+    )
+    p.add_argument("--smoothing", type=float, default=0.9, help="EMA smoothing in [0, 1) (default: 0.9)")
+    p.add_argument(
+        "--tag", default="charts/episodic_return", help="TensorBoard scalar to plot (default: %(default)s)"
+    )
+    p.add_argument(
+        "--labels",
+        metavar="A,B,...",
+        help="one label per RUN_DIR, in order: runs given one label are averaged (they must share an env)",
+    )
+    p.add_argument(
+        "--group-by",
+        metavar="KEY,...",
+        help="config keys to group runs by, e.g. aux.enabled or name (env.id is always added); run: every "
+        "run on its own",
+    )
     p.set_defaults(func=cmd_plot)
     return parser
 
@@ -148,15 +337,22 @@ def main(argv: list[str] | None = None) -> int:
     # Overrides may come after options (`train cfg --no-progress ppo.lr=1e-4`), which plain
     # argparse cannot mix with nargs="*" positionals: collect them from the leftovers.
     args, extra = parser.parse_known_args(argv)
-    unknown = [x for x in extra if x.startswith("-") or "=" not in x or args.command != "train"]
+    takes_overrides = args.command in ("train", "config")
+    unknown = [x for x in extra if x.startswith("-") or "=" not in x or not takes_overrides]
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
-    if args.command == "train":
+    if takes_overrides:
         args.overrides = list(args.overrides) + extra
     try:
         return args.func(args)
-    except (ConfigError, ValueError, FileNotFoundError, ImportError) as err:
+    except BrokenPipeError:  # `auxrl config cartpole | head`: the reader has all it wants
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except (ConfigError, ValueError, ImportError) as err:
         print(f"auxrl {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # files, disk, permissions: the user's environment, not a bug
+        print(f"auxrl {args.command}: error: {_describe(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

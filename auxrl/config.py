@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -61,6 +62,14 @@ class EnvConfig:
     # ALE game mode / difficulty (None: the game's default).
     mode: int | None = None
     difficulty: int | None = None
+    # gymnasium path only (vector observations): running mean/std normalisation of observations
+    # (saved in checkpoints and used by eval) and scaling of rewards by the running std of the
+    # discounted return (training only), each clipped to +-clip (CleanRL's continuous-control
+    # wrappers; SB3's VecNormalize).
+    normalize_obs: bool = False
+    normalize_reward: bool = False
+    clip_obs: float = 10.0
+    clip_reward: float = 10.0
 
 
 @dataclass
@@ -77,6 +86,9 @@ class ModelConfig:
     init_modules: list[str] | None = None
     # Modules to freeze: "torso", "policy", "value" or an auxiliary task's name.
     freeze: list[str] = field(default_factory=list)
+    # mlp torso only: the value head gets its own MLP (same hidden_sizes) on the observation, as
+    # in CleanRL's continuous-control agent; the policy and the aux heads share the torso.
+    separate_value: bool = False
 
 
 @dataclass
@@ -123,13 +135,39 @@ class AuxTaskConfig:
 
 
 @dataclass
+class BalanceConfig:
+    """How each task's gradient on the shared torso is balanced against PPO's (auxrl/balance.py)."""
+
+    # none: weights as configured; norm: at most relax x PPO's gradient norm (MetaBalance);
+    # cosine: only where it agrees with PPO's (Du et al.); pcgrad: conflicting part projected
+    # out (Yu et al.); olaux: weights learned online from gradient agreement (Lin et al.).
+    method: Literal["none", "norm", "cosine", "pcgrad", "olaux"] = "norm"
+    relax: float = 1.0  # norm: bound on ||g_task|| / ||g_ppo|| on the torso
+    cosine_weighted: bool = False  # cosine: scale by max(cos, 0) instead of keeping or dropping
+    olaux_lr: float = 1.0  # olaux: step of the weight multiplier per unit of summed cosine
+    olaux_every: int = 5  # olaux: updates between steps of the weight multipliers
+    olaux_max: float = 10.0  # olaux: upper bound of a multiplier (lower bound 0)
+
+
+@dataclass
 class AuxConfig:
     """Auxiliary heads trained beside PPO on the shared torso."""
 
-    enabled: bool = True  # aux.enabled=false turns every task off (for side-by-side runs)
+    # aux.enabled=false turns every task off (for side-by-side runs). Naming a task in a command-line
+    # override (aux.tasks.NAME.KEY=...) turns it back on unless aux.enabled=false is also given.
+    enabled: bool = True
     replay_size: int = 8192  # transitions kept on the training device for replay-based tasks
     batch_size: int = 32  # sequences sampled per task per PPO minibatch
-    diagnostics_every: int = 10  # updates between gradient diagnostics (0: off)
+    # Each aux head's own parameters are clipped to this norm (PPO's are clipped by
+    # ppo.max_grad_norm alone, as in CleanRL). None: no clip.
+    max_grad_norm: float | None = 0.5
+    balance: BalanceConfig = field(default_factory=BalanceConfig)
+    # Run the aux losses on every k-th PPO minibatch only (1: every minibatch): trades the heads'
+    # compute (their frames through the torso) for their signal.
+    every: int = 1
+    # Gradient diagnostics are computed every update at no extra cost; this only throttles
+    # how often they are logged (1: every update).
+    diagnostics_every: int = 1
     tasks: dict[str, AuxTaskConfig] = field(default_factory=dict)
 
 
@@ -160,14 +198,24 @@ class LogConfig:
     flush_secs: int = 10  # TensorBoard flush interval
     print_every_secs: float = 10.0  # status lines when no progress bar is shown
     return_window: int = 20  # episodes in the "recent return" shown and used for promotion
+    # Mirror the TensorBoard scalars and the config to Weights & Biases (pip install "auxrl[wandb]";
+    # WANDB_MODE=offline logs without a network).
+    wandb: bool = False
+    wandb_project: str = "auxrl"
+    wandb_entity: str | None = None  # None: your default entity
+    wandb_group: str | None = None
 
 
 @dataclass
 class PerfConfig:
-    """Opt-in speed-ups (see auxrl/perf.py); both fall back cleanly off CUDA / without a compiler."""
+    """Speed settings (see auxrl/perf.py): CPU threads, and two opt-in switches that fall back cleanly
+    off CUDA / without a compiler."""
 
     compile: bool = False  # torch.compile the torso
     bf16: bool = False  # bfloat16 autocast for forward passes on CUDA
+    # torch's CPU threads. 0: 1 for the mlp torso, else the cores the Atari emulator threads leave
+    # free (at least 1); left alone when OMP_NUM_THREADS or MKL_NUM_THREADS is set.
+    threads: int = 0
 
 
 @dataclass
@@ -294,11 +342,38 @@ def build(cls: type, data: dict[str, Any], path: str = "") -> Any:
         raise ConfigError(f"{path or cls.__name__}: {err}") from None
 
 
+# Env keys that only one env path reads: each is left out of a saved config where it does not apply
+# (at its default), and setting it there is an error rather than silently ignored.
+ATARI_ENV_KEYS = (
+    "frameskip", "frame_stack", "noop_max", "episodic_life", "reward_clip", "fire_reset",
+    "sticky_actions", "full_action_space", "max_episode_frames", "num_threads", "groups", "mode",
+    "difficulty",
+)  # fmt: skip
+GYM_ENV_KEYS = ("kwargs", "normalize_obs", "normalize_reward", "clip_obs", "clip_reward")
+
+
+def is_atari_env_id(env_id: str) -> bool:
+    """``ALE/<Game>-v5`` ids run on the Atari path; every other id on gymnasium.vector."""
+    return env_id.startswith("ALE/")
+
+
+def inapplicable_env_keys(env_id: str) -> tuple[str, ...]:
+    """The env keys that ``env_id``'s path does not read."""
+    return GYM_ENV_KEYS if is_atari_env_id(env_id) else ATARI_ENV_KEYS
+
+
 def to_dict(cfg: Any) -> dict[str, Any]:
-    """The config as plain data (what is written to ``config.yaml``)."""
+    """The config as plain data (what is written to ``config.yaml``), without the env keys that do
+    not apply to its env (at their defaults: loading it gives the same config)."""
     data = dataclasses.asdict(cfg)
     for task in data.get("aux", {}).get("tasks", {}).values():
         task.update(task.pop("params"))  # written back in the flat form users write
+    env = data.get("env")
+    if isinstance(cfg, Config) and isinstance(env, dict):
+        defaults = dataclasses.asdict(EnvConfig())
+        for key in inapplicable_env_keys(cfg.env.id):
+            if env.get(key) == defaults[key]:
+                env.pop(key, None)
     return data
 
 
@@ -392,25 +467,79 @@ def _floats_in_yaml(node: Any) -> Any:
 def load_dict(name_or_path: str | Path) -> dict[str, Any]:
     path = resolve_config_path(str(name_or_path))
     with open(path) as f:
-        data = yaml.safe_load(f) or {}
+        try:
+            data = yaml.safe_load(f) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML ({_yaml_problem(err)}).") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of config sections.")
     return _floats_in_yaml(data)
 
 
-def from_dict(data: dict[str, Any], overrides: list[str] | tuple[str, ...] = ()) -> Config:
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """PyYAML's multi-line error as one line: what is wrong and where."""
+    mark = getattr(err, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return where + str(getattr(err, "problem", None) or err).replace("\n", " ")
+
+
+def from_dict(
+    data: dict[str, Any], overrides: list[str] | tuple[str, ...] = (), *, follow: bool = False
+) -> Config:
+    """Build and validate a :class:`Config` from plain data and ``key=value`` overrides.
+
+    ``follow=True`` also applies what a user's overrides imply (see :func:`follow_overrides`);
+    resumed runs and curriculum stages apply their overrides literally.
+    """
     data = _deepcopy(data)
+    file_env_id = data.get("env", {}).get("id") if isinstance(data.get("env"), dict) else None
+    given = []
     for text in overrides:
         key, value = parse_override(text)
         set_dotted(data, key, value)
+        given.append((key, value))
+    if follow:
+        follow_overrides(data, given, file_env_id)
     cfg = build(Config, data)
     validate(cfg)
     return cfg
 
 
+def follow_overrides(data: dict[str, Any], given: list[tuple[str, Any]], file_env_id: Any) -> None:
+    """What command-line overrides imply beyond their own keys (changes ``data`` in place).
+
+    - Configuring an auxiliary task (``aux.tasks.NAME.KEY=...``) asks for it to be trained: a
+      file's ``aux.enabled: false`` is turned on, unless ``aux.enabled`` is overridden too.
+    - A different ``env.id`` names the run after that env (``ALE/Pong-v5`` -> ``Pong-v5``): the
+      file's ``name`` describes the file's env, and plots and run directories go by the name.
+      Unless ``name`` is overridden too.
+    """
+    keys = [key for key, _ in given]
+    configures_task = any(
+        key.startswith("aux.tasks.") and not (key.endswith(".enabled") and value is False)
+        for key, value in given
+    )
+    aux = data.get("aux")
+    if configures_task and "aux.enabled" not in keys and isinstance(aux, dict):
+        if aux.get("enabled") is False:
+            aux["enabled"] = True
+    env_id = data.get("env", {}).get("id") if isinstance(data.get("env"), dict) else None
+    if "env.id" in keys and "name" not in keys and isinstance(env_id, str) and env_id != file_env_id:
+        data["name"] = run_name_for_env(env_id)
+
+
+def run_name_for_env(env_id: str) -> str:
+    """A run name (and directory name) for an env id: ``ALE/Pong-v5`` -> ``Pong-v5``."""
+    return env_id.removeprefix("ALE/").replace("/", "-")
+
+
 def load_config(name_or_path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Load a YAML config (path or shipped name), apply ``key=value`` overrides and validate."""
-    return from_dict(load_dict(name_or_path), overrides)
+    """Load a YAML config (path or shipped name), apply ``key=value`` overrides and validate.
+
+    Overrides are read as a user means them (:func:`follow_overrides`): configuring an auxiliary
+    task turns the heads on, and another ``env.id`` renames the run after it.
+    """
+    return from_dict(load_dict(name_or_path), overrides, follow=True)
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
@@ -428,7 +557,7 @@ def _deepcopy(data: Any) -> Any:
 
 def validate(cfg: Config) -> None:
     """Range checks that types alone cannot express."""
-    p, e = cfg.ppo, cfg.env
+    p, e, b = cfg.ppo, cfg.env, cfg.aux.balance
     checks = [
         (e.num_envs >= 1, "env.num_envs must be >= 1"),
         (p.num_steps >= 1, "ppo.num_steps must be >= 1"),
@@ -441,7 +570,7 @@ def validate(cfg: Config) -> None:
         ),
         (0.0 <= p.gamma <= 1.0, "ppo.gamma must be in [0, 1]"),
         (0.0 <= p.gae_lambda <= 1.0, "ppo.gae_lambda must be in [0, 1]"),
-        (p.lr > 0, "ppo.lr must be > 0"),
+        (0 < p.lr < 1, "ppo.lr must be a number in (0, 1), e.g. 2.5e-4"),
         (0.0 <= e.sticky_actions <= 1.0, "env.sticky_actions must be in [0, 1]"),
         (
             e.groups >= 1 and e.num_envs % e.groups == 0,
@@ -449,6 +578,16 @@ def validate(cfg: Config) -> None:
         ),
         (cfg.aux.replay_size >= 1, "aux.replay_size must be >= 1"),
         (cfg.aux.batch_size >= 1, "aux.batch_size must be >= 1"),
+        (
+            cfg.aux.max_grad_norm is None or 0 < cfg.aux.max_grad_norm < math.inf,
+            "aux.max_grad_norm must be a positive number (or null for no clip)",
+        ),
+        (cfg.aux.every >= 1, "aux.every must be >= 1 (1: aux losses on every PPO minibatch)"),
+        (cfg.aux.diagnostics_every >= 1, "aux.diagnostics_every must be >= 1 (updates between logs)"),
+        (0 < b.relax < math.inf, "aux.balance.relax must be a positive number"),
+        (0 <= b.olaux_lr < math.inf, "aux.balance.olaux_lr must be a number >= 0"),
+        (b.olaux_every >= 1, "aux.balance.olaux_every must be >= 1"),
+        (0 < b.olaux_max < math.inf, "aux.balance.olaux_max must be a positive number"),
     ]
     for ok, message in checks:
         if not ok:
@@ -456,3 +595,89 @@ def validate(cfg: Config) -> None:
     for i, stage in enumerate(cfg.curriculum.stages):
         if stage.steps <= 0 and stage.return_threshold is None and i < len(cfg.curriculum.stages) - 1:
             raise ConfigError(f"curriculum.stages[{i}] never ends: give it `steps` or `return_threshold`.")
+    _check_ranges(cfg)
+    _check_applicable(cfg)
+
+
+def _check_ranges(cfg: Config) -> None:
+    """Finite numbers, and bounds wherever a range is obvious (NaN fails every comparison)."""
+    p, e, log = cfg.ppo, cfg.env, cfg.log
+    rollout = e.num_envs * p.num_steps
+    checks = [
+        (0 < p.adam_eps < math.inf, "ppo.adam_eps must be a positive number"),
+        (p.update_epochs >= 1, "ppo.update_epochs must be >= 1"),
+        (0 < p.clip_coef < math.inf, "ppo.clip_coef must be a positive number"),
+        (0 <= p.ent_coef < math.inf, "ppo.ent_coef must be a number >= 0"),
+        (0 <= p.vf_coef < math.inf, "ppo.vf_coef must be a number >= 0"),
+        (0 < p.max_grad_norm < math.inf, "ppo.max_grad_norm must be a positive number"),
+        (
+            p.target_kl is None or 0 < p.target_kl < math.inf,
+            "ppo.target_kl must be a positive number (or null)",
+        ),
+        (
+            p.total_steps >= rollout,
+            f"ppo.total_steps ({p.total_steps:,}) is less than one rollout (env.num_envs x ppo.num_steps "
+            f"= {rollout:,}), so nothing would be trained: raise ppo.total_steps or lower ppo.num_steps",
+        ),
+        (e.frameskip >= 1, "env.frameskip must be >= 1"),
+        (e.frame_stack >= 1, "env.frame_stack must be >= 1"),
+        (e.noop_max >= 0, "env.noop_max must be >= 0"),
+        (e.max_episode_frames >= 1, "env.max_episode_frames must be >= 1"),
+        (e.num_threads >= 0, "env.num_threads must be >= 0 (0: one per env, capped by the cores)"),
+        (
+            log.checkpoint_every >= 0,
+            f"log.checkpoint_every must be >= 0 (env steps between checkpoints; 0: only at the end), "
+            f"got {log.checkpoint_every}",
+        ),
+        (log.keep_checkpoints >= 0, "log.keep_checkpoints must be >= 0 (0: keep every checkpoint)"),
+        (log.flush_secs >= 1, "log.flush_secs must be >= 1"),
+        (0 <= log.print_every_secs < math.inf, "log.print_every_secs must be a number >= 0"),
+        (log.return_window >= 1, "log.return_window must be >= 1"),
+    ]
+    for name, task in cfg.aux.tasks.items():
+        w = task.weight
+        numbers = [] if w is None else [w] if isinstance(w, float) else [w.start, w.end]
+        checks.append(
+            (all(0 <= x < math.inf for x in numbers), f"aux.tasks.{name}.weight must be a number >= 0")
+        )
+        if isinstance(w, WeightSchedule):
+            checks.append((w.steps >= 0, f"aux.tasks.{name}.weight.steps must be >= 0"))
+        checks.append(
+            (task.batch_size is None or task.batch_size >= 1, f"aux.tasks.{name}.batch_size must be >= 1")
+        )
+    for i, stage in enumerate(cfg.curriculum.stages):
+        checks += [
+            (stage.steps >= 0, f"curriculum.stages[{i}].steps must be >= 0"),
+            (stage.window >= 1, f"curriculum.stages[{i}].window must be >= 1"),
+            (
+                stage.return_threshold is None or math.isfinite(stage.return_threshold),
+                f"curriculum.stages[{i}].return_threshold must be a finite number or null",
+            ),
+        ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+
+
+def _check_applicable(cfg: Config) -> None:
+    """Keys that this env path or model would ignore are errors, not silent no-ops."""
+    e, defaults = cfg.env, EnvConfig()
+    for key in inapplicable_env_keys(e.id):
+        if getattr(e, key) != getattr(defaults, key):
+            where = "gymnasium ids (not ALE/...)" if key in GYM_ENV_KEYS else "Atari ids (ALE/<Game>-v5)"
+            raise ConfigError(
+                f"env.{key}={getattr(e, key)!r} applies to {where} only; {e.id} would ignore it. Drop it "
+                f"(or set it back to {getattr(defaults, key)!r})."
+            )
+    checks = [
+        (cfg.perf.threads >= 0, "perf.threads must be >= 0 (0: choose automatically)"),
+        (0 < e.clip_obs < math.inf, "env.clip_obs must be a positive number"),
+        (0 < e.clip_reward < math.inf, "env.clip_reward must be a positive number"),
+        (
+            not cfg.model.separate_value or cfg.model.torso == "mlp",
+            f"model.separate_value=true needs model.torso=mlp (got {cfg.model.torso!r})",
+        ),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from auxrl import checkpoint
-from auxrl.config import Config, build
+from auxrl.config import build
 from auxrl.envs import make_envs
-from auxrl.models.agent import Agent, build_agent
+from auxrl.envs.base import Step
+from auxrl.inference import TrainedAgent, load_agent
+
+__all__ = ["EvalResult", "evaluate", "load_agent"]
 
 
 @dataclass
@@ -28,49 +31,39 @@ class EvalResult:
         return float(np.std(self.returns))
 
 
-def load_agent(run_dir_or_checkpoint: str, device: torch.device) -> tuple[Agent, Config]:
-    """The torso and PPO heads of a saved run (auxiliary heads are not needed to act)."""
-    saved = checkpoint.load(run_dir_or_checkpoint, device)
-    cfg = build(Config, saved["config"])
-    obs_space, action_space = saved["spaces"]
-    agent = build_agent(cfg.model.torso, cfg.model.hidden_sizes, obs_space, action_space)
-    state = {
-        k: v for k, v in saved["model"].items() if k.startswith(("torso.", "heads.policy.", "heads.value."))
-    }
-    agent.load_state_dict(state)
-    return agent.to(device).eval(), cfg
-
-
 def evaluate(
-    agent: Agent,
-    cfg: Config,
-    episodes: int,
-    device: torch.device,
+    agent: TrainedAgent,
+    episodes: int = 10,
     *,
     deterministic: bool = False,
     num_envs: int = 8,
     seed: int = 12345,
-    on_step=None,
+    on_step: Callable[[np.ndarray, Step, np.ndarray | None], None] | None = None,
+    render: bool = False,
 ) -> EvalResult:
-    """Play ``episodes`` whole games (no episodic life, no reward clipping).
+    """Play ``episodes`` whole games (no episodic life, no reward clipping or scaling).
 
     Each env contributes at most ceil(episodes / num_envs) games, so short games are not
-    over-represented. ``on_step(obs, step)`` sees every step (used to record video).
+    over-represented. Observations are normalised with the run's frozen statistics.
+    ``on_step(obs, step, screen)`` sees every step (used to record video): ``screen`` is env 0's
+    RGB screen before the step with ``render=True``, else None.
     """
+    cfg = agent.config
     num_envs = max(1, min(num_envs, episodes))
     env_cfg = build(type(cfg.env), {**vars(cfg.env), "num_envs": num_envs})
     per_env = math.ceil(episodes / num_envs)
     counts = np.zeros(num_envs, dtype=np.int64)
     returns: list[float] = []
     lengths: list[int] = []
-    with make_envs(env_cfg, training=False) as envs:
+    with make_envs(env_cfg, training=False, stats=agent.stats, render=render) as envs:
         obs = envs.reset(seed=seed)
         while len(returns) < episodes:
-            obs_t = torch.as_tensor(obs, device=device)
-            action = agent.act(obs_t, deterministic=deterministic).action.cpu().numpy()
+            screen = envs.render() if render else None
+            obs_t = torch.as_tensor(obs, device=agent.device)
+            action = agent.model.act(obs_t, deterministic=deterministic).action.cpu().numpy()
             step = envs.step(action)
             if on_step is not None:
-                on_step(obs, step)
+                on_step(obs, step, screen)
             obs = step.obs
             # Finished games come in env order, one per env that just reset.
             done_envs = np.flatnonzero(step.reset)

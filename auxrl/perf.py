@@ -1,5 +1,9 @@
-"""Opt-in speed-ups for the GPU path, each falling back cleanly where it is unavailable.
+"""Speed settings: CPU threads, and opt-in speed-ups for the GPU path that fall back cleanly.
 
+- ``perf.threads``: torch's CPU thread count (:func:`torch_threads`). By default a small MLP gets
+  one thread, and a CNN gets the cores the Atari emulator threads leave free: torch's OpenMP
+  threads spin for a while before they sleep, so more threads than free cores make torch and
+  the emulators take turns on the same cores instead of working.
 - ``perf.compile``: ``torch.compile`` the torso (the only heavy module; heads are a few linear
   layers). If compilation fails (no compiler, an unsupported platform) the run goes on eagerly
   with a warning.
@@ -10,10 +14,72 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import warnings
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from auxrl.config import Config, EnvConfig
+
+# Set by users who pin threads themselves: auxrl then leaves torch's thread count alone.
+THREAD_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, e.g. under taskset or a container)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def emulator_threads(env: EnvConfig) -> int:
+    """Threads (or worker processes) that step the envs besides the training process.
+
+    The native Atari env runs ``env.num_threads`` C++ threads per env group (0: one per env of the
+    group, at most one per core); groups step in turn, so one group's threads run at a time.
+    ``vector_mode: async`` runs one subprocess per env; sync gymnasium envs step in this process.
+    """
+    from auxrl.config import is_atari_env_id
+
+    if is_atari_env_id(env.id) and env.mode is None and env.difficulty is None:
+        return env.num_threads or min(env.num_envs // max(env.groups, 1), available_cores())
+    return env.num_envs if env.vector_mode == "async" else 0
+
+
+def torch_threads(cfg: Config) -> int | None:
+    """The torch CPU thread count a run uses (None: leave torch's own setting).
+
+    ``perf.threads`` when set; else None when ``OMP_NUM_THREADS`` / ``MKL_NUM_THREADS`` is set (the
+    user's choice stands); else 1 for the ``mlp`` torso (its matrices are too small to gain from
+    threads, while every parallel region costs a wake-up of each thread); else the cores that
+    the emulator threads leave free, at least 1.
+    """
+    if cfg.perf.threads > 0:
+        return cfg.perf.threads
+    if any(os.environ.get(name) for name in THREAD_ENV_VARS):
+        return None
+    if cfg.model.torso == "mlp":
+        return 1
+    return max(1, available_cores() - emulator_threads(cfg.env))
+
+
+def set_torch_threads(threads: int | None) -> Callable[[], None]:
+    """Set torch's CPU thread count (None: leave it); returns a function that restores the previous
+    count, so that ``auxrl.train`` in a notebook leaves the notebook's own setting as it was."""
+    before = torch.get_num_threads()
+    if threads is not None and threads != before:
+        torch.set_num_threads(threads)
+
+    def restore() -> None:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
+
+    return restore
 
 
 def try_compile(torso: nn.Module, sample_obs: torch.Tensor) -> bool:

@@ -1,10 +1,14 @@
 """Learning curves from runs' TensorBoard event files (``auxrl plot RUN_DIR ... --out curves.png``).
 
 Each run is drawn as its episodic return against environment steps, smoothed like TensorBoard's
-slider (a debiased exponential moving average over the logged points). Runs that share a name
-(the ``name`` in their ``config.yaml``, e.g. several seeds of one config) are drawn thin, with
-their mean in bold over a shaded min..max band, both interpolated on a common step grid that
-covers the steps all of them reached. Needs the ``plot`` extra: ``pip install "auxrl[plot]"``.
+slider (a debiased exponential moving average over the logged points). Runs are grouped by what
+they are: their config ``name``, their ``env.id``, and every config key (besides the seed and the
+``log`` / ``perf`` settings, which do not change what is learned) in which runs of one name and
+env differ, e.g. ``aux.enabled``. A group of several runs (the seeds of one setting) is drawn
+thin, with its mean in bold over a shaded min..max band, both interpolated on a common step
+grid that covers the steps all of them reached; its label names the keys that set it apart.
+``labels`` (one per run) or ``group_by`` (config keys) choose the groups instead; runs of
+different envs are never averaged. Needs the ``plot`` extra: ``pip install "auxrl[plot]"``.
 """
 
 from __future__ import annotations
@@ -12,16 +16,22 @@ from __future__ import annotations
 import math
 import re
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import yaml
 
-from auxrl.config import flatten_dotted
+from auxrl.config import Config, ConfigError, build, flatten_dotted, to_dict
 
 EVENT_GLOB = "events.out.tfevents.*"
 GRID_POINTS = 400
 _RUN_SUFFIX = re.compile(r"__-?\d+__[0-9][0-9_-]*$")  # ``__<seed>__<timestamp>`` of default run dirs
+# Keys that never set runs apart: the seed is what the band shows; log and perf settings do not
+# change what is learned.
+_NOT_SETTINGS = ("seed", "log.", "perf.")
+MAX_LABEL_KEYS = 3  # key=value pairs spelled out in a label; more are counted
 
 
 def ema_smooth(values: np.ndarray, smoothing: float) -> np.ndarray:
@@ -79,6 +89,115 @@ def config_differences(configs: list[dict]) -> list[str]:
     return [k for k in keys if any(f.get(k) != flats[0].get(k) for f in flats[1:])]
 
 
+@dataclass
+class _Run:
+    path: Path
+    name: str
+    env: str | None
+    seed: int | None
+    settings: dict[str, Any]  # flattened config, without the keys that never set runs apart
+    steps: np.ndarray
+    smoothed: np.ndarray
+
+
+def _settings(config: dict) -> dict[str, Any]:
+    try:
+        # Through the current Config: keys an older auxrl did not write get their defaults (so they
+        # do not set old runs apart), and env keys that do not apply to the env are dropped.
+        config = to_dict(build(Config, config))
+    except (ConfigError, TypeError, ValueError):
+        pass  # a config this auxrl cannot read: compare it as written
+    flat = flatten_dotted(config)
+    return {k: v for k, v in flat.items() if not k.startswith(_NOT_SETTINGS) and k not in ("name", "env.id")}
+
+
+def _show(value: Any) -> str:
+    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+
+
+def group_runs(
+    runs: list[_Run], labels: list[str] | None = None, group_by: list[str] | None = None
+) -> dict[str, list[_Run]]:
+    """Label -> runs drawn as one curve (or one mean and band); see the module docstring."""
+    if labels is not None:
+        if len(labels) != len(runs):
+            raise ValueError(
+                f"--labels gives {len(labels)} label(s) for {len(runs)} run(s): one per RUN_DIR, in order."
+            )
+        groups: dict[str, list[_Run]] = {}
+        for label, run in zip(labels, runs, strict=True):
+            groups.setdefault(label, []).append(run)
+        for label, members in groups.items():
+            envs = sorted({str(r.env) for r in members})
+            if len(envs) > 1:
+                raise ValueError(
+                    f"--labels: the runs labelled {label!r} are of different envs ({', '.join(envs)}); "
+                    f"give them different labels (their returns are not comparable)."
+                )
+        return groups
+    many_envs = len({r.env for r in runs}) > 1
+    if group_by is not None and "run" in group_by:
+        return _unique_labels([(f"{r.name} ({r.path.name})", r.env, [r]) for r in runs])
+    if group_by is not None:
+        known = set().union(*(r.settings for r in runs)) | {"name", "env.id"}
+        missing = [k for k in group_by if k not in known]
+        if missing:
+            raise ValueError(
+                f"--group-by {','.join(missing)}: no run's config.yaml has that key. Use name, env.id, run "
+                f"or a dotted config key such as aux.enabled."
+            )
+        keys = [k for k in group_by if k not in ("name", "env.id")]
+        by_name = "name" in group_by
+    else:
+        # The keys in which runs of one name and env differ: they make separate curves.
+        keys, by_name = [], True
+        for base in sorted({(r.name, str(r.env)) for r in runs}):
+            members = [r for r in runs if (r.name, str(r.env)) == base]
+            for key in sorted(set().union(*(r.settings for r in members))):
+                if key not in keys and len({_show(r.settings.get(key)) for r in members}) > 1:
+                    keys.append(key)
+    # The env is always part of a group's identity: returns of different envs are not comparable.
+    # A label names it where the name alone does not tell (a name used with several envs).
+    envs_of: dict[str, set[str | None]] = {}
+    for run in runs:
+        envs_of.setdefault(run.name, set()).add(run.env)
+    found: dict[tuple[str, str | None], list[_Run]] = {}
+    for run in runs:
+        values = [f"{k}={_show(run.settings.get(k))}" for k in keys]
+        if len(values) > MAX_LABEL_KEYS:
+            values = values[:MAX_LABEL_KEYS] + [f"+{len(values) - MAX_LABEL_KEYS} more"]
+        parts = [run.name] if by_name else []
+        if run.env is not None and many_envs and (not by_name or len(envs_of[run.name]) > 1):
+            parts.append(run.env)
+        found.setdefault((" ".join(parts + values) or "runs", run.env), []).append(run)
+    if group_by is not None:
+        for (label, _), members in found.items():
+            differ = [k for k in config_differences([r.settings for r in members]) if k not in keys]
+            if differ:
+                shown = ", ".join(differ[:8]) + (f" and {len(differ) - 8} more" if len(differ) > 8 else "")
+                warnings.warn(
+                    f"auxrl plot: the runs of {label!r} are averaged (--group-by) but their configs also "
+                    f"differ in {shown}.",
+                    stacklevel=2,
+                )
+    return _unique_labels([(label, env, members) for (label, env), members in found.items()])
+
+
+def _unique_labels(groups: list[tuple[str, str | None, list[_Run]]]) -> dict[str, list[_Run]]:
+    """Label -> runs; a label shared by groups of different envs gets the env, then a number."""
+    counts: dict[str, int] = {}
+    for label, _, _ in groups:
+        counts[label] = counts.get(label, 0) + 1
+    out: dict[str, list[_Run]] = {}
+    for label, env, members in groups:
+        if counts[label] > 1 and env is not None:
+            label = f"{label} {env}"
+        while label in out:
+            label += "'"
+        out[label] = members
+    return out
+
+
 def read_scalars(run_dir: Path, tag: str) -> tuple[np.ndarray, np.ndarray]:
     """(steps, values) of ``tag`` from all the event files of ``run_dir``, sorted by step."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -125,12 +244,21 @@ def plot_runs(
     out: str,
     smoothing: float = 0.9,
     tag: str = "charts/episodic_return",
+    labels: list[str] | None = None,
+    group_by: list[str] | None = None,
 ) -> Path:
-    """Plot ``tag`` against env steps for each run into ``out`` (a .png, .pdf or .svg); returns its path."""
+    """Plot ``tag`` against env steps for each run into ``out`` (a .png, .pdf or .svg); returns its path.
+
+    ``labels``: one per run (runs sharing a label are averaged); ``group_by``: config keys that
+    define the groups (``name``, ``env.id``, dotted keys; ``run``: no grouping). Without either,
+    runs are grouped by name, env id and the keys in which runs of one name and env differ.
+    """
     if not 0.0 <= smoothing < 1.0:
         raise ValueError(f"--smoothing {smoothing}: must be in [0, 1) (0: no smoothing; 0.9 is the default)")
     if not run_dirs:
         raise ValueError("auxrl plot needs at least one RUN_DIR")
+    if labels is not None and group_by is not None:
+        raise ValueError("--labels and --group-by both choose the groups: give one.")
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
@@ -139,28 +267,30 @@ def plot_runs(
         raise ImportError('matplotlib is needed to plot: pip install "auxrl[plot]"') from None
 
     # Read everything first, so that a bad directory fails before any drawing.
-    groups: dict[str, list[tuple[np.ndarray, np.ndarray, int | None]]] = {}
-    configs: dict[str, list[dict]] = {}
+    runs: list[_Run] = []
     seen: set[Path] = set()
     for run in run_dirs:
         run_dir = Path(run)
         if run_dir.resolve() in seen:
+            if labels is not None:
+                raise ValueError(f"--labels: {run_dir} is given twice; give each RUN_DIR once.")
             continue
         seen.add(run_dir.resolve())
         steps, values = read_scalars(run_dir, tag)
         config = read_config(run_dir)
-        name = run_name(run_dir, config)
-        groups.setdefault(name, []).append((steps, ema_smooth(values, smoothing), run_seed(run_dir, config)))
-        configs.setdefault(name, []).append(config)
-    for name, group_configs in configs.items():
-        differ = config_differences(group_configs)
-        if differ:
-            shown = ", ".join(differ[:8]) + (f" and {len(differ) - 8} more" if len(differ) > 8 else "")
-            warnings.warn(
-                f"auxrl plot: the runs named {name!r} are grouped as seeds of one config but their "
-                f"config.yaml files also differ in {shown}. Give them different `name`s to plot them apart.",
-                stacklevel=2,
+        env = config.get("env", {}).get("id") if isinstance(config.get("env"), dict) else None
+        runs.append(
+            _Run(
+                run_dir,
+                run_name(run_dir, config),
+                env,
+                run_seed(run_dir, config),
+                _settings(config),
+                steps,
+                ema_smooth(values, smoothing),
             )
+        )
+    groups = group_runs(runs, labels, group_by)
 
     # A Figure without pyplot: the Agg canvas, no display, no global backend switch.
     fig = Figure(figsize=(8, 5), dpi=120)
@@ -168,32 +298,31 @@ def plot_runs(
     ax = fig.add_subplot()
     colors = [c["color"] for c in _color_cycle()]
     notes = []
-    for i, (name, runs) in enumerate(groups.items()):
+    for i, (name, members) in enumerate(groups.items()):
         color = colors[i % len(colors)]
-        if len(runs) == 1:
-            steps, smoothed, _ = runs[0]
-            ax.plot(steps, smoothed, color=color, linewidth=1.8, label=name)
+        if len(members) == 1:
+            ax.plot(members[0].steps, members[0].smoothed, color=color, linewidth=1.8, label=name)
             continue
-        for steps, smoothed, _ in runs:
-            ax.plot(steps, smoothed, color=color, linewidth=0.8, alpha=0.35)
-        start = max(steps[0] for steps, _, _ in runs)
-        end = min(steps[-1] for steps, _, _ in runs)
+        for run in members:
+            ax.plot(run.steps, run.smoothed, color=color, linewidth=0.8, alpha=0.35)
+        start = max(run.steps[0] for run in members)
+        end = min(run.steps[-1] for run in members)
         # "(n seeds)", unless some of them ran with the same seed (then they are not n seeds).
-        seeds = [seed for _, _, seed in runs if seed is not None]
-        label = f"{name} ({len(runs)} {'seeds' if len(set(seeds)) == len(seeds) else 'runs'})"
+        seeds = [run.seed for run in members if run.seed is not None]
+        label = f"{name} ({len(members)} {'seeds' if len(set(seeds)) == len(seeds) else 'runs'})"
         if end <= start:
             notes.append(f"{name}: runs do not overlap in steps, no mean drawn")
             ax.plot([], [], color=color, linewidth=0.8, label=label)
             continue
         grid = np.linspace(start, end, GRID_POINTS)
-        curves = np.stack([np.interp(grid, *_last_per_step(steps, smoothed)) for steps, smoothed, _ in runs])
+        curves = np.stack([np.interp(grid, *_last_per_step(run.steps, run.smoothed)) for run in members])
         ax.fill_between(grid, curves.min(axis=0), curves.max(axis=0), color=color, alpha=0.2, linewidth=0)
         ax.plot(grid, curves.mean(axis=0), color=color, linewidth=2.0, label=label)
 
     metric = tag.rsplit("/", 1)[-1].replace("_", " ")
     title = f"{metric[:1].upper()}{metric[1:]} (EMA smoothing {smoothing:g})"
-    if any(len(runs) > 1 for runs in groups.values()):
-        title += "; bold: mean of same-name runs, band: min..max"
+    if any(len(members) > 1 for members in groups.values()):
+        title += "; bold: mean of a group's runs, band: min..max"
     ax.set_title(title, fontsize=11)
     ax.set_xlabel("environment steps")
     ax.set_ylabel(tag)

@@ -7,13 +7,16 @@ heads -> named loss terms -> optimizer. Nothing here knows how a particular auxi
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
+import functools
 import math
 import random
 import time
-from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import gymnasium as gym
 import numpy as np
@@ -21,18 +24,23 @@ import torch
 import yaml
 from torch import nn
 
-from auxrl import checkpoint
-from auxrl.config import Config, flatten_dotted, save_config, to_dict
+from auxrl import checkpoint, rundir
+from auxrl.balance import Balancer
+from auxrl.config import AuxConfig, AuxTaskConfig, Config, ConfigError, flatten_dotted, save_config, to_dict
 from auxrl.curriculum import Stage, plan_stages
-from auxrl.envs import VecEnv, make_envs
+from auxrl.envs import NormStats, VecEnv, make_envs
 from auxrl.logger import Logger, Progress
 from auxrl.models.agent import Agent, build_agent, freeze, load_pretrained
-from auxrl.perf import autocast, check_bf16, try_compile
-from auxrl.ppo.loss import explained_variance, ppo_loss
+from auxrl.perf import autocast, check_bf16, set_torch_threads, torch_threads, try_compile
+from auxrl.ppo.loss import explained_variance
 from auxrl.ppo.rollout import RolloutStorage
 from auxrl.tasks.base import AuxTask, TaskContext
-from auxrl.tasks.combine import AuxTasks, gradient_diagnostics
-from auxrl.tasks.registry import enabled_tasks
+from auxrl.tasks.combine import AuxTasks
+from auxrl.tasks.registry import enabled_tasks, resolve
+from auxrl.update import ppo_update
+
+if TYPE_CHECKING:
+    from auxrl.inference import TrainedAgent
 
 
 def resolve_device(name: str) -> torch.device:
@@ -41,6 +49,16 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda: PyTorch sees no CUDA device here. Use --device cpu or auto.")
     return torch.device(name)
+
+
+def make_optimizer(params: list[nn.Parameter], lr: float, eps: float) -> torch.optim.Optimizer:
+    """Adam with its fused kernel where this torch and device have one (one kernel for every
+    parameter: ~5x faster steps on CPU than the default loop), else the multi-tensor one.
+    Same update rule either way, up to float rounding; checkpoints load into both."""
+    try:
+        return torch.optim.Adam(params, lr=lr, eps=eps, fused=True)
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.Adam(params, lr=lr, eps=eps, foreach=True)
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -65,12 +83,22 @@ class TrainState:
 
 @dataclass
 class TrainResult:
+    """What :func:`train` returns: where the run is, how far it got, and the trained agent."""
+
     run_dir: Path
     global_step: int
     stage: int
     episodes: int
-    recent_return: float | None
+    recent_return: float | None  # mean return of the last log.return_window episodes
     best_recent_return: float | None
+
+    @functools.cached_property
+    def agent(self) -> TrainedAgent:
+        """The trained agent, loaded from the run's final checkpoint on the CPU (``.predict``);
+        :func:`auxrl.load_agent` loads it on another device."""
+        from auxrl.inference import load_agent
+
+        return load_agent(self.run_dir, device="cpu")
 
 
 # --------------------------------------------------------------------------------------------
@@ -80,10 +108,12 @@ class TrainResult:
 
 def build_model(cfg: Config, stages: list[Stage], obs_space: gym.Space, action_space: gym.Space) -> Agent:
     """Torso + PPO heads + every auxiliary task enabled in any stage, each checked against the env."""
-    agent = build_agent(cfg.model.torso, cfg.model.hidden_sizes, obs_space, action_space)
+    agent = build_agent(
+        cfg.model.torso, cfg.model.hidden_sizes, obs_space, action_space, cfg.model.separate_value
+    )
     ctx = TaskContext(obs_space, action_space, agent.torso.feature_dim, agent.torso)
     for stage in stages:
-        for name, (cls, task_cfg) in enabled_tasks(stage.cfg.aux).items():
+        for name, (cls, task_cfg) in load_tasks(stage.cfg.aux).items():
             if name in agent.heads:
                 continue
             if name in ("policy", "value", "torso"):
@@ -91,6 +121,33 @@ def build_model(cfg: Config, stages: list[Stage], obs_space: gym.Space, action_s
             cls.check(ctx)
             agent.heads[name] = cls(task_cfg, ctx)
     return agent
+
+
+def load_tasks(aux: AuxConfig) -> dict[str, tuple[type[AuxTask], Any]]:
+    """``enabled_tasks``, with a plugin that fails on import and option typos as config errors."""
+    common = [f.name for f in dataclasses.fields(AuxTaskConfig) if f.name != "params"]
+    # Every configured task is resolved and its keys checked, enabled or not: a bad type or key
+    # fails at start-up, not when a stage or a later run turns the task on.
+    for name, spec in aux.tasks.items():
+        try:
+            cls = resolve(spec.type or name)
+        except (ConfigError, ImportError) as err:
+            raise ConfigError(f"aux.tasks.{name}: {err}") from None  # which entry of the config
+        except Exception as err:  # the plugin's own code raised while importing
+            raise ConfigError(
+                f"aux.tasks.{name}: loading {spec.type or name!r} raised {type(err).__name__}: {err}. "
+                f"Fix that module (importing it in Python shows the traceback) or disable the task "
+                f"(aux.tasks.{name}.enabled=false)."
+            ) from err
+        own = [f.name for f in dataclasses.fields(cls.Config)]
+        for key in spec.params:
+            if key not in own:
+                close = difflib.get_close_matches(key, own + common, n=1)
+                raise ConfigError(
+                    f"Unknown config key 'aux.tasks.{name}.{key}'. Valid keys: "
+                    f"{', '.join(sorted(own + common))}." + (f" Did you mean {close[0]!r}?" if close else "")
+                )
+    return enabled_tasks(aux)
 
 
 def stage_tasks(agent: Agent, stage: Stage) -> dict[str, AuxTask]:
@@ -113,8 +170,19 @@ def check_spaces(agent_env: tuple[gym.Space, gym.Space], envs: VecEnv, stage: St
         )
 
 
+def check_stage_spaces(agent_env: tuple[gym.Space, gym.Space], stages: list[Stage]) -> None:
+    """Check every later stage's env against the model before training (one env copy each)."""
+    probed: list = []
+    for stage in stages:
+        probe = dataclasses.replace(stage.cfg.env, num_envs=1, groups=1, vector_mode="sync")
+        if probe not in probed:
+            probed.append(probe)
+            with make_envs(probe) as envs:
+                check_spaces(agent_env, envs, stage)
+
+
 # --------------------------------------------------------------------------------------------
-# The two phases of an update
+# Collecting a rollout (the update is in auxrl/update.py)
 # --------------------------------------------------------------------------------------------
 
 
@@ -159,68 +227,6 @@ def collect_rollout(envs: VecEnv, agent: Agent, storage: RolloutStorage, on_epis
         receive(env, num_steps - 1, sl)
 
 
-def ppo_update(
-    cfg: Config,
-    agent: Agent,
-    optimizer: torch.optim.Optimizer,
-    storage: RolloutStorage,
-    aux: AuxTasks,
-    weights: dict[str, float],
-    trainable: list[nn.Parameter],
-    diagnose: bool,
-) -> dict[str, torch.Tensor]:
-    """``update_epochs`` passes of shuffled minibatches; returns mean metrics (device tensors)."""
-    p = cfg.ppo
-    sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=storage.device))
-    count = 0
-    diagnostics: dict[str, torch.Tensor] = {}
-    for _epoch in range(p.update_epochs):
-        for batch in storage.minibatches(p.num_minibatches):
-            dist, new_values, _ = agent(batch.obs)  # one torso pass for policy and value
-            loss = ppo_loss(
-                p,
-                batch,
-                agent.policy.log_prob(dist, batch.actions),
-                agent.policy.entropy(dist),
-                new_values,
-            )
-            aux_out = aux.losses(agent.torso) if aux else {}
-            weighted = {name: weights[name] * out.loss for name, out in aux_out.items()}
-            total = loss.total + sum(weighted.values())
-
-            if diagnose and not diagnostics and weighted:
-                diagnostics = gradient_diagnostics(loss.total, weighted, list(agent.torso.parameters()))
-
-            optimizer.zero_grad(set_to_none=True)
-            total.backward()
-            nn.utils.clip_grad_norm_(trainable, p.max_grad_norm)
-            optimizer.step()
-            if aux:
-                aux.after_update()
-
-            count += 1
-            terms = {
-                "losses/policy_loss": loss.policy,
-                "losses/value_loss": loss.value,
-                "losses/entropy": loss.entropy,
-                "losses/approx_kl": loss.approx_kl,
-                "losses/old_approx_kl": loss.old_approx_kl,
-                "losses/clipfrac": loss.clipfrac,
-                "losses/total": total,
-            }
-            for name, out in aux_out.items():
-                terms[f"aux/{name}/loss"] = out.loss
-                for key, value in out.metrics.items():
-                    terms[f"aux/{name}/{key}"] = torch.as_tensor(value, device=storage.device)
-            for key, value in terms.items():
-                sums[key] += value.detach().float()
-        if p.target_kl is not None and float(loss.approx_kl) > p.target_kl:
-            break  # early stop: the policy moved too far from the one that collected the data
-    metrics = {key: value / count for key, value in sums.items()}
-    metrics.update({k: v.detach() for k, v in diagnostics.items()})
-    return metrics
-
-
 # --------------------------------------------------------------------------------------------
 # The run
 # --------------------------------------------------------------------------------------------
@@ -254,36 +260,53 @@ def train(
     device: str = "auto",
     progress: bool = True,
     resume: bool = False,
+    overwrite: bool = False,
+    verbose: bool = True,
 ) -> TrainResult:
     """Train ``cfg`` in ``run_dir`` (TensorBoard events, config.yaml, checkpoints/).
 
-    ``resume=True`` continues from the run directory's latest checkpoint: same step count, same
-    TensorBoard curves (events written after that checkpoint are purged), same stage.
+    ``resume=True`` continues from the run directory's latest intact checkpoint: same step count,
+    same TensorBoard curves (events written after that checkpoint are purged), same stage. A
+    directory that already holds a run is refused unless resumed or ``overwrite=True``; one whose
+    run died before its first checkpoint starts again (see auxrl/rundir.py). ``progress=False``
+    prints status lines instead of a progress bar; ``verbose=False`` prints nothing (warnings
+    still go to stderr). :func:`auxrl.train` is the notebook-friendly front end.
     """
+    say = print if verbose else _silent
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    start = rundir.plan(run_dir, resume=resume, overwrite=overwrite)
     dev = resolve_device(device)
     seed_everything(cfg.seed, cfg.torch_deterministic)
     stages = plan_stages(cfg)
     state = TrainState()
-    saved = checkpoint.load(run_dir, dev) if resume else None
+    # On the CPU: load_state_dict moves weights and optimizer state to the model's device.
+    saved = checkpoint.load(run_dir) if start == "resume" else None
     if saved is not None:
         state = TrainState(**saved["state"])
+    # Observation / reward statistics (continuous control) carry over stages and resumes.
+    norm_stats = NormStats(gamma=cfg.ppo.gamma)
+    if saved is not None:
+        norm_stats.load_state_dict(saved.get("normalization") or {})
+    if cfg.log.wandb:
+        from auxrl.tracking import check_wandb
+
+        check_wandb()  # before anything is written
 
     # The model is built once from the first stage's env and carries over between stages.
-    first_envs = make_envs(stages[state.stage].cfg.env)
+    first_envs = make_envs(stages[state.stage].cfg.env, stats=norm_stats)
     spaces = (first_envs.single_observation_space, first_envs.single_action_space)
+    check_stage_spaces(spaces, stages[state.stage + 1 :])
     agent = build_model(cfg, stages, *spaces).to(dev)
     if cfg.model.init_from and saved is None:
         loaded = load_pretrained(agent, cfg.model.init_from, cfg.model.init_modules)
         for name, head in agent.heads.items():
             if isinstance(head, AuxTask) and name not in loaded:
                 head.on_torso_loaded()
-        print(f"Loaded {', '.join(loaded)} from {cfg.model.init_from}")
+        say(f"Loaded {', '.join(loaded)} from {cfg.model.init_from}")
     frozen = freeze(agent, cfg.model.freeze)
     if cfg.perf.compile:
         sample = torch.from_numpy(spaces[0].sample()[None]).to(dev)
-        print(f"perf.compile: torso {'compiled' if try_compile(agent.torso, sample) else 'runs eagerly'}")
+        say(f"perf.compile: torso {'compiled' if try_compile(agent.torso, sample) else 'runs eagerly'}")
     bf16 = check_bf16(cfg.perf.bf16, dev)
     trainable = [p for p in agent.parameters() if p.requires_grad]
     if not trainable:
@@ -291,7 +314,8 @@ def train(
             f"model.freeze={cfg.model.freeze} leaves nothing to train. Unfreeze a head or add an "
             f"auxiliary task to train on the frozen torso."
         )
-    optimizer = torch.optim.Adam(trainable, lr=cfg.ppo.lr, eps=cfg.ppo.adam_eps)
+    optimizer = make_optimizer(trainable, cfg.ppo.lr, cfg.ppo.adam_eps)
+    balancer = Balancer(cfg.aux.balance)
     if saved is not None:
         try:
             agent.load_state_dict(saved["model"])
@@ -299,20 +323,38 @@ def train(
         except (RuntimeError, ValueError) as err:
             raise ValueError(_resume_mismatch(run_dir, saved["config"], cfg, err)) from None
         checkpoint.set_rng_state(saved["rng"])
-        print(f"Resumed {run_dir} at step {state.global_step:,} (stage {stages[state.stage].name})")
+        if "balancer" in saved:
+            balancer.load_state_dict(saved["balancer"], dev)
+        say(f"Resumed {run_dir} at step {state.global_step:,} (stage {stages[state.stage].name})")
     if frozen:
-        print(f"Frozen: {', '.join(frozen)}")
+        say(f"Frozen: {', '.join(frozen)}")
+    threads = torch_threads(cfg)
+    say(_start_summary(cfg, agent, threads))
 
-    # Written only now, so a resume that fails above leaves the run's own config.yaml in place.
+    # The directory is created, locked and cleared only now: a start-up error above leaves it as it
+    # was (or absent), and a failed resume leaves the run's own config.yaml in place.
+    claimed, notes = rundir.claim(run_dir, start)
+    for note in notes:
+        say(note)
     save_config(cfg, run_dir / "config.yaml")
 
     # Events up to the checkpoint step are kept; later ones (written before a crash) are purged.
-    logger = Logger(run_dir, cfg.log.flush_secs, purge_step=state.global_step + 1 if saved else None)
+    mirror = None
+    if cfg.log.wandb:
+        from auxrl.tracking import WandbMirror
+
+        mirror = WandbMirror(cfg.log, run_dir, to_dict(cfg), resumed=saved is not None)
+    logger = Logger(
+        run_dir, cfg.log.flush_secs, purge_step=state.global_step + 1 if saved else None, mirror=mirror
+    )
     if saved is None:
         logger.text("config", "```\n" + yaml.safe_dump(to_dict(cfg), sort_keys=False) + "\n```")
-    bar = Progress(cfg.ppo.total_steps, state.global_step, progress, cfg.log.print_every_secs)
+    bar = Progress(
+        cfg.ppo.total_steps, state.global_step, progress, cfg.log.print_every_secs, quiet=not verbose
+    )
 
     def save() -> None:
+        logger.flush()  # every event up to this step is on disk before the checkpoint says so
         checkpoint.save(
             run_dir,
             {
@@ -320,8 +362,11 @@ def train(
                 "optimizer": optimizer.state_dict(),
                 "state": vars(state).copy(),
                 "rng": checkpoint.rng_state(),
+                "balancer": balancer.state_dict(),
+                "aux_rng": session.aux.rng_state() if session.aux else None,
                 "config": to_dict(cfg),
                 "spaces": spaces,
+                "normalization": norm_stats.state_dict(),
             },
             state.global_step,
             cfg.log.keep_checkpoints,
@@ -337,14 +382,17 @@ def train(
         dev,
         bf16,
         save,
+        balancer,
         next_checkpoint=_next_multiple(state.global_step, cfg.log.checkpoint_every),
+        resume_aux_rng=saved.get("aux_rng") if saved is not None else None,
     )
     envs: VecEnv | None = first_envs
+    restore_threads = set_torch_threads(threads)  # the caller's count comes back in the finally below
     try:
         while state.stage < len(stages) and state.global_step < cfg.ppo.total_steps:
             stage = stages[state.stage]
             if envs is None:
-                envs = make_envs(stage.cfg.env)
+                envs = make_envs(stage.cfg.env, stats=norm_stats)
             check_spaces(spaces, envs, stage)
             bar.log(f"Stage {stage.index} ({stage.name}): {stage.cfg.env.id}, {stage.cfg.env.num_envs} envs")
             reason = _run_stage(cfg, stage, envs, session)
@@ -358,6 +406,9 @@ def train(
             state.stage_returns = []
         save()
     except KeyboardInterrupt:
+        bar.log(
+            f"Interrupted in update {state.update + 1} at env step {state.global_step:,}: saving a checkpoint"
+        )
         save()  # stopping by hand loses nothing: resume with --resume
         bar.log(
             f"Interrupted: saved a checkpoint at step {state.global_step:,}; continue with --resume {run_dir}"
@@ -368,6 +419,8 @@ def train(
             envs.close()
         bar.close()
         logger.close()
+        claimed.release()
+        restore_threads()
     recent = state.stage_returns[-cfg.log.return_window :]
     return TrainResult(
         run_dir,
@@ -377,6 +430,32 @@ def train(
         float(np.mean(recent)) if recent else None,
         state.best_recent_return,
     )
+
+
+def _silent(*args: object, **kwargs: object) -> None:
+    """``print`` for ``verbose=False``."""
+
+
+def _start_summary(cfg: Config, agent: Agent, threads: int | None) -> str:
+    """One line saying what will be trained: the auxiliary heads (or why none) and the threads."""
+    heads = [name for name in agent.heads if name not in ("policy", "value")]
+    if heads:
+        tasks = ", ".join(heads)
+    elif cfg.aux.tasks and not cfg.aux.enabled:
+        tasks = f"none (aux.enabled=false turns off {', '.join(cfg.aux.tasks)})"
+    else:
+        tasks = "none"
+    line = f"Auxiliary heads: {tasks}. Torch CPU threads: {threads or torch.get_num_threads()}"
+    line += " (perf.threads)" if cfg.perf.threads else "" if threads else " (OMP_NUM_THREADS/MKL_NUM_THREADS)"
+    rollout = cfg.env.num_envs * cfg.ppo.num_steps
+    if cfg.ppo.total_steps % rollout and not cfg.curriculum.stages:
+        # Training steps whole rollouts; saying so beats a step count that silently overshoots.
+        end = math.ceil(cfg.ppo.total_steps / rollout) * rollout
+        line += (
+            f". ppo.total_steps {cfg.ppo.total_steps:,} is not a multiple of a rollout (env.num_envs x "
+            f"ppo.num_steps = {rollout:,}): training stops at step {end:,}"
+        )
+    return line + "."
 
 
 def _next_multiple(step: int, every: int) -> int:
@@ -396,7 +475,10 @@ class _Session:
     device: torch.device
     bf16: bool
     save: Callable[[], None]
+    balancer: Balancer
     next_checkpoint: int
+    resume_aux_rng: torch.Tensor | None = None  # the aux sampler's state in the resumed stage
+    aux: AuxTasks | None = None  # the current stage's tasks
     start_time: float = field(default_factory=time.monotonic)
     start_step: int = field(init=False)
 
@@ -426,6 +508,16 @@ def _run_stage(cfg: Config, stage: Stage, envs: VecEnv, session: _Session) -> st
         dev,
     )
     aux = AuxTasks(stage_tasks(agent, stage), scfg.aux, storage, cfg.seed + stage.index)
+    session.aux = aux
+    if session.resume_aux_rng is not None:  # resumed mid-stage: continue the same sample stream
+        aux.set_rng_state(session.resume_aux_rng)
+        session.resume_aux_rng = None
+    elif stage.index > 0 and state.global_step == state.stage_start_step:
+        # Tasks that start in this stage have not seen the torso move: sync their targets first.
+        before = set(enabled_tasks(plan_stages(cfg)[stage.index - 1].cfg.aux))
+        for name, task in aux.tasks.items():
+            if name not in before:
+                task.on_torso_loaded()
     # A fresh env per (re)start: resumed runs start new episodes, counted from the saved step.
     storage.next_obs.copy_(
         torch.from_numpy(envs.reset(seed=cfg.seed + 1000 * stage.index + state.global_step))
@@ -446,7 +538,7 @@ def _run_stage(cfg: Config, stage: Stage, envs: VecEnv, session: _Session) -> st
             recent = float(np.mean(state.stage_returns[-window:]))
             state.best_recent_return = max(recent, state.best_recent_return or -math.inf)
 
-    if state.global_step == state.stage_start_step:  # the stage starts now (not a resume)
+    if state.global_step == state.stage_start_step and cfg.curriculum.stages:  # a stage starts now
         logger.scalar("curriculum/stage", state.stage, state.global_step)
     while state.global_step < cfg.ppo.total_steps:
         reason = stage.finished(state.global_step - state.stage_start_step, state.stage_returns)
@@ -465,18 +557,28 @@ def _run_stage(cfg: Config, stage: Stage, envs: VecEnv, session: _Session) -> st
         with autocast(bf16, dev):
             collect_rollout(envs, agent, storage, on_episodes)
             with torch.no_grad():
-                next_value = agent.value(agent.torso(storage.next_obs)).float()
+                next_value = agent.get_value(storage.next_obs).float()
         state.global_step += storage.num_steps * storage.num_envs
         storage.finish(next_value, scfg.ppo.gamma, scfg.ppo.gae_lambda)
         aux.add_rollout(storage)
 
         agent.train()
         weights = aux.current_weights(state.global_step) if aux else {}
-        diagnose = (
-            bool(aux) and scfg.aux.diagnostics_every > 0 and state.update % scfg.aux.diagnostics_every == 0
-        )
         with autocast(bf16, dev):
-            metrics = ppo_update(scfg, agent, optimizer, storage, aux, weights, session.trainable, diagnose)
+            metrics = ppo_update(
+                scfg.ppo,
+                scfg.aux,
+                agent,
+                optimizer,
+                storage,
+                aux if aux else None,
+                weights,
+                session.balancer,
+                session.trainable,
+                state.global_step,
+            )
+        if state.update % scfg.aux.diagnostics_every:  # logging throttle for the per-task diagnostics
+            metrics = {k: v for k, v in metrics.items() if not k.endswith(("grad_cosine", "ratio", "/scale"))}
         state.update += 1
 
         metrics["losses/explained_variance"] = explained_variance(

@@ -1,18 +1,17 @@
 """Recording evaluation games to a video file (``auxrl eval RUN --video PATH``).
 
-Each env step becomes one frame: the newest frame of the observation the agent acted on,
-upscaled (nearest neighbour, x3 for 84x84 Atari frames), under a banner with the episode number
-and the running score of the game. The final frame of every game shows its final score and is
-held for half a second. Text is drawn with a tiny built-in 5x7 bitmap font in numpy, so no
-imaging library is needed for it.
+Each env step becomes one frame under a banner with the episode number and the running score of
+the game (drawn with Pillow). The final frame of every game shows its final score and is held for
+half a second. What the frame shows:
 
-Observations:
-
-* image stacks ``(stack, H, W)`` (Atari: ``(4, 84, 84)`` uint8): the newest frame, ``obs[-1]``;
-* single images ``(H, W)`` or ``(H, W, 3|4)``;
-* vectors ``(D,)`` (CartPole and other state-vector envs): one bar per observation dimension,
-  each scaled by the largest magnitude seen so far in that dimension, around a zero line. It
-  shows what the agent sees, not the env's own rendering.
+* ``screen`` (the default, ``--video-view screen``): the game as a person sees it, the RGB
+  screen the env renders (Atari's full-colour 210x160 screen, upscaled x2; MuJoCo's and classic
+  control's own rendering). Envs are made with ``render=True`` for it; see ``auxrl eval``.
+* ``agent`` (``--video-view agent``): the observation the agent acted on. Image stacks
+  ``(stack, H, W)`` (Atari: ``(4, 84, 84)`` uint8) show their newest frame, upscaled x3; single
+  images ``(H, W)`` or ``(H, W, 3|4)`` as they are; vectors ``(D,)`` (CartPole, MuJoCo) one bar
+  per dimension, each scaled by the largest magnitude seen so far in that dimension, around a
+  zero line.
 
 Files: ``.mp4`` (also ``.mkv``, ``.mov``, ``.avi``) through imageio + imageio-ffmpeg (libx264,
 30 fps), written as the frames come; ``.gif`` through imageio's Pillow plugin, held in memory
@@ -24,6 +23,7 @@ to it (the suffix is changed, and a message says so). Both need the ``video`` ex
 
 from __future__ import annotations
 
+import functools
 import warnings
 from pathlib import Path
 
@@ -33,90 +33,43 @@ from auxrl.envs.base import Step
 
 FFMPEG_SUFFIXES = (".mp4", ".mkv", ".mov", ".avi")
 BANNER_HEIGHT = 24
-TARGET_SIZE = 252  # frames are upscaled by an integer factor towards this (84 -> 252)
+FONT_SIZE = 15
+AGENT_VIEW_SIZE = 252  # agent views are upscaled by an integer factor towards this (84 -> 252)
+SCREEN_SIZE = 420  # screens too (Atari's 210x160 -> 420x320; larger renders stay as they are)
 BANNER_BG = (24, 24, 24)
 TEXT_WHITE = (235, 235, 235)
 TEXT_YELLOW = (255, 210, 60)
+LABEL_GRAY = (90, 90, 90)
 BAR_POS = (70, 140, 230)
 BAR_NEG = (235, 120, 50)
 
-# A 5x7 bitmap font: seven rows of five pixels per glyph ("#" on, "." off).
-_GLYPH_ROWS = {
-    "0": ".###. #...# #..## #.#.# ##..# #...# .###.",
-    "1": "..#.. .##.. ..#.. ..#.. ..#.. ..#.. .###.",
-    "2": ".###. #...# ....# ...#. ..#.. .#... #####",
-    "3": "##### ...#. ..#.. ...#. ....# #...# .###.",
-    "4": "...#. ..##. .#.#. #..#. ##### ...#. ...#.",
-    "5": "##### #.... ####. ....# ....# #...# .###.",
-    "6": "..##. .#... #.... ####. #...# #...# .###.",
-    "7": "##### ....# ...#. ..#.. .#... .#... .#...",
-    "8": ".###. #...# #...# .###. #...# #...# .###.",
-    "9": ".###. #...# #...# .#### ....# ...#. .##..",
-    "A": ".###. #...# #...# ##### #...# #...# #...#",
-    "B": "####. #...# #...# ####. #...# #...# ####.",
-    "C": ".###. #...# #.... #.... #.... #...# .###.",
-    "D": "###.. #..#. #...# #...# #...# #..#. ###..",
-    "E": "##### #.... #.... ####. #.... #.... #####",
-    "F": "##### #.... #.... ####. #.... #.... #....",
-    "G": ".###. #...# #.... #.### #...# #...# .####",
-    "H": "#...# #...# #...# ##### #...# #...# #...#",
-    "I": ".###. ..#.. ..#.. ..#.. ..#.. ..#.. .###.",
-    "J": "..### ...#. ...#. ...#. ...#. #..#. .##..",
-    "K": "#...# #..#. #.#.. ##... #.#.. #..#. #...#",
-    "L": "#.... #.... #.... #.... #.... #.... #####",
-    "M": "#...# ##.## #.#.# #.#.# #...# #...# #...#",
-    "N": "#...# #...# ##..# #.#.# #..## #...# #...#",
-    "O": ".###. #...# #...# #...# #...# #...# .###.",
-    "P": "####. #...# #...# ####. #.... #.... #....",
-    "Q": ".###. #...# #...# #...# #.#.# #..#. .##.#",
-    "R": "####. #...# #...# ####. #.#.. #..#. #...#",
-    "S": ".#### #.... #.... .###. ....# ....# ####.",
-    "T": "##### ..#.. ..#.. ..#.. ..#.. ..#.. ..#..",
-    "U": "#...# #...# #...# #...# #...# #...# .###.",
-    "V": "#...# #...# #...# #...# #...# .#.#. ..#..",
-    "W": "#...# #...# #...# #.#.# #.#.# #.#.# .#.#.",
-    "X": "#...# #...# .#.#. ..#.. .#.#. #...# #...#",
-    "Y": "#...# #...# .#.#. ..#.. ..#.. ..#.. ..#..",
-    "Z": "##### ....# ...#. ..#.. .#... #.... #####",
-    " ": "..... ..... ..... ..... ..... ..... .....",
-    "-": "..... ..... ..... ##### ..... ..... .....",
-    "+": "..... ..#.. ..#.. ##### ..#.. ..#.. .....",
-    ".": "..... ..... ..... ..... ..... .##.. .##..",
-    ":": "..... .##.. .##.. ..... .##.. .##.. .....",
-    "/": "..... ....# ...#. ..#.. .#... #.... .....",
-    "?": ".###. #...# ....# ...#. ..#.. ..... ..#..",
-}
-GLYPHS = {
-    ch: np.array([[c == "#" for c in row] for row in rows.split()], dtype=bool)
-    for ch, rows in _GLYPH_ROWS.items()
-}
+
+@functools.lru_cache(maxsize=4)
+def _font(size: int):
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)  # Pillow >= 10.1 with FreeType: a scalable font
+    except (TypeError, ImportError, OSError):
+        return ImageFont.load_default()  # a small bitmap font
 
 
-def text_mask(text: str, scale: int = 2) -> np.ndarray:
-    """A boolean image of ``text`` in the built-in font (unknown characters show as ``?``)."""
-    glyphs = [GLYPHS.get(ch, GLYPHS["?"]) for ch in text.upper()]
-    if not glyphs:
-        return np.zeros((7 * scale, 0), dtype=bool)
-    gap = np.zeros((7, 1), dtype=bool)
-    parts = []
-    for i, glyph in enumerate(glyphs):
-        parts.append(glyph)
-        if i < len(glyphs) - 1:
-            parts.append(gap)
-    mask = np.concatenate(parts, axis=1)
-    return mask.repeat(scale, axis=0).repeat(scale, axis=1)
+def draw_texts(
+    image: np.ndarray, texts: list[tuple[str, float, int, tuple[int, int, int], str]], size: int = FONT_SIZE
+) -> np.ndarray:
+    """``image`` (RGB uint8) with each ``(text, x, y, color, align)`` drawn; ``align`` says where
+    ``x`` is: ``left``, ``center`` or ``right`` of the text, whose top is at ``y``."""
+    from PIL import Image, ImageDraw
 
-
-def draw_text(
-    image: np.ndarray, text: str, x: int, y: int, color: tuple[int, int, int], scale: int = 2
-) -> None:
-    """Draw ``text`` into an RGB ``image`` in place, top-left at (x, y); clipped at the edges."""
-    mask = text_mask(text, scale)
-    h = min(mask.shape[0], image.shape[0] - y)
-    w = min(mask.shape[1], image.shape[1] - x)
-    if h <= 0 or w <= 0:
-        return
-    image[y : y + h, x : x + w][mask[:h, :w]] = color
+    canvas = Image.fromarray(image)
+    draw = ImageDraw.Draw(canvas)
+    font = _font(size)
+    for text, x, y, color, align in texts:
+        left, top, right, _ = draw.textbbox((0, 0), text, font=font)
+        width = right - left
+        x0 = x if align == "left" else x - width / 2 if align == "center" else x - width
+        draw.text((x0 - left, y - top), text, fill=color, font=font)
+    return np.asarray(canvas)
 
 
 def format_score(score: float) -> str:
@@ -131,8 +84,9 @@ def _missing_video_extra(what: str) -> ImportError:
 class VideoRecorder:
     """Turns the steps of an evaluation (env 0 of the batch) into an mp4 or GIF.
 
-    ``on_step(obs, step)`` is called with the observation the agent acted on and the
-    :class:`~auxrl.envs.base.Step` that followed. With gymnasium's NEXT_STEP autoreset, a step with
+    ``on_step(obs, step, screen)`` is called with the observation the agent acted on, the
+    :class:`~auxrl.envs.base.Step` that followed and, for the ``screen`` view, the RGB screen the
+    agent saw (None: draw the observation). With gymnasium's NEXT_STEP autoreset, a step with
     ``step.reset`` only reset the env: the observation passed with it is the last frame of the
     finished game, and ``step.episode_returns`` holds that game's score.
     """
@@ -171,10 +125,10 @@ class VideoRecorder:
     # ---------------------------------------------------------------------------------------
     # Recording
 
-    def on_step(self, obs: np.ndarray, step: Step) -> None:
+    def on_step(self, obs: np.ndarray, step: Step, screen: np.ndarray | None = None) -> None:
         if self._closed:
             raise RuntimeError("VideoRecorder.on_step after close()")
-        picture = self._picture(np.asarray(obs)[0])
+        picture = self._screen(screen) if screen is not None else self._picture(np.asarray(obs)[0])
         reset = bool(np.asarray(step.reset)[0])
         if reset:
             # The game of env 0 just ended; finished games are listed in env order.
@@ -209,6 +163,15 @@ class VideoRecorder:
     # ---------------------------------------------------------------------------------------
     # Frames
 
+    def _screen(self, screen: np.ndarray) -> np.ndarray:
+        """The env's RGB render, upscaled by an integer factor towards SCREEN_SIZE."""
+        image = _to_uint8(np.asarray(screen))
+        if image.ndim == 2:
+            image = np.repeat(image[..., None], 3, axis=2)
+        image = image[..., :3]
+        scale = max(1, SCREEN_SIZE // max(image.shape[:2]))
+        return image.repeat(scale, axis=0).repeat(scale, axis=1)
+
     def _picture(self, obs: np.ndarray) -> np.ndarray:
         """An RGB uint8 image of one env's observation, upscaled."""
         if obs.ndim == 1:
@@ -227,7 +190,7 @@ class VideoRecorder:
         image = _to_uint8(image)
         if image.ndim == 2:
             image = np.repeat(image[..., None], 3, axis=2)
-        scale = max(1, TARGET_SIZE // max(image.shape[:2]))
+        scale = max(1, AGENT_VIEW_SIZE // max(image.shape[:2]))
         return image.repeat(scale, axis=0).repeat(scale, axis=1)
 
     def _bars(self, vector: np.ndarray) -> np.ndarray:
@@ -236,7 +199,7 @@ class VideoRecorder:
             self._bar_scale = np.zeros_like(values)
         self._bar_scale = np.maximum(self._bar_scale, np.abs(values))
         scaled = values / np.where(self._bar_scale > 0, self._bar_scale, 1.0)  # in [-1, 1]
-        size = TARGET_SIZE
+        size = AGENT_VIEW_SIZE
         width = max(size, len(values))
         image = np.full((size, width, 3), 250, dtype=np.uint8)
         mid = size // 2
@@ -252,10 +215,8 @@ class VideoRecorder:
                 image[mid : mid + h, x0:x1] = BAR_NEG
         image[mid, :] = 90  # the zero line
         if slot >= 12:  # label the dimensions when there is room
-            for i in range(len(values)):
-                label = str(i)
-                x = int((i + 0.5) * slot) - 3 * len(label)
-                draw_text(image, label, max(0, x), size - 9, (90, 90, 90), scale=1)
+            labels = [(str(i), (i + 0.5) * slot, size - 13, LABEL_GRAY, "center") for i in range(len(values))]
+            image = draw_texts(image, labels, size=10)
         return image
 
     def _frame(self, picture: np.ndarray, left: str, right: str) -> np.ndarray:
@@ -266,11 +227,9 @@ class VideoRecorder:
         frame = np.zeros((height, width, 3), dtype=np.uint8)
         frame[:BANNER_HEIGHT] = BANNER_BG
         frame[BANNER_HEIGHT : BANNER_HEIGHT + h, :w] = picture
-        y = (BANNER_HEIGHT - 14) // 2
-        draw_text(frame, left, 6, y, TEXT_WHITE)
-        right_width = text_mask(right).shape[1]
-        draw_text(frame, right, max(6, width - 6 - right_width), y, TEXT_YELLOW)
-        return frame
+        y = (BANNER_HEIGHT - FONT_SIZE) // 2 + 1
+        texts = [(left, 6, y, TEXT_WHITE, "left"), (right, width - 6, y, TEXT_YELLOW, "right")]
+        return draw_texts(frame, texts)
 
     # ---------------------------------------------------------------------------------------
     # Files

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from auxrl.envs.base import Step
-from auxrl.plot import ema_smooth, plot_runs, run_name
+from auxrl.plot import _Run, _settings, ema_smooth, group_runs, plot_runs, run_name
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 TAG = "charts/episodic_return"
@@ -23,12 +23,14 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def fake_run(path: Path, name: str | None, seed: int, steps: int = 40, tag: str = TAG) -> Path:
+def fake_run(
+    path: Path, name: str | None, seed: int, steps: int = 40, tag: str = TAG, extra: str = ""
+) -> Path:
     from torch.utils.tensorboard import SummaryWriter
 
     path.mkdir(parents=True)
     if name is not None:
-        (path / "config.yaml").write_text(f"name: {name}\nseed: {seed}\nppo:\n  lr: 0.001\n")
+        (path / "config.yaml").write_text(f"name: {name}\nseed: {seed}\nppo:\n  lr: 0.001\n{extra}")
     rng = np.random.default_rng(seed)
     writer = SummaryWriter(str(path))
     for i in range(steps):
@@ -69,12 +71,61 @@ def test_run_name_falls_back_to_the_directory(tmp_path):
     assert run_name(fake_run(tmp_path / "x", "named", 1, steps=2)) == "named"
 
 
-def test_plot_warns_when_grouped_configs_differ(tmp_path):
+def run(name: str, env: str, seed: int = 1, path: str | None = None, **settings) -> _Run:
+    config = {"name": name, "seed": seed, "env": {"id": env}}
+    for key, value in settings.items():
+        section, _, leaf = key.partition("__")
+        config.setdefault(section, {})[leaf] = value
+    steps = np.arange(1, 4) * 100
+    return _Run(Path(path or f"runs/{name}__{seed}"), name, env, seed, _settings(config), steps, steps * 1.0)
+
+
+def labels(groups) -> dict[str, int]:
+    return {label: len(members) for label, members in groups.items()}
+
+
+def test_runs_of_one_config_differing_in_a_key_are_plotted_apart():
+    # The README's recipe: runs/with_aux and runs/no_aux, both from the breakout config, two seeds each.
+    runs = [run("breakout", "ALE/Breakout-v5", s, aux__enabled=aux) for aux in (True, False) for s in (1, 2)]
+    assert labels(group_runs(runs)) == {"breakout aux.enabled=true": 2, "breakout aux.enabled=false": 2}
+
+
+def test_runs_of_different_envs_are_never_averaged():
+    # A breakout config trained on SpaceInvaders (a run of an older auxrl, still named breakout).
+    runs = [run("breakout", "ALE/Breakout-v5"), run("breakout", "ALE/SpaceInvaders-v5", path="x/breakout__1")]
+    assert labels(group_runs(runs)) == {"breakout ALE/Breakout-v5": 1, "breakout ALE/SpaceInvaders-v5": 1}
+    assert labels(group_runs(runs, group_by=["name"])) == labels(group_runs(runs))
+    with pytest.raises(ValueError, match="different envs"):
+        group_runs(runs, labels=["same", "same"])
+    # Named after the env (env.id overrides now do that): the label does not repeat it.
+    named = [run("SpaceInvaders-v5", "ALE/SpaceInvaders-v5"), run("breakout", "ALE/Breakout-v5")]
+    assert set(labels(group_runs(named))) == {"SpaceInvaders-v5", "breakout"}
+
+
+def test_labels_and_group_by_choose_the_groups():
+    runs = [run("a", "CartPole-v1", 1, ppo__lr=0.001), run("a", "CartPole-v1", 2, ppo__lr=0.01)]
+    assert labels(group_runs(runs)) == {"a ppo.lr=0.001": 1, "a ppo.lr=0.01": 1}
+    assert labels(group_runs(runs, labels=["mine", "mine"])) == {"mine": 2}
+    assert len(group_runs(runs, group_by=["run"])) == 2
+    with pytest.warns(UserWarning, match="ppo.lr"):  # averaged on request, but they differ
+        assert labels(group_runs(runs, group_by=["name"])) == {"a": 2}
+    with pytest.raises(ValueError, match="no run's config.yaml has that key"):
+        group_runs(runs, group_by=["ppo.lrr"])
+    with pytest.raises(ValueError, match="one per RUN_DIR"):
+        group_runs(runs, labels=["only one"])
+
+
+def test_plot_cli_options(tmp_path, capsys):
+    from auxrl.cli import main
+
     a = fake_run(tmp_path / "a1", "a", 1, steps=5)
-    b = fake_run(tmp_path / "a2", "a", 2, steps=5)
-    (b / "config.yaml").write_text("name: a\nseed: 2\nppo:\n  lr: 0.01\n")
-    with pytest.warns(UserWarning, match="ppo.lr"):
-        plot_runs([str(a), str(b)], str(tmp_path / "c.png"))
+    b = fake_run(tmp_path / "a2", "a", 2, steps=5, extra="aux:\n  enabled: false\n")
+    out = tmp_path / "c.png"
+    assert main(["plot", str(a), str(b), "--out", str(out), "--labels", "x,y"]) == 0
+    assert main(["plot", str(a), str(b), "--out", str(out), "--group-by", "aux.enabled"]) == 0
+    capsys.readouterr()
+    assert main(["plot", str(a), str(b), "--labels", "x", "--out", str(out)]) == 2
+    assert "auxrl plot: error: --labels gives 1 label(s) for 2 run(s)" in capsys.readouterr().err
 
 
 def test_ema_matches_tensorboard():
@@ -190,6 +241,7 @@ def test_video_rejects_unknown_suffix(tmp_path):
 def test_eval_records_a_video(tmp_path, capsys):
     pytest.importorskip("imageio")
     pytest.importorskip("imageio_ffmpeg")
+    pytest.importorskip("cv2")  # Atari screens are rendered by gymnasium's ALE env + AtariPreprocessing
     import imageio.v3 as iio
 
     from auxrl.cli import main
@@ -212,10 +264,42 @@ def test_eval_records_a_video(tmp_path, capsys):
     argv = ["eval", str(tmp_path / "run"), "--episodes", "1", "--video", str(video), "--device", "cpu"]
     assert main(argv) == 0
     out = capsys.readouterr().out
-    frames = int(out.split(f"Video: {video} (")[1].split(" frames)")[0])
+    frames = int(out.split(f"Video: {video} (")[1].split(" frames, game screen)")[0])
     assert frames > 0
     assert count_frames(video) == frames
-    assert iio.improps(video, index=0).shape == (24 + 252, 252, 3)
+    # The game's own RGB screen (210 x 160), upscaled x2, under the banner: not the agent's input.
+    first = iio.imread(video, index=0)
+    assert first.shape == (24 + 420, 320, 3)
+    screen = first[24:].astype(int)
+    assert (np.abs(screen[..., 0] - screen[..., 1]) > 30).any()  # in colour (Breakout's bricks)
+
+    agent_view = tmp_path / "agent.mp4"
+    assert main([*argv[:5], str(agent_view), "--video-view", "agent", "--device", "cpu"]) == 0
+    assert "agent input)" in capsys.readouterr().out
+    assert iio.improps(agent_view, index=0).shape == (24 + 252, 252, 3)
+
+
+def test_eval_video_falls_back_to_the_agent_view_when_the_screen_cannot_render(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("imageio")
+    from auxrl.cli import main
+    from auxrl.config import load_config
+    from auxrl.envs.gym import GymVecEnv
+    from auxrl.trainer import train
+
+    cfg = load_config("cartpole", ["ppo.total_steps=256", "ppo.update_epochs=1"])
+    train(cfg, tmp_path / "run", device="cpu", verbose=False)
+
+    def no_renderer(self):
+        raise ImportError("pygame is not installed")
+
+    monkeypatch.setattr(GymVecEnv, "render", no_renderer)
+    video = tmp_path / "v.gif"
+    argv = ["eval", str(tmp_path / "run"), "--episodes", "1", "--video", str(video), "--device", "cpu"]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert "cannot render the screen of CartPole-v1 (pygame is not installed)" in captured.err
+    assert 'pip install "auxrl[video]"' in captured.err
+    assert "agent input)" in captured.out and video.is_file()
 
 
 def test_missing_extras_say_what_to_install(tmp_path, monkeypatch):

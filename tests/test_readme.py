@@ -50,3 +50,14 @@ def test_readme_custom_task_example_trains(tmp_path, monkeypatch):
     # No weight in the config: the task's documented default_weight applies.
     weights = {round(e.value, 6) for e in acc.Scalars("aux/inverse_dynamics/weight")}
     assert weights == {0.1}
+
+
+def test_readme_python_api_example_runs(tmp_path, monkeypatch, capsys):
+    text = README.read_text()
+    code = re.search(r"```python\n(# api_example\.py\n.*?)```", text, re.S).group(1)
+    assert '"ppo.total_steps": 50_000' in code
+    monkeypatch.chdir(tmp_path)  # the example writes runs/api
+    exec(compile(code.replace("50_000", "2_048"), "api_example.py", "exec"), {})  # shorter, same code
+    out = capsys.readouterr().out
+    assert "trained 2,048 steps" in out and "one game:" in out
+    assert (tmp_path / "runs" / "api" / "config.yaml").is_file()

@@ -8,20 +8,26 @@ from auxrl.config import EnvConfig
 from auxrl.envs.atari import AtariVecEnv, is_atari_id
 from auxrl.envs.base import Step, VecEnv
 from auxrl.envs.gym import GymVecEnv
+from auxrl.envs.normalize import NormStats
 
 
-def make_envs(cfg: EnvConfig, *, training: bool = True) -> VecEnv:
+def make_envs(
+    cfg: EnvConfig, *, training: bool = True, stats: NormStats | None = None, render: bool = False
+) -> VecEnv:
     """Atari ids (``ALE/<Game>-v5``) get the native C++ vector env, all others gymnasium.vector.
 
     Atari with ``env.mode`` / ``env.difficulty`` set uses gymnasium.vector instead (see
-    ``atari_modes``). ``training=False`` turns off the training-only Atari settings (episodic life, reward
-    clipping) so evaluation plays whole games.
+    ``atari_modes``). ``training=False`` turns off the training-only settings (episodic life, reward
+    clipping and scaling, updates of the observation statistics) so evaluation plays whole games.
+    ``stats``: the run's normalisation statistics (gymnasium path; a fresh set when None).
+    ``render=True``: :meth:`VecEnv.render` returns the game screen; Atari then runs through
+    gymnasium's ALE env, since the native vector env cannot render.
     """
     if is_atari_id(cfg.id):
-        if cfg.mode is not None or cfg.difficulty is not None:
+        if cfg.mode is not None or cfg.difficulty is not None or render:
             from auxrl.envs.atari_modes import AtariModesVecEnv  # the native env has no modes
 
-            return AtariModesVecEnv(cfg, training=training)
+            return AtariModesVecEnv(cfg, training=training, render=render)
         if cfg.groups > 1:
             from auxrl.envs.grouped import GroupedVecEnv
 
@@ -33,7 +39,7 @@ def make_envs(cfg: EnvConfig, *, training: bool = True) -> VecEnv:
         raise ValueError(
             f"env.groups={cfg.groups} needs an Atari id (ALE/<Game>-v5); {cfg.id} steps synchronously."
         )
-    return GymVecEnv(cfg, training=training)
+    return GymVecEnv(cfg, training=training, stats=stats, render=render)
 
 
-__all__ = ["Step", "VecEnv", "make_envs", "is_atari_id"]
+__all__ = ["NormStats", "Step", "VecEnv", "make_envs", "is_atari_id"]

@@ -3,8 +3,11 @@
 ale-py's native ``AtariVectorEnv`` cannot select game modes or difficulties, so a config that
 sets ``env.mode`` or ``env.difficulty`` runs each game in a gymnasium ``AtariEnv`` with
 ``AtariPreprocessing`` (noop reset, frame skip with max-pooling, 84x84 gray) and
-``FrameStackObservation``, under gymnasium.vector. Observations, rewards, episodic life and
-episode statistics match the native path; it is slower (Python per-env wrappers).
+``FrameStackObservation``, under gymnasium.vector. Observations (the first frame repeated in
+the stack), rewards, episodic life and episode statistics match the native path, except that a
+lost life is not followed by FIRE and random no-ops (the native path does that, as envpool);
+it is slower (Python per-env wrappers). Evaluation videos of the game screen also play here
+(``render=True``): gymnasium's env renders the RGB screen, the native vector env cannot.
 """
 
 from __future__ import annotations
@@ -32,10 +35,11 @@ class FireOnReset(gym.Wrapper):
         return obs, info
 
 
-def _make_one(cfg: EnvConfig):
+def _make_one(cfg: EnvConfig, render: bool = False):
     def thunk() -> gym.Env:
         env = gym.make(
             cfg.id,
+            render_mode="rgb_array" if render else None,
             mode=cfg.mode,
             difficulty=cfg.difficulty,
             frameskip=1,
@@ -66,7 +70,7 @@ def check_mode(cfg: EnvConfig) -> None:
 
 
 class AtariModesVecEnv(VecEnv):
-    def __init__(self, cfg: EnvConfig, *, training: bool = True) -> None:
+    def __init__(self, cfg: EnvConfig, *, training: bool = True, render: bool = False) -> None:
         try:
             import cv2  # noqa: F401  (AtariPreprocessing resizes with OpenCV)
         except ImportError:
@@ -77,7 +81,7 @@ class AtariModesVecEnv(VecEnv):
         check_mode(cfg)
         vector = gym.vector.AsyncVectorEnv if cfg.vector_mode == "async" else gym.vector.SyncVectorEnv
         self.env = vector(
-            [_make_one(cfg) for _ in range(cfg.num_envs)],
+            [_make_one(cfg, render) for _ in range(cfg.num_envs)],
             autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP,
         )
         self.episodic_life = cfg.episodic_life and training
@@ -107,6 +111,10 @@ class AtariModesVecEnv(VecEnv):
         self._lives = lives
         terminated = np.asarray(terminated, dtype=bool) | (self.episodic_life & life_lost)
         return self.tracker.step(obs, reward, terminated, truncated, reset, self.reward_clip)
+
+    def render(self) -> np.ndarray | None:
+        frames = self.env.render()  # the full-colour screen of each env (render=True only)
+        return None if not frames else np.asarray(frames[0])
 
     def close(self) -> None:
         self.env.close()

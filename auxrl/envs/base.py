@@ -23,7 +23,9 @@ class Step:
     reward: np.ndarray  # float32: the training reward (clipped where configured)
     terminated: np.ndarray  # bool: no bootstrap (game over, or a lost life with episodic life)
     truncated: np.ndarray  # bool: time limit; bootstrap from the final observation's value
-    reset: np.ndarray  # bool: this step only reset the env (not a real transition)
+    # bool: not a real transition: this step only reset the env (NEXT_STEP), or (Atari, episodic
+    # life, training only) it is one of the FIRE / no-op steps forced after a lost life.
+    reset: np.ndarray
     # Real episodes (unclipped score over all lives) that ended and were reset at this step.
     episode_returns: np.ndarray = field(default_factory=lambda: np.zeros(0))
     episode_lengths: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
@@ -44,26 +46,33 @@ class EpisodeTracker:
         truncated: np.ndarray,
         reset: np.ndarray,
         clip_reward: bool = False,
+        masked: np.ndarray | None = None,
     ) -> Step:
-        """Book one vectorized step and package it (reward clipped to its sign if asked)."""
+        """Book one vectorized step and package it (reward clipped to its sign if asked).
+
+        ``reset``: the env's game was reset at this step (the finished game is reported);
+        ``masked``: steps that are no transition but end no game either (not counted).
+        """
         raw = np.asarray(raw_reward, dtype=np.float64)
-        returns, lengths = self.update(raw, reset)
+        returns, lengths = self.update(raw, reset, masked)
         return Step(
             obs=obs,
             reward=(np.sign(raw) if clip_reward else raw).astype(np.float32),
             terminated=np.asarray(terminated, dtype=bool),
             truncated=np.asarray(truncated, dtype=bool),
-            reset=np.array(reset, dtype=bool),
+            reset=np.array(reset if masked is None else reset | masked, dtype=bool),
             episode_returns=returns,
             episode_lengths=lengths,
         )
 
-    def update(self, raw_reward: np.ndarray, reset: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def update(
+        self, raw_reward: np.ndarray, reset: np.ndarray, masked: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         done_returns = self.returns[reset].copy()
         done_lengths = self.lengths[reset].copy()
         self.returns[reset] = 0.0
         self.lengths[reset] = 0
-        live = ~reset
+        live = ~reset if masked is None else ~(reset | masked)
         self.returns[live] += raw_reward[live]
         self.lengths[live] += 1
         return done_returns, done_lengths
@@ -95,6 +104,10 @@ class VecEnv:
     def groups(self) -> list[tuple[slice, VecEnv]]:
         """Env groups stepped in turn, with the slice of the batch each one covers."""
         return [(slice(0, self.num_envs), self)]
+
+    def render(self) -> np.ndarray | None:
+        """The RGB screen of env 0 as it is now (envs made with ``render=True``), else None."""
+        return None
 
     def close(self) -> None:
         pass

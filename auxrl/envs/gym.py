@@ -1,16 +1,33 @@
-"""Any other Gymnasium id, through ``gymnasium.vector`` (sync or async) with NEXT_STEP autoreset."""
+"""Any other Gymnasium id, through ``gymnasium.vector`` (sync or async) with NEXT_STEP autoreset.
+
+Box actions are clipped to the env's bounds, and observations / rewards are normalised where the
+config asks (``env.normalize_obs``, ``env.normalize_reward``; see :mod:`auxrl.envs.normalize`).
+Episode statistics always report the env's own rewards.
+"""
 
 from __future__ import annotations
+
+import inspect
+import os
+import warnings
 
 import gymnasium as gym
 import numpy as np
 
 from auxrl.config import EnvConfig
 from auxrl.envs.base import EpisodeTracker, Step, VecEnv
+from auxrl.envs.normalize import NormStats, wrap
 
 
 class GymVecEnv(VecEnv):
-    def __init__(self, cfg: EnvConfig, *, training: bool = True) -> None:
+    def __init__(
+        self,
+        cfg: EnvConfig,
+        *,
+        training: bool = True,
+        stats: NormStats | None = None,
+        render: bool = False,
+    ) -> None:
         try:
             gym.spec(cfg.id)
         except gym.error.Error as err:
@@ -18,20 +35,44 @@ class GymVecEnv(VecEnv):
                 f"env.id {cfg.id!r} is not a registered Gymnasium environment ({err}). Atari "
                 f"games are named ALE/<Game>-v5; other ids must be importable by gymnasium."
             ) from None
-        self.env = gym.make_vec(
-            cfg.id,
-            num_envs=cfg.num_envs,
-            vectorization_mode=cfg.vector_mode,
-            vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.NEXT_STEP},
-            **cfg.kwargs,
-        )
+        kwargs = dict(cfg.kwargs)
+        if render:
+            kwargs["render_mode"] = "rgb_array"
+            if not os.environ.get("DISPLAY"):
+                # Off-screen rendering on a machine without a display: MuJoCo renders through GLFW
+                # (needs one) unless told EGL, and pygame (classic control) complains without a
+                # video driver. Both are read when the env below first imports them.
+                os.environ.setdefault("MUJOCO_GL", "egl")
+                os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+        mujoco = _is_mujoco(cfg.id)
+        if mujoco:
+            _route_mujoco_warnings()
+        try:
+            env = gym.make_vec(
+                cfg.id,
+                num_envs=cfg.num_envs,
+                vectorization_mode=cfg.vector_mode,
+                vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.NEXT_STEP},
+                **kwargs,
+            )
+        except TypeError:
+            unknown = [k for k in cfg.kwargs if k not in (valid := _make_kwargs(cfg.id))]
+            if not unknown or not valid:
+                raise
+            raise ValueError(
+                f"env.kwargs: {cfg.id} takes no {', '.join(map(repr, unknown))}. Valid keys: "
+                f"{', '.join(sorted(valid))}."
+            ) from None
+        except gym.error.DependencyNotInstalled as err:
+            fix = 'pip install "auxrl[mujoco]"' if mujoco else "install what it names"
+            raise ImportError(f"{cfg.id}: {str(err).strip().splitlines()[0]} ({fix}).") from None
+        self.stats = stats if stats is not None else NormStats()
+        self.env, self._raw = wrap(env, cfg, self.stats, training)
         self.num_envs = cfg.num_envs
         self.single_observation_space = self.env.single_observation_space
         self.single_action_space = self.env.single_action_space
         self.tracker = EpisodeTracker(cfg.num_envs)
         self._done = np.zeros(cfg.num_envs, dtype=bool)
-        space = self.single_action_space
-        self._clip = (space.low, space.high) if isinstance(space, gym.spaces.Box) else None
 
     def reset(self, seed: int | None = None) -> np.ndarray:
         obs, _ = self.env.reset(seed=seed)
@@ -40,12 +81,52 @@ class GymVecEnv(VecEnv):
         return obs
 
     def step(self, actions: np.ndarray) -> Step:
-        if self._clip is not None:  # the Gaussian policy is unbounded; the env is not
-            actions = np.clip(actions, *self._clip)
-        obs, reward, terminated, truncated, _ = self.env.step(actions)
+        obs, reward, terminated, truncated, _ = self.env.step(actions)  # ClipAction bounds the actions
         reset = self._done  # NEXT_STEP: the step after a done only resets
         self._done = terminated | truncated
-        return self.tracker.step(obs, reward, terminated, truncated, reset)
+        step = self.tracker.step(obs, self._raw.last_reward, terminated, truncated, reset)
+        step.reward = np.asarray(reward, dtype=np.float32)  # what training sees (scaled, if configured)
+        return step
+
+    def render(self) -> np.ndarray | None:
+        frames = self.env.render()
+        return None if not frames else np.asarray(frames[0])
 
     def close(self) -> None:
         self.env.close()
+
+
+def _is_mujoco(env_id: str) -> bool:
+    entry = gym.spec(env_id).entry_point
+    return isinstance(entry, str) and entry.startswith("gymnasium.envs.mujoco")
+
+
+def _route_mujoco_warnings() -> None:
+    """MuJoCo prints its warnings and also appends them to MUJOCO_LOG.TXT in the working directory
+    (a stray file in the user's project): send them to Python's warnings instead."""
+    try:
+        import mujoco
+    except ImportError:
+        return  # gymnasium's error, raised when the env is made, says how to install it
+    if hasattr(mujoco, "set_mju_user_warning"):
+        mujoco.set_mju_user_warning(_mujoco_warning)
+
+
+def _mujoco_warning(message: str) -> None:
+    warnings.warn(f"MuJoCo: {message.strip()}", stacklevel=2)
+
+
+def _make_kwargs(env_id: str) -> list[str]:
+    """Keyword arguments ``gymnasium.make`` accepts for ``env_id`` (empty when they cannot be told)."""
+    spec = gym.spec(env_id)
+    try:
+        creator = spec.entry_point
+        if isinstance(creator, str):
+            creator = gym.envs.registration.load_env_creator(creator)
+        params = inspect.signature(creator).parameters.values()
+    except (ImportError, AttributeError, TypeError, ValueError):
+        return []
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return []  # the env takes any keyword: the TypeError came from elsewhere
+    own = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    return own + ["max_episode_steps", "disable_env_checker"]

@@ -8,7 +8,7 @@ import gymnasium as gym
 import torch
 from torch import nn
 
-from auxrl.models.heads import ValueHead, make_policy
+from auxrl.models.heads import SeparateValueHead, ValueHead, make_policy
 from auxrl.models.torsos import Torso, make_torso
 
 
@@ -27,11 +27,14 @@ class Agent(nn.Module):
     PPO heads.
     """
 
-    def __init__(self, torso: Torso, action_space: gym.Space) -> None:
+    def __init__(self, torso: Torso, action_space: gym.Space, value_head: nn.Module | None = None) -> None:
         super().__init__()
         self.torso = torso
         self.heads = nn.ModuleDict(
-            {"policy": make_policy(torso.feature_dim, action_space), "value": ValueHead(torso.feature_dim)}
+            {
+                "policy": make_policy(torso.feature_dim, action_space),
+                "value": value_head if value_head is not None else ValueHead(torso.feature_dim),
+            }
         )
 
     @property
@@ -47,7 +50,13 @@ class Agent(nn.Module):
     ) -> tuple[torch.distributions.Distribution, torch.Tensor, torch.Tensor]:
         """One torso pass -> (action distribution, value, features)."""
         features = self.torso(obs)
-        return self.policy(features), self.value(features), features
+        value = self.value(obs) if self.value.reads_observation else self.value(features)
+        return self.policy(features), value, features
+
+    @torch.no_grad()
+    def get_value(self, obs: torch.Tensor) -> torch.Tensor:
+        """V(obs), through the shared torso or the value head's own network."""
+        return self.value(obs if self.value.reads_observation else self.torso(obs))
 
     @torch.no_grad()
     def act(self, obs: torch.Tensor, deterministic: bool = False) -> ActOutput:
@@ -61,11 +70,19 @@ class Agent(nn.Module):
 
 
 def build_agent(
-    torso_name: str, hidden_sizes: list[int], obs_space: gym.Space, action_space: gym.Space
+    torso_name: str,
+    hidden_sizes: list[int],
+    obs_space: gym.Space,
+    action_space: gym.Space,
+    separate_value: bool = False,
 ) -> Agent:
+    """The torso, a policy head for ``action_space`` and a value head (on the torso's features, or
+    with ``separate_value`` on its own torso of the same kind)."""
     if not isinstance(obs_space, gym.spaces.Box):
         raise ValueError(f"Unsupported observation space {obs_space}: auxrl needs Box observations.")
-    return Agent(make_torso(torso_name, tuple(obs_space.shape), hidden_sizes), action_space)
+    shape = tuple(obs_space.shape)
+    value = SeparateValueHead(make_torso(torso_name, shape, hidden_sizes)) if separate_value else None
+    return Agent(make_torso(torso_name, shape, hidden_sizes), action_space, value)
 
 
 def load_pretrained(agent: Agent, run_dir_or_checkpoint: str, modules: list[str] | None = None) -> list[str]:

@@ -59,12 +59,35 @@ class GaussianPolicy(nn.Module):
 
 
 class ValueHead(nn.Module):
+    """Features -> state value: one linear layer on the shared torso's features."""
+
+    reads_observation = False
+
     def __init__(self, feature_dim: int) -> None:
         super().__init__()
         self.v = layer_init(nn.Linear(feature_dim, 1), std=1.0)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.v(features).squeeze(-1).float()
+
+
+class SeparateValueHead(nn.Module):
+    """Observation -> state value through its own MLP (``model.separate_value``).
+
+    CleanRL's continuous-control agent (after openai/baselines' MuJoCo PPO) gives the critic its
+    own network: the value loss then never moves the features the policy acts on. The policy
+    and the auxiliary heads still share the torso.
+    """
+
+    reads_observation = True
+
+    def __init__(self, torso: nn.Module) -> None:
+        super().__init__()
+        self.torso = torso
+        self.v = layer_init(nn.Linear(torso.feature_dim, 1), std=1.0)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.v(self.torso(obs)).squeeze(-1).float()
 
 
 def make_policy(feature_dim: int, action_space: gym.Space) -> nn.Module:

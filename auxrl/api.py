@@ -1,0 +1,67 @@
+"""The Python API: :func:`train` a config from a script or a notebook, then act with
+``result.agent`` (or :func:`auxrl.load_agent`) and its ``predict(obs, deterministic=True)``. The
+README's "Python API" section has a runnable example (tests/test_readme.py runs it)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from auxrl.config import Config, from_dict, load_config, to_dict
+
+
+def _override_texts(overrides: Sequence[str] | Mapping[str, Any] | None) -> list[str]:
+    if overrides is None:
+        return []
+    if isinstance(overrides, str):
+        raise TypeError(f"overrides: a list of key=value strings or a dict, not the string {overrides!r}")
+    if isinstance(overrides, Mapping):
+        # JSON is YAML: each value is read back exactly as given (numbers, bools, lists, strings).
+        return [f"{key}={json.dumps(value)}" for key, value in overrides.items()]
+    return list(overrides)
+
+
+def train(
+    config: str | Path | Config,
+    overrides: Sequence[str] | Mapping[str, Any] | None = None,
+    run_dir: str | Path | None = None,
+    *,
+    device: str = "auto",
+    verbose: bool = True,
+    resume: bool = False,
+    overwrite: bool = False,
+):
+    """Train an agent and return a :class:`~auxrl.trainer.TrainResult` (``result.agent`` acts).
+
+    :param config: a shipped config's name (``"cartpole"``), a YAML path, or a :class:`Config`.
+    :param overrides: ``["ppo.lr=3e-4", "env.num_envs=4"]`` or ``{"ppo.lr": 3e-4}``, read as on the
+        command line (configuring an ``aux.tasks.NAME`` turns the heads on; another ``env.id``
+        names the run after it).
+    :param run_dir: where the run is written (default ``runs/<name>__<seed>__<time>``).
+    :param device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
+    :param verbose: False: print nothing (no progress, no status lines); warnings still show.
+    :param resume: continue the run in ``run_dir`` from its latest checkpoint.
+    :param overwrite: delete a run already in ``run_dir`` and start anew (e.g. re-running a
+        notebook cell).
+    """
+    from auxrl.trainer import train as _train
+
+    texts = _override_texts(overrides)
+    if isinstance(config, Config):
+        cfg = from_dict(to_dict(config), texts, follow=True)
+    else:
+        cfg = load_config(config, texts)
+    if run_dir is None:
+        run_dir = Path("runs") / f"{cfg.name}__{cfg.seed}__{time.strftime('%Y%m%d-%H%M%S')}"
+    return _train(
+        cfg,
+        run_dir,
+        device=device,
+        progress=verbose,
+        resume=resume,
+        overwrite=overwrite,
+        verbose=verbose,
+    )

@@ -1,0 +1,104 @@
+"""Using a trained agent: load it from a run, act on observations (``auxrl.load_agent``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from auxrl import checkpoint
+from auxrl.config import Config, build
+from auxrl.envs.normalize import NormStats
+from auxrl.models.agent import Agent, build_agent
+
+
+@dataclass
+class TrainedAgent:
+    """A trained policy with everything needed to act as it did in training.
+
+    Get one with :func:`load_agent` (or ``auxrl.train(...).agent``). ``model`` is the torso with
+    the policy and value heads (auxiliary heads are not needed to act), in eval mode on
+    ``device``; ``config`` is the run's config; ``stats`` are its observation statistics when the
+    run normalised observations (``env.normalize_obs``), applied by :meth:`predict`.
+    """
+
+    model: Agent
+    config: Config
+    observation_space: gym.spaces.Box
+    action_space: gym.Space
+    device: torch.device
+    stats: NormStats = field(default_factory=NormStats)
+
+    @torch.no_grad()
+    def predict(self, obs: np.ndarray, deterministic: bool = False) -> np.ndarray:
+        """The action(s) for one observation or a batch of them.
+
+        :param obs: an observation as the env returns it (raw: the run's observation
+            normalisation is applied here), of the env's observation shape, or a batch of them
+            with a leading batch dimension. Atari agents take auxrl's preprocessed frame stacks
+            (4, 84, 84), as ``auxrl.envs.make_envs`` returns them.
+        :param deterministic: the most likely action (the mean of a Gaussian policy) instead of
+            a sample.
+        :return: a numpy action for a single observation (an integer for discrete actions),
+            an array of them for a batch. Continuous actions are clipped to the action space's
+            bounds, as the env does in training.
+        """
+        array = np.asarray(obs)
+        shape = tuple(self.observation_space.shape)
+        if array.shape == shape:
+            single = True
+            array = array[None]
+        elif array.shape[1:] == shape:
+            single = False
+        else:
+            raise ValueError(
+                f"predict: observation of shape {array.shape}, but this agent takes {shape} (or a batch "
+                f"of shape (N, {', '.join(map(str, shape))}))."
+            )
+        if self.config.env.normalize_obs:
+            array = self.stats.normalize_obs(array, self.config.env.clip_obs)
+        dtype = torch.uint8 if self.observation_space.dtype == np.uint8 else torch.float32
+        tensor = torch.as_tensor(np.ascontiguousarray(array)).to(self.device, dtype)
+        action = self.model.act(tensor, deterministic=deterministic).action.cpu().numpy()
+        if isinstance(self.action_space, gym.spaces.Box):
+            action = np.clip(action, self.action_space.low, self.action_space.high)
+        return action[0] if single else action
+
+
+def resolve_device(name: str | torch.device) -> torch.device:
+    """``auto``: CUDA when PyTorch sees a GPU, else the CPU."""
+    if isinstance(name, torch.device):
+        return name
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r}: PyTorch sees no CUDA device here. Use cpu or auto.")
+    return torch.device(name)
+
+
+def load_agent(run_dir_or_checkpoint: str | Path, device: str | torch.device = "auto") -> TrainedAgent:
+    """Load a trained agent from a run directory (its latest checkpoint) or a checkpoint file.
+
+    :param run_dir_or_checkpoint: what ``auxrl train`` wrote (``runs/...``) or one of its
+        ``checkpoints/step_*.pt`` files.
+    :param device: ``auto`` (CUDA if available), ``cpu``, ``cuda`` or ``cuda:N``.
+    """
+    dev = resolve_device(device)
+    saved = checkpoint.load(run_dir_or_checkpoint, dev)
+    cfg = build(Config, saved["config"])
+    obs_space, action_space = saved["spaces"]
+    model = build_agent(
+        cfg.model.torso, cfg.model.hidden_sizes, obs_space, action_space, cfg.model.separate_value
+    )
+    # The run's saved config may include heads this model lacks (auxiliary tasks): keep the
+    # torso and the PPO heads only.
+    state = {
+        k: v for k, v in saved["model"].items() if k.startswith(("torso.", "heads.policy.", "heads.value."))
+    }
+    model.load_state_dict(state)
+    stats = NormStats()
+    stats.load_state_dict(saved.get("normalization") or {})
+    return TrainedAgent(model.to(dev).eval(), cfg, obs_space, action_space, dev, stats)
