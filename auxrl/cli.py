@@ -77,7 +77,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         overrides = list(args.overrides) + ([f"seed={args.seed}"] if args.seed is not None else [])
         cfg = load_config(args.config, overrides)
         run_dir = Path(args.run_dir) if args.run_dir else _default_run_dir(cfg.name, cfg.seed)
-    print(f"Run directory: {run_dir}  (tensorboard --logdir {run_dir})")
+    if args.nproc < 1:
+        raise ValueError(f"--nproc {args.nproc}: give 1 or more processes.")
+    if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        return _launch(args, cfg, run_dir)
+    rank0 = int(os.environ.get("RANK", "0")) == 0
+    if rank0:
+        print(f"Run directory: {run_dir}  (tensorboard --logdir {run_dir})")
     try:
         result = train(
             cfg,
@@ -94,11 +100,39 @@ def cmd_train(args: argparse.Namespace) -> int:
                 f"`auxrl train --resume {run_dir}`."
             ) from None
         raise
+    if not rank0:
+        return 0
     recent = "n/a" if result.recent_return is None else f"{result.recent_return:.2f}"
     print(
         f"Done: {result.global_step:,} steps, {result.episodes} episodes, mean return of the last "
         f"{cfg.log.return_window} episodes {recent}. Checkpoint: {checkpoint.find(run_dir)}"
     )
+    return 0
+
+
+def _launch(args: argparse.Namespace, cfg: Config, run_dir: Path) -> int:
+    """``--nproc N``: check the config and run directory once here, then run ``auxrl train`` in N
+    workers through torch's launcher, all with the same (explicit) run directory."""
+    from auxrl import rundir
+    from auxrl.distributed import WorkerFailed, launch
+
+    rundir.plan(run_dir, resume=bool(args.resume), overwrite=args.overwrite)  # refuse before spawning
+    child = ["train"]
+    if args.resume:
+        child += ["--resume", str(run_dir), *args.overrides]
+        if args.config is not None:
+            child.insert(3, args.config)  # an override argparse put in CONFIG's slot
+    else:
+        child += [args.config, *args.overrides, "--run-dir", str(run_dir)]
+        child += ["--seed", str(args.seed)] if args.seed is not None else []
+    child += ["--device", args.device] + (["--no-progress"] if args.no_progress else [])
+    child += ["--overwrite"] if args.overwrite else []
+    print(f"Run directory: {run_dir}  ({args.nproc} processes; tensorboard --logdir {run_dir})")
+    try:
+        launch(args.nproc, child)
+    except WorkerFailed as err:
+        print(f"auxrl train: error: {err}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -265,6 +299,14 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its latest checkpoint")
     p.add_argument("--overwrite", action="store_true", help="delete the run already in --run-dir, start anew")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (plain status lines)")
+    p.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        metavar="N",
+        help="train with N local processes (torch.distributed; env.num_envs is per process, "
+        "ppo.total_steps counts all). Several machines: torchrun ... -m auxrl train ...",
+    )
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser(

@@ -69,6 +69,22 @@ class Logger:
             self.mirror.close()
 
 
+class NullLogger(Logger):
+    """What ranks other than 0 of a multi-process run log: nothing (rank 0 logs for all)."""
+
+    def __init__(self) -> None:
+        super().__init__(Path("."))
+
+    def scalar(self, tag: str, value: float, step: int) -> None:
+        pass
+
+    def scalars(self, values: dict[str, float], step: int) -> None:
+        pass
+
+    def text(self, tag: str, text: str, step: int = 0) -> None:
+        pass
+
+
 class Progress:
     """A rich progress bar (steps, SPS, recent return, ETA), or periodic lines when not a TTY.
 

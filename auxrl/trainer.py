@@ -28,8 +28,9 @@ from auxrl import checkpoint, rundir
 from auxrl.balance import Balancer
 from auxrl.config import AuxConfig, AuxTaskConfig, Config, ConfigError, flatten_dotted, save_config, to_dict
 from auxrl.curriculum import Stage, plan_stages
+from auxrl.distributed import Dist, weights_checksum
 from auxrl.envs import NormStats, VecEnv, make_envs
-from auxrl.logger import Logger, Progress
+from auxrl.logger import Logger, NullLogger, Progress
 from auxrl.models.agent import Agent, build_agent, freeze, load_pretrained
 from auxrl.perf import autocast, check_bf16, set_torch_threads, torch_threads, try_compile
 from auxrl.ppo.loss import explained_variance
@@ -272,10 +273,15 @@ def train(
     prints status lines instead of a progress bar; ``verbose=False`` prints nothing (warnings
     still go to stderr). :func:`auxrl.train` is the notebook-friendly front end.
     """
-    say = print if verbose else _silent
+    dist = Dist.from_env(device)  # one process unless started by torchrun / --nproc
+    main = dist.is_main  # rank 0 alone writes the run directory, the logs and the console
+    say = print if verbose and main else _silent
     run_dir = Path(run_dir)
-    start = rundir.plan(run_dir, resume=resume, overwrite=overwrite)
-    dev = resolve_device(device)
+    if main:
+        start = rundir.plan(run_dir, resume=resume, overwrite=overwrite)
+    else:  # rank 0 decides and prepares the directory; the others only read a checkpoint
+        start = "resume" if resume and checkpoint.candidates(run_dir) else "fresh"
+    dev = dist.device(resolve_device(device))
     seed_everything(cfg.seed, cfg.torch_deterministic)
     stages = plan_stages(cfg)
     state = TrainState()
@@ -287,7 +293,7 @@ def train(
     norm_stats = NormStats(gamma=cfg.ppo.gamma)
     if saved is not None:
         norm_stats.load_state_dict(saved.get("normalization") or {})
-    if cfg.log.wandb:
+    if cfg.log.wandb and main:
         from auxrl.tracking import check_wandb
 
         check_wandb()  # before anything is written
@@ -326,6 +332,11 @@ def train(
         if "balancer" in saved:
             balancer.load_state_dict(saved["balancer"], dev)
         say(f"Resumed {run_dir} at step {state.global_step:,} (stage {stages[state.stage].name})")
+    if dist.enabled:
+        # Same weights everywhere (built from cfg.seed); each rank its own action sampling.
+        # Re-derived from the step on resume, so a run can resume with another number of ranks.
+        seed_everything(cfg.seed + dist.rank + state.global_step, cfg.torch_deterministic)
+        say(f"Distributed: {dist.world_size} processes, {cfg.env.num_envs} envs each")
     if frozen:
         say(f"Frozen: {', '.join(frozen)}")
     threads = torch_threads(cfg)
@@ -333,27 +344,49 @@ def train(
 
     # The directory is created, locked and cleared only now: a start-up error above leaves it as it
     # was (or absent), and a failed resume leaves the run's own config.yaml in place.
-    claimed, notes = rundir.claim(run_dir, start)
+    claimed, notes = rundir.claim(run_dir, start) if main else (None, [])
     for note in notes:
         say(note)
-    save_config(cfg, run_dir / "config.yaml")
+    if main:
+        save_config(cfg, run_dir / "config.yaml")
 
     # Events up to the checkpoint step are kept; later ones (written before a crash) are purged.
     mirror = None
-    if cfg.log.wandb:
+    if cfg.log.wandb and main:
         from auxrl.tracking import WandbMirror
 
         mirror = WandbMirror(cfg.log, run_dir, to_dict(cfg), resumed=saved is not None)
-    logger = Logger(
-        run_dir, cfg.log.flush_secs, purge_step=state.global_step + 1 if saved else None, mirror=mirror
+    logger = (
+        Logger(
+            run_dir, cfg.log.flush_secs, purge_step=state.global_step + 1 if saved else None, mirror=mirror
+        )
+        if main
+        else NullLogger()
     )
     if saved is None:
         logger.text("config", "```\n" + yaml.safe_dump(to_dict(cfg), sort_keys=False) + "\n```")
     bar = Progress(
-        cfg.ppo.total_steps, state.global_step, progress, cfg.log.print_every_secs, quiet=not verbose
+        cfg.ppo.total_steps,
+        state.global_step,
+        progress,
+        cfg.log.print_every_secs,
+        quiet=not (verbose and main),
     )
 
-    def save() -> None:
+    def save(collective: bool = True) -> None:
+        extra = {}
+        if dist.enabled and collective:  # every rank calls this; rank 0 writes
+            ranks = dist.gather([(weights_checksum(agent), session.local_episodes)])
+            checksums = [c for c, _ in ranks]
+            if len(set(checksums)) > 1:
+                raise RuntimeError(f"The ranks' weights differ (checksums {checksums}): not saving.")
+            extra["distributed"] = {
+                "world_size": dist.world_size,
+                "checksums": checksums,
+                "episodes_per_rank": [n for _, n in ranks],
+            }
+        if not main:
+            return
         logger.flush()  # every event up to this step is on disk before the checkpoint says so
         checkpoint.save(
             run_dir,
@@ -367,6 +400,7 @@ def train(
                 "config": to_dict(cfg),
                 "spaces": spaces,
                 "normalization": norm_stats.state_dict(),
+                **extra,
             },
             state.global_step,
             cfg.log.keep_checkpoints,
@@ -384,7 +418,8 @@ def train(
         save,
         balancer,
         next_checkpoint=_next_multiple(state.global_step, cfg.log.checkpoint_every),
-        resume_aux_rng=saved.get("aux_rng") if saved is not None else None,
+        resume_aux_rng=saved.get("aux_rng") if saved is not None and not dist.enabled else None,
+        dist=dist,
     )
     envs: VecEnv | None = first_envs
     restore_threads = set_torch_threads(threads)  # the caller's count comes back in the finally below
@@ -409,7 +444,7 @@ def train(
         bar.log(
             f"Interrupted in update {state.update + 1} at env step {state.global_step:,}: saving a checkpoint"
         )
-        save()  # stopping by hand loses nothing: resume with --resume
+        save(collective=False)  # stopping by hand loses nothing: resume with --resume
         bar.log(
             f"Interrupted: saved a checkpoint at step {state.global_step:,}; continue with --resume {run_dir}"
         )
@@ -419,8 +454,10 @@ def train(
             envs.close()
         bar.close()
         logger.close()
-        claimed.release()
+        if claimed is not None:
+            claimed.release()
         restore_threads()
+        dist.close()
     recent = state.stage_returns[-cfg.log.return_window :]
     return TrainResult(
         run_dir,
@@ -479,6 +516,8 @@ class _Session:
     next_checkpoint: int
     resume_aux_rng: torch.Tensor | None = None  # the aux sampler's state in the resumed stage
     aux: AuxTasks | None = None  # the current stage's tasks
+    dist: Dist = field(default_factory=Dist)
+    local_episodes: int = 0  # episodes this process played (all ranks': state.episodes)
     start_time: float = field(default_factory=time.monotonic)
     start_step: int = field(init=False)
 
@@ -507,7 +546,8 @@ def _run_stage(cfg: Config, stage: Stage, envs: VecEnv, session: _Session) -> st
         torch.long if isinstance(envs.single_action_space, gym.spaces.Discrete) else torch.float32,
         dev,
     )
-    aux = AuxTasks(stage_tasks(agent, stage), scfg.aux, storage, cfg.seed + stage.index)
+    dist = session.dist
+    aux = AuxTasks(stage_tasks(agent, stage), scfg.aux, storage, cfg.seed + stage.index + 1000 * dist.rank)
     session.aux = aux
     if session.resume_aux_rng is not None:  # resumed mid-stage: continue the same sample stream
         aux.set_rng_state(session.resume_aux_rng)
@@ -519,24 +559,36 @@ def _run_stage(cfg: Config, stage: Stage, envs: VecEnv, session: _Session) -> st
             if name not in before:
                 task.on_torso_loaded()
     # A fresh env per (re)start: resumed runs start new episodes, counted from the saved step.
-    storage.next_obs.copy_(
-        torch.from_numpy(envs.reset(seed=cfg.seed + 1000 * stage.index + state.global_step))
-    )
+    # Env j of rank r is seeded with seed + r * num_envs + j (plus the stage and step offsets).
+    reset_seed = cfg.seed + 1000 * stage.index + state.global_step + dist.rank * envs.num_envs
+    storage.next_obs.copy_(torch.from_numpy(envs.reset(seed=reset_seed)))
     window = cfg.log.return_window
+    finished: list[tuple[float, float, int]] = []  # (return, length, rollout step) of this process
 
     def on_episodes(returns: np.ndarray, lengths: np.ndarray, steps_taken: int) -> None:
-        step = state.global_step + steps_taken  # the env step at which these games ended
-        for ret, length in zip(returns, lengths, strict=True):
+        t = steps_taken // storage.num_envs  # rollout steps done when these games ended
+        finished.extend((float(r), float(n), t) for r, n in zip(returns, lengths, strict=True))
+        session.local_episodes += len(returns)
+
+    def record_episodes() -> None:
+        """Log every process's finished games (gathered to every rank, so that promotion and
+        the recent return agree everywhere) at the env step at which each one ended."""
+        games = sorted(dist.gather(finished), key=lambda game: game[2])  # by step, then rank
+        finished.clear()
+        per_step = storage.num_envs * dist.world_size  # env steps of all ranks per rollout step
+        for i, (ret, length, t) in enumerate(games):
+            step = state.global_step + t * per_step
             logger.scalar("charts/episodic_return", ret, step)
             logger.scalar("charts/episodic_length", length, step)
             if len(cfg.curriculum.stages):
                 logger.scalar(f"curriculum/{stage.name}/episodic_return", ret, step)
-            state.stage_returns.append(float(ret))
+            state.stage_returns.append(ret)
             state.episodes += 1
-        state.stage_returns[:] = state.stage_returns[-max(window, stage.window) :]
-        if len(state.stage_returns) >= window:
-            recent = float(np.mean(state.stage_returns[-window:]))
-            state.best_recent_return = max(recent, state.best_recent_return or -math.inf)
+            if i + 1 == len(games) or games[i + 1][2] != t:  # after each step's games, as they ended
+                state.stage_returns[:] = state.stage_returns[-max(window, stage.window) :]
+                if len(state.stage_returns) >= window:
+                    recent = float(np.mean(state.stage_returns[-window:]))
+                    state.best_recent_return = max(recent, state.best_recent_return or -math.inf)
 
     if state.global_step == state.stage_start_step and cfg.curriculum.stages:  # a stage starts now
         logger.scalar("curriculum/stage", state.stage, state.global_step)
@@ -558,7 +610,8 @@ def _run_stage(cfg: Config, stage: Stage, envs: VecEnv, session: _Session) -> st
             collect_rollout(envs, agent, storage, on_episodes)
             with torch.no_grad():
                 next_value = agent.get_value(storage.next_obs).float()
-        state.global_step += storage.num_steps * storage.num_envs
+        record_episodes()
+        state.global_step += storage.num_steps * storage.num_envs * dist.world_size
         storage.finish(next_value, scfg.ppo.gamma, scfg.ppo.gae_lambda)
         aux.add_rollout(storage)
 
@@ -576,6 +629,7 @@ def _run_stage(cfg: Config, stage: Stage, envs: VecEnv, session: _Session) -> st
                 session.balancer,
                 session.trainable,
                 state.global_step,
+                dist,
             )
         if state.update % scfg.aux.diagnostics_every:  # logging throttle for the per-task diagnostics
             metrics = {k: v for k, v in metrics.items() if not k.endswith(("grad_cosine", "ratio", "/scale"))}

@@ -49,6 +49,7 @@ import numpy as np
 HEADS = ("reward_prediction", "pixel_control", "next_state")
 # The fast-path switches, each measured on top of all heads (kept only where they pay).
 FAST_PATH = {
+    "ppo+compile": ["perf.compile=true"],  # PPO alone, compiled (the others: all heads + a switch)
     "all_heads+groups2": ["env.groups=2"],
     "all_heads+compile": ["perf.compile=true"],
     "all_heads+bf16": ["perf.bf16=true"],
@@ -193,7 +194,8 @@ def variant_overrides(variant: str, task_names: list[str]) -> list[str]:
     if variant == "ppo":
         return ["aux.enabled=false"]
     if variant in FAST_PATH:
-        return variant_overrides("all_heads", task_names) + FAST_PATH[variant]
+        base = "ppo" if variant.startswith("ppo") else "all_heads"
+        return variant_overrides(base, task_names) + FAST_PATH[variant]
     if variant in BALANCE:
         return variant_overrides("all_heads", task_names) + BALANCE[variant]
     keep = set(HEADS) if variant == "all_heads" else {variant}
@@ -285,9 +287,30 @@ def run_training(config: str, overrides: list[str], device: str, label: str, wor
     )
 
 
-def run_baseline(args: argparse.Namespace, workdir: Path) -> Row:
-    """The ``all_heads`` row of commit ``args.baseline_ref``: its own throughput.py, run from a
-    temporary git worktree in a subprocess (its auxrl first on the path), same settings."""
+def run_nproc(args: argparse.Namespace, nproc: int, workdir: Path) -> Row:
+    """PPO (no heads) through ``auxrl train --nproc N`` in a subprocess: ``args.steps`` env steps of
+    all processes together, ``args.num_envs`` envs in each; steady SPS from rank 0's events."""
+    import subprocess
+
+    run_dir = workdir / f"nproc{nproc}"
+    overrides = base_overrides(args, args.steps) + variant_overrides("ppo", [])
+    cmd = [sys.executable, "-m", "auxrl", "train", args.config, *overrides]
+    cmd += ["--run-dir", str(run_dir), "--nproc", str(nproc), "--no-progress", "--device", args.device]
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, cwd=REPO_ROOT, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+    wall = time.perf_counter() - t0
+    from auxrl import checkpoint
+
+    steps = int(checkpoint.load(run_dir)["state"]["global_step"])
+    steady = steady_sps(run_dir)
+    note = f"{nproc} process(es) x {args.num_envs} envs; torchrun sets OMP_NUM_THREADS=1 per worker"
+    return Row(f"ppo --nproc {nproc}", steps, steady or steps / wall, steps / wall, wall, note=note)
+
+
+def run_baseline(args: argparse.Namespace, workdir: Path) -> list[Row]:
+    """Rows of an earlier commit (``args.baseline_ref``): each of ``args.baseline_variants`` is an
+    ``auxrl train`` of that commit's code, from a temporary git worktree, in a subprocess, with the
+    same overrides as this run's rows; steady SPS from its events."""
     import subprocess
 
     tree = workdir / "baseline"
@@ -296,30 +319,29 @@ def run_baseline(args: argparse.Namespace, workdir: Path) -> Row:
         check=True,
         capture_output=True,
     )
+    rows = []
     try:
-        out = workdir / "baseline-out"
-        cmd = [
-            sys.executable,
-            str(tree / "benchmarks" / "throughput.py"),
-            f"--config={args.config}",
-            f"--steps={args.steps}",
-            f"--num-envs={args.num_envs}",
-            f"--device={args.device}",
-            "--variants=all_heads",
-            "--warmup-steps=0",  # this process is warm already
-            f"--out-dir={out}",
-        ]
-        env = {**os.environ, "PYTHONPATH": str(tree)}
-        subprocess.run(cmd, check=True, env=env, cwd=tree)
-        (result,) = out.glob("*.json")
-        data = json.loads(result.read_text())
-        row = Row(**{**data["rows"][0], "variant": f"all_heads@{args.baseline_ref}"})
-        row.note = (
-            f"summed backward, one shared clip; auxrl from {data['metadata']['versions']['auxrl_path']}"
-        )
-        return row
+        for variant in args.baseline_variants:
+            label = f"{variant}@{args.baseline_ref}"
+            print(f"[throughput] {label} ...", flush=True)
+            run_dir = workdir / f"baseline-{variant}"
+            overrides = base_overrides(args, args.steps) + variant_overrides(variant, list(HEADS))
+            cmd = [sys.executable, "-m", "auxrl.cli", "train", args.config, *overrides]
+            cmd += ["--run-dir", str(run_dir), "--no-progress", "--device", args.device]
+            t0 = time.perf_counter()
+            try:
+                subprocess.run(cmd, check=True, cwd=tree, env={**os.environ, "PYTHONPATH": str(tree)})
+            except subprocess.CalledProcessError as err:
+                rows.append(Row(label, error=f"exit code {err.returncode}"))
+                continue
+            wall = time.perf_counter() - t0
+            steady = steady_sps(run_dir)
+            steps = args.steps  # the old code may overshoot by part of a rollout; SPS is what counts
+            rows.append(Row(label, steps, steady, steps / wall, wall, note=f"auxrl at {args.baseline_ref}"))
+            print(f"[throughput] {label}: {_fmt(steady)} SPS steady", flush=True)
     finally:
         subprocess.run(["git", "-C", str(REPO_ROOT), "worktree", "remove", "--force", str(tree)], check=False)
+    return rows
 
 
 def sb3_available() -> bool:
@@ -415,6 +437,11 @@ def ratios(rows: list[Row]) -> dict[str, float]:
             out[f"{variant}/ppo"] = sps[variant] / sps["ppo"]
     if "ppo" in sps and "sb3" in sps:
         out["ppo/sb3"] = sps["ppo"] / sps["sb3"]
+    # Like with like: the heads' cost when compiled, and the same pairs at the baseline commit.
+    for suffix in ("", *{"@" + v.split("@", 1)[1] for v in sps if "@" in v}):
+        for heads, ppo in (("all_heads", "ppo"), ("all_heads+compile", "ppo+compile")):
+            if heads + suffix in sps and ppo + suffix in sps:
+                out[f"{heads}{suffix}/{ppo}{suffix}"] = sps[heads + suffix] / sps[ppo + suffix]
     return out
 
 
@@ -514,10 +541,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="measure Stable-Baselines3 PPO as a peer (default: when stable_baselines3 is importable)",
     )
     parser.add_argument(
+        "--nproc",
+        type=int,
+        nargs="+",
+        default=[],
+        metavar="N",
+        help="also measure PPO with N processes (auxrl train --nproc N; env.num_envs per process), "
+        "one row per N, e.g. --nproc 1 2",
+    )
+    parser.add_argument(
         "--baseline-ref",
         metavar="GIT_REF",
         help="also measure the all_heads row of an earlier commit (e.g. the summed-backward learner "
         "before per-task gradients), from a temporary git worktree, in this same run",
+    )
+    parser.add_argument(
+        "--baseline-variants",
+        default="ppo,ppo+compile,all_heads,all_heads+compile",
+        help="variants measured at --baseline-ref (comma-separated)",
     )
     parser.add_argument(
         "--warmup-steps",
@@ -532,6 +573,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if unknown:
         parser.error(f"--variants: unknown {', '.join(unknown)}; choose from {', '.join(ALL_VARIANTS)}")
     args.variants = variants
+    args.baseline_variants = [v.strip() for v in args.baseline_variants.split(",") if v.strip()]
     if args.steps < 1 or args.num_envs < 1:
         parser.error("--steps and --num-envs must be >= 1")
     return args
@@ -593,9 +635,11 @@ def main(argv: list[str] | None = None) -> int:
             measure = functools.partial(run_training, args.config, overrides, args.device, variant, workdir)
             record(variant, measure)
 
+        for n in args.nproc:
+            record(f"ppo --nproc {n}", functools.partial(run_nproc, args, n, workdir))
+
         if args.baseline_ref:
-            label = f"all_heads@{args.baseline_ref}"
-            record(label, lambda: run_baseline(args, workdir))
+            rows.extend(run_baseline(args, workdir))
 
         if "sb3" in args.variants:
             wanted = args.sb3 if args.sb3 is not None else sb3_available()

@@ -11,10 +11,13 @@ An auxiliary task is one ``nn.Module`` (its head plus its loss) in one file:
 - ``loss(seq, encode)``: a scalar loss and optional metrics, from :class:`Sequences` and the
   shared torso ``encode`` (call it on observations to get features with gradients);
 - optionally ``after_update()``, called after every optimizer step (e.g. EMA targets), and
-  ``on_torso_loaded()``, called when ``model.init_from`` replaced the torso's weights.
+  ``on_torso_loaded()``, called when the torso changed without the task seeing it
+  (``model.init_from`` replaced its weights, or the task joins in a later curriculum stage).
 
-The learner samples the sequences, calls ``loss``, and adds ``weight * loss`` to PPO's loss. A
-task never reaches into the env or the learner.
+The learner samples the sequences, calls ``loss``, and takes the gradient of ``weight * loss``:
+on the task's own parameters it is clipped to ``aux.max_grad_norm``; on the shared torso it goes
+through the balancer (auxrl/balance.py) and is added to PPO's. A task never reaches into the env
+or the learner.
 """
 
 from __future__ import annotations
@@ -114,7 +117,8 @@ class AuxTask(nn.Module):
         """Called after each optimizer step."""
 
     def on_torso_loaded(self) -> None:
-        """Called after the shared torso's weights were replaced (``model.init_from``)."""
+        """Called when the shared torso changed without this task (``model.init_from``, or the
+        task becomes active in a later curriculum stage): e.g. sync a target copy of it."""
 
 
 def require_images(task: str, ctx: TaskContext) -> tuple[int, int, int]:

@@ -1,0 +1,113 @@
+"""Two processes on the CPU (gloo): identical weights, every rank's games logged, resume, failure."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from auxrl import checkpoint
+from auxrl.plot import read_scalars
+from auxrl.tasks.base import AuxOutput, AuxTask, Needs, Sequences, TaskContext
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class FailingTask(AuxTask):
+    """An inverse-dynamics head whose rank 1 raises once ``AUXRL_TEST_FAIL_AFTER`` losses ran."""
+
+    name = "failing"
+    needs = Needs(sequence_length=1, replay=True)
+
+    def __init__(self, cfg, ctx: TaskContext) -> None:
+        super().__init__(cfg, ctx)
+        self.head = nn.Linear(2 * ctx.feature_dim, int(ctx.action_space.n))
+        self.calls = 0
+
+    def loss(self, seq: Sequences, encode) -> AuxOutput:
+        self.calls += 1
+        fail_after = int(os.environ.get("AUXRL_TEST_FAIL_AFTER", "0"))
+        if fail_after and os.environ.get("RANK") == "1" and self.calls > fail_after:
+            raise RuntimeError("simulated worker crash")
+        features = encode(seq.obs.flatten(0, 1)).reshape(seq.obs.shape[0], -1)
+        return AuxOutput(F.cross_entropy(self.head(features), seq.actions[:, 0].long()))
+
+
+def _train(*args: str, fail_after: int = 0) -> subprocess.CompletedProcess:
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+        "OMP_NUM_THREADS": "1",
+        "AUXRL_TEST_FAIL_AFTER": str(fail_after),
+    }
+    cmd = [sys.executable, "-m", "auxrl", "train", *args, "--nproc", "2", "--no-progress", "--device", "cpu"]
+    return subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+TASK = [
+    "aux.enabled=true",
+    "aux.tasks.failing.type=tests.test_distributed:FailingTask",
+    "aux.tasks.failing.weight=0.5",
+    "ppo.update_epochs=4",
+    "log.checkpoint_every=512",
+]
+
+
+def test_two_ranks_stay_identical_log_all_games_and_resume(tmp_path):
+    run = tmp_path / "run"
+    # 8 envs x 32 steps per rank and update: 512 env steps per update for both ranks together.
+    done = _train("cartpole", "ppo.total_steps=2048", *TASK, "--run-dir", str(run))
+    assert done.returncode == 0, done.stderr[-3000:]
+    saved = checkpoint.load(run)
+    info = saved["distributed"]
+    assert saved["state"]["global_step"] == 2048 and info["world_size"] == 2
+    assert info["checksums"][0] == info["checksums"][1]  # weights identical on both ranks
+    steps, returns = read_scalars(run, "charts/episodic_return")
+    assert min(info["episodes_per_rank"]) > 0  # both ranks played games ...
+    assert len(returns) == sum(info["episodes_per_rank"]) == saved["state"]["episodes"]  # ... all logged
+    assert "aux/failing/loss" in {t for t in _tags(run)}
+
+    resumed = _train("--resume", str(run), "ppo.total_steps=3072")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    saved = checkpoint.load(run)
+    assert saved["state"]["global_step"] == 3072
+    assert saved["distributed"]["checksums"][0] == saved["distributed"]["checksums"][1]
+    steps, _ = read_scalars(run, "charts/SPS")
+    assert list(steps) == list(range(512, 3073, 512))  # one curve, no step twice
+
+
+def test_a_dead_worker_stops_the_run_and_the_last_checkpoint_resumes(tmp_path):
+    run = tmp_path / "run"
+    # Rank 1 dies in its 3rd update (4 aux losses per update), after the checkpoint at 1024.
+    failed = _train("cartpole", "ppo.total_steps=2048", *TASK, "--run-dir", str(run), fail_after=9)
+    assert failed.returncode == 1
+    assert "worker rank 1 of 2 exited" in failed.stderr and "--resume" in failed.stderr
+    assert checkpoint.load(run)["state"]["global_step"] == 1024
+    resumed = _train("--resume", str(run))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert checkpoint.load(run)["state"]["global_step"] == 2048
+
+
+def _tags(run: Path) -> list[str]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run), size_guidance={"scalars": 0})
+    acc.Reload()
+    return acc.Tags()["scalars"]
+
+
+def test_single_process_has_no_process_group():
+    from auxrl.distributed import Dist
+
+    dist = Dist.from_env()
+    assert not dist.enabled and dist.is_main
+    grad = torch.ones(3)
+    p = nn.Parameter(torch.zeros(3))
+    p.grad = grad
+    dist.average_gradients([p])
+    assert p.grad is grad  # untouched: no copy, no collective
