@@ -11,9 +11,10 @@ Semantics (as CleanRL's ``ppo_atari_multigpu.py``):
   actions and aux windows from RNG streams seeded ``seed + rank``; the model starts from the same
   weights everywhere (built from ``seed``);
 - ``ppo.total_steps`` counts the env steps of all ranks;
-- every rank computes its PPO and (balanced) aux gradients on its own data; then one flattened
-  all-reduce averages them, and every rank takes the same optimizer step, so the weights stay
-  identical;
+- every rank computes PPO's and each head's gradients on its own data; one flattened all-reduce
+  averages them; then PPO's clip and the balancer run on the averages, identically on every rank
+  (CleanRL averages, then clips), and every rank takes the same optimizer step, so the weights
+  stay identical;
 - the finished episodes of every rank are gathered after each rollout, so the logs, the LR
   schedule, curriculum promotion and stopping are the same on every rank;
 - rank 0 alone writes TensorBoard, checkpoints, the config and the progress bar.
@@ -69,20 +70,18 @@ class Dist:
             return torch.device("cuda", self.local_rank % torch.cuda.device_count())
         return device
 
-    def average_gradients(self, params: list[nn.Parameter]) -> None:
-        """Average ``p.grad`` over ranks with one flattened all-reduce.
+    def average_(self, tensors: list[torch.Tensor]) -> None:
+        """Average ``tensors`` (gradients) over ranks in place, with one flattened all-reduce.
 
-        Parameters without a gradient (a head not run this minibatch) are left out: every rank
-        runs the same heads, so the same ones are missing everywhere.
+        Every rank passes the same list (same heads run everywhere, so the same shapes).
         """
-        params = [p for p in params if p.grad is not None]
-        if not self.enabled or not params:
+        if not self.enabled or not tensors:
             return
-        flat = torch.cat([p.grad.reshape(-1) for p in params])
+        flat = torch.cat([t.reshape(-1) for t in tensors])
         torch_dist.all_reduce(flat, op=torch_dist.ReduceOp.SUM)
         flat /= self.world_size
-        for p, g in zip(params, flat.split([p.numel() for p in params]), strict=True):
-            p.grad = g.view_as(p)
+        for t, avg in zip(tensors, flat.split([t.numel() for t in tensors]), strict=True):
+            t.copy_(avg.view_as(t))
 
     def mean(self, value: torch.Tensor) -> torch.Tensor:
         """The mean of a tensor over ranks (e.g. approx_kl, so early stopping agrees)."""
@@ -112,6 +111,7 @@ def launch(nproc: int, argv: list[str]) -> None:
     A worker that fails takes the others down (the launcher's rule); the error then names the
     first failed rank and its exit code, and the run's last checkpoint resumes.
     """
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
 
@@ -120,6 +120,8 @@ def launch(nproc: int, argv: list[str]) -> None:
     )
     try:
         run(args)
+    except SignalException:  # Ctrl-C or a kill: the workers were stopped; the last checkpoint resumes
+        raise KeyboardInterrupt from None
     except ChildFailedError as err:
         rank, failure = err.get_first_failure()
         raise WorkerFailed(

@@ -103,10 +103,15 @@ def try_compile(torso: nn.Module, sample_obs: torch.Tensor) -> bool:
         return False
 
 
-def autocast(enabled: bool, device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA when enabled, else a no-op context."""
+def autocast(enabled: bool, device: torch.device, cache: bool = True) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA when enabled, else a no-op context.
+
+    ``cache=False`` around the update: autocast keeps the bf16 copy of each weight for the whole
+    block, and optimizer steps inside it would otherwise leave later minibatches running on the
+    weights of the first one.
+    """
     if enabled and device.type == "cuda":
-        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16, cache_enabled=cache)
     return contextlib.nullcontext()
 
 

@@ -126,6 +126,8 @@ def claim(run_dir: str | Path, start: Start) -> tuple[Claim, list[str]]:
     notes = []
     try:
         found = contents(run_dir)  # again, now that no other process can change it
+        if start == "fresh" and found.holds_run:  # another process started a run here meanwhile
+            raise ValueError(f"{run_dir} now holds a run: continue it with --resume {run_dir}.")
         if start in ("restart", "overwrite"):
             if start == "restart" and found.checkpoints:  # another process got one in meanwhile
                 raise ValueError(f"{run_dir} now holds a checkpoint: continue it with --resume {run_dir}.")

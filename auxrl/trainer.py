@@ -13,6 +13,7 @@ import functools
 import math
 import random
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -373,9 +374,9 @@ def train(
         quiet=not (verbose and main),
     )
 
-    def save(collective: bool = True) -> None:
+    def save() -> None:
         extra = {}
-        if dist.enabled and collective:  # every rank calls this; rank 0 writes
+        if dist.enabled:  # every rank calls this; rank 0 writes
             ranks = dist.gather([(weights_checksum(agent), session.local_episodes)])
             checksums = [c for c, _ in ranks]
             if len(set(checksums)) > 1:
@@ -441,10 +442,13 @@ def train(
             state.stage_returns = []
         save()
     except KeyboardInterrupt:
+        if dist.enabled:  # ranks may be in different collectives: the last periodic checkpoint resumes
+            bar.log(f"Interrupted at env step {state.global_step:,}; continue with --resume {run_dir}")
+            raise
         bar.log(
             f"Interrupted in update {state.update + 1} at env step {state.global_step:,}: saving a checkpoint"
         )
-        save(collective=False)  # stopping by hand loses nothing: resume with --resume
+        save()  # stopping by hand loses nothing: resume with --resume
         bar.log(
             f"Interrupted: saved a checkpoint at step {state.global_step:,}; continue with --resume {run_dir}"
         )
@@ -547,12 +551,18 @@ def _run_stage(cfg: Config, stage: Stage, envs: VecEnv, session: _Session) -> st
         dev,
     )
     dist = session.dist
-    aux = AuxTasks(stage_tasks(agent, stage), scfg.aux, storage, cfg.seed + stage.index + 1000 * dist.rank)
+    # Several processes: a stream per rank, re-derived from the step on resume (see distributed.py).
+    aux_seed = cfg.seed + stage.index + (1000 * dist.rank + state.global_step if dist.enabled else 0)
+    aux = AuxTasks(stage_tasks(agent, stage), scfg.aux, storage, aux_seed)
     session.aux = aux
+    session.balancer.cfg = scfg.aux.balance  # a stage may change the method (its state carries over)
     if session.resume_aux_rng is not None:  # resumed mid-stage: continue the same sample stream
-        aux.set_rng_state(session.resume_aux_rng)
+        if not aux.set_rng_state(session.resume_aux_rng):
+            warnings.warn(
+                "The aux sampler's saved state is from another device: it starts afresh.", stacklevel=1
+            )
         session.resume_aux_rng = None
-    elif stage.index > 0 and state.global_step == state.stage_start_step:
+    if stage.index > 0 and state.global_step == state.stage_start_step:
         # Tasks that start in this stage have not seen the torso move: sync their targets first.
         before = set(enabled_tasks(plan_stages(cfg)[stage.index - 1].cfg.aux))
         for name, task in aux.tasks.items():
@@ -588,7 +598,8 @@ def _run_stage(cfg: Config, stage: Stage, envs: VecEnv, session: _Session) -> st
                 state.stage_returns[:] = state.stage_returns[-max(window, stage.window) :]
                 if len(state.stage_returns) >= window:
                     recent = float(np.mean(state.stage_returns[-window:]))
-                    state.best_recent_return = max(recent, state.best_recent_return or -math.inf)
+                    best = state.best_recent_return
+                    state.best_recent_return = recent if best is None else max(recent, best)
 
     if state.global_step == state.stage_start_step and cfg.curriculum.stages:  # a stage starts now
         logger.scalar("curriculum/stage", state.stage, state.global_step)
@@ -617,7 +628,7 @@ def _run_stage(cfg: Config, stage: Stage, envs: VecEnv, session: _Session) -> st
 
         agent.train()
         weights = aux.current_weights(state.global_step) if aux else {}
-        with autocast(bf16, dev):
+        with autocast(bf16, dev, cache=False):  # weights change inside: no cached bf16 copies
             metrics = ppo_update(
                 scfg.ppo,
                 scfg.aux,

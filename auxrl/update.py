@@ -105,23 +105,29 @@ def set_gradients(
     balancer: Balancer,
     max_grad_norm: float,
     aux_max_grad_norm: float | None,
+    dist: Dist | None = None,
 ) -> dict[str, torch.Tensor]:
     """Steps 1-4 above: fill ``p.grad`` of every parameter that gets one; returns diagnostics.
 
-    ``aux_losses`` are already multiplied by their weights. Diagnostics (device tensors):
-    ``losses/grad_norm`` (PPO's, before its clip), ``losses/clip_factor``, and per task
-    ``grad_cosine`` and ``grad_norm_ratio`` (its weighted torso gradient against PPO's, before
-    balancing) and ``scale`` (what the balancer multiplied it by).
+    ``aux_losses`` are already multiplied by their weights. With ``dist`` (several processes)
+    every raw gradient is averaged over the ranks first, in one flattened all-reduce, so the clip
+    and the balancer see the gradient of all ranks' data (as CleanRL averages, then clips) and
+    decide identically everywhere. Diagnostics (device tensors): ``losses/grad_norm`` (PPO's,
+    before its clip), ``losses/clip_factor``, and per task ``grad_cosine`` and
+    ``grad_norm_ratio`` (its weighted torso gradient against PPO's, before balancing),
+    ``scale`` (what the balancer multiplied it by) and ``head_grad_norm``.
     """
     n_torso = len(params.torso)
     ppo_grads = _grads(ppo_total, params.ppo)
+    task_grads = {name: _grads(loss, params.torso + params.tasks[name]) for name, loss in aux_losses.items()}
+    if dist is not None:
+        dist.average_([*ppo_grads, *(g for grads in task_grads.values() for g in grads)])
     grad_norm, clip = _clip_(ppo_grads, max_grad_norm, ppo_total.device)
     out = {"losses/grad_norm": grad_norm, "losses/clip_factor": clip}
     heads: list[tuple[list[nn.Parameter], list[torch.Tensor]]] = [(params.ppo_heads, ppo_grads[n_torso:])]
     aux_torso: dict[str, torch.Tensor] = {}
-    for name, loss in aux_losses.items():
-        grads = _grads(loss, params.torso + params.tasks[name])
-        head_norm, _ = _clip_(grads[n_torso:], aux_max_grad_norm, loss.device)
+    for name, grads in task_grads.items():
+        head_norm, _ = _clip_(grads[n_torso:], aux_max_grad_norm, ppo_total.device)
         out[f"aux/{name}/head_grad_norm"] = head_norm
         heads.append((params.tasks[name], grads[n_torso:]))
         if n_torso:
@@ -141,7 +147,7 @@ def set_gradients(
             p.grad = g.view_as(p)
     for owned, grads in heads:
         for p, g in zip(owned, grads, strict=True):
-            p.grad = g
+            p.grad = g if p.grad is None else p.grad + g  # a head shared between owners gets both
     return out
 
 
@@ -187,8 +193,9 @@ def ppo_update(
 ) -> dict[str, torch.Tensor]:
     """``update_epochs`` passes of shuffled minibatches; returns mean metrics (device tensors).
 
-    With ``dist`` (several processes), each rank's gradients are averaged over ranks right
-    before the step, and early stopping uses the ranks' mean KL, so every rank steps alike.
+    With ``dist`` (several processes), the ranks' raw gradients are averaged before the clip
+    (see :func:`set_gradients`) and early stopping uses the ranks' mean KL, so every rank takes
+    the same step. ``aux.every`` counts minibatches across updates (``aux.minibatches_done``).
     """
     dist = dist or Dist()
     active = [name for name, w in weights.items() if w != 0.0]  # a zero weight: not sampled, not run
@@ -197,11 +204,13 @@ def ppo_update(
     counts: dict[str, int] = defaultdict(int)
     count = 0  # minibatches so far
     minibatches = p.update_epochs * p.num_minibatches
+    first = aux.minibatches_done if aux is not None else 0
     if params is not None and aux is not None:
-        aux.draw(-(-minibatches // aux_cfg.every), active)  # every window of this update at once
+        runs = sum((first + i) % aux_cfg.every == 0 for i in range(minibatches))
+        aux.draw(runs, active)  # every window of this update at once
     for _epoch in range(p.update_epochs):
         for batch in storage.minibatches(p.num_minibatches):
-            with_aux = params is not None and aux is not None and count % aux_cfg.every == 0
+            with_aux = params is not None and aux is not None and (first + count) % aux_cfg.every == 0
             pi, new_values, _ = agent(batch.obs)  # one torso pass for policy and value
             loss = ppo_loss(
                 p, batch, agent.policy.log_prob(pi, batch.actions), agent.policy.entropy(pi), new_values
@@ -218,18 +227,20 @@ def ppo_update(
                         terms[f"aux/{name}/{key}"] = torch.as_tensor(value, device=storage.device)
                 terms.update(
                     set_gradients(
-                        loss.total, weighted, params, balancer, p.max_grad_norm, aux_cfg.max_grad_norm
+                        loss.total, weighted, params, balancer, p.max_grad_norm, aux_cfg.max_grad_norm, dist
                     )
                 )
                 terms["losses/total"] = loss.total + sum(weighted.values())
             else:
-                loss.total.backward()
+                if loss.total.requires_grad:  # False when only aux heads train (frozen torso and PPO heads)
+                    loss.total.backward()
+                dist.average_([q.grad for q in trainable if q.grad is not None])  # before the clip
                 norm = nn.utils.clip_grad_norm_(trainable, p.max_grad_norm)
                 terms["losses/grad_norm"] = norm
                 terms["losses/clip_factor"] = (p.max_grad_norm / (norm + 1e-6)).clamp(max=1.0)
                 terms["losses/total"] = loss.total
+            # After the all-reduce: a NaN on any rank reaches every rank, and all of them stop here.
             check_finite({k: v for k, v in terms.items() if k.endswith(GUARDED)}, step)
-            dist.average_gradients(trainable)  # one all-reduce; a no-op in one process
             optimizer.step()
             if aux is not None:
                 aux.after_update()
@@ -240,5 +251,7 @@ def ppo_update(
                 counts[key] += 1  # aux terms exist on aux minibatches only (aux.every)
         if p.target_kl is not None and float(dist.mean(loss.approx_kl)) > p.target_kl:
             break  # early stop: the policy moved too far from the one that collected the data
+    if aux is not None:
+        aux.minibatches_done += count
     balancer.end_update()
     return {key: value / counts[key] for key, value in sums.items()}

@@ -245,7 +245,7 @@ def test_resume_restores_balancer_and_sampler_state(tmp_path, monkeypatch):
     from auxrl.tasks.combine import AuxTasks
 
     restored: list = []
-    monkeypatch.setattr(AuxTasks, "set_rng_state", lambda self, state: restored.append(state))
+    monkeypatch.setattr(AuxTasks, "set_rng_state", lambda self, state: restored.append(state) or True)
     cfg = _cartpole_with_task(2048, "aux.balance.method=olaux", "aux.balance.olaux_every=1")
     train(cfg, run, "cpu", False, resume=True)
     assert loaded["olaux_scale"]["scaled"] == scale
@@ -304,3 +304,10 @@ def test_aux_every_runs_the_heads_on_every_kth_minibatch(tmp_path, monkeypatch):
     # cartpole: 8 envs x 32 steps, 1 minibatch x 20 epochs per update; 2 updates.
     train(_cartpole_with_task(512, "aux.every=3"), tmp_path / "run", "cpu", False)
     assert len(calls) == 2 * 7  # minibatches 0, 3, ..., 18 of each update
+
+
+def test_only_aux_heads_trainable_with_skipped_minibatches(tmp_path):
+    """Frozen torso and PPO heads: minibatches without aux work (aux.every) step nothing."""
+    cfg = _cartpole_with_task(512, "aux.every=2", "model.freeze=[torso,policy,value]")
+    result = train(cfg, tmp_path / "run", "cpu", False)
+    assert result.global_step == 512

@@ -109,5 +109,5 @@ def test_single_process_has_no_process_group():
     grad = torch.ones(3)
     p = nn.Parameter(torch.zeros(3))
     p.grad = grad
-    dist.average_gradients([p])
+    dist.average_([p.grad])
     assert p.grad is grad  # untouched: no copy, no collective

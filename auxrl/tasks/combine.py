@@ -37,6 +37,7 @@ class AuxTasks:
         self.generator.manual_seed(seed)
         self._drawn: dict[str, tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]] = {}
         self._minibatch = 0
+        self.minibatches_done = 0  # PPO minibatches of this stage so far (aux.every counts these)
 
     def __bool__(self) -> bool:
         return bool(self.tasks)
@@ -88,8 +89,14 @@ class AuxTasks:
         """The sampling generator's state (a CPU ByteTensor), for checkpoints."""
         return self.generator.get_state()
 
-    def set_rng_state(self, state: torch.Tensor) -> None:
-        self.generator.set_state(state.cpu())
+    def set_rng_state(self, state: torch.Tensor) -> bool:
+        """Restore the sampler's state; False (and a fresh stream) when it was saved by another
+        kind of device (CPU and CUDA generators' states differ), e.g. a run resumed on a GPU."""
+        state = state.cpu()
+        if state.numel() != self.generator.get_state().numel():
+            return False
+        self.generator.set_state(state)
+        return True
 
     def after_update(self) -> None:
         for task in self.tasks.values():
