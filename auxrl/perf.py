@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 if TYPE_CHECKING:
-    from auxrl.config import Config, EnvConfig
+    from auxrl.config import Config
 
 # Set by users who pin threads themselves: auxrl then leaves torch's thread count alone.
 THREAD_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
@@ -37,27 +37,15 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-def emulator_threads(env: EnvConfig) -> int:
-    """Threads (or worker processes) that step the envs besides the training process.
-
-    The native Atari env runs ``env.num_threads`` C++ threads per env group (0: one per env of the
-    group, at most one per core); groups step in turn, so one group's threads run at a time.
-    ``vector_mode: async`` runs one subprocess per env; sync gymnasium envs step in this process.
-    """
-    from auxrl.config import is_atari_env_id
-
-    if is_atari_env_id(env.id) and env.mode is None and env.difficulty is None:
-        return env.num_threads or min(env.num_envs // max(env.groups, 1), available_cores())
-    return env.num_envs if env.vector_mode == "async" else 0
-
-
 def torch_threads(cfg: Config) -> int | None:
     """The torch CPU thread count a run uses (None: leave torch's own setting).
 
     ``perf.threads`` when set; else None when ``OMP_NUM_THREADS`` / ``MKL_NUM_THREADS`` is set (the
     user's choice stands); else 1 for the ``mlp`` torso (its matrices are too small to gain from
-    threads, while every parallel region costs a wake-up of each thread); else the cores that
-    the emulator threads leave free, at least 1.
+    threads, while every parallel region costs a wake-up of each thread); else every core this
+    process may use: a CNN's update dominates the time and the emulator threads sleep while it
+    runs (measured on a quiet 2-core machine, Breakout with all heads: 247 SPS with 2 threads,
+    148 with 1; benchmarks/results/threads-*).
     """
     if cfg.perf.threads > 0:
         return cfg.perf.threads
@@ -65,7 +53,7 @@ def torch_threads(cfg: Config) -> int | None:
         return None
     if cfg.model.torso == "mlp":
         return 1
-    return max(1, available_cores() - emulator_threads(cfg.env))
+    return available_cores()
 
 
 def set_torch_threads(threads: int | None) -> Callable[[], None]:

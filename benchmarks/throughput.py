@@ -57,6 +57,8 @@ FAST_PATH = {
 # All heads with each aux.balance.method (per-task torso gradients; the balancer's cost).
 BALANCE_METHODS = ("none", "norm", "cosine", "pcgrad", "olaux")
 BALANCE = {f"all_heads/{m}": [f"aux.balance.method={m}"] for m in BALANCE_METHODS}
+# All heads on every k-th PPO minibatch only (aux.every): the heads' compute traded for signal.
+BALANCE.update({f"all_heads/every{k}": [f"aux.every={k}"] for k in (2, 4)})
 TRAINING_VARIANTS = ("ppo", *HEADS, "all_heads", *BALANCE, *FAST_PATH)
 ALL_VARIANTS = ("env_only", *TRAINING_VARIANTS, "sb3")
 SPS_TAG = "charts/SPS"
@@ -307,10 +309,26 @@ def run_nproc(args: argparse.Namespace, nproc: int, workdir: Path) -> Row:
     return Row(f"ppo --nproc {nproc}", steps, steady or steps / wall, steps / wall, wall, note=note)
 
 
+def train_subprocess(args: argparse.Namespace, tree: Path, variant: str, label: str, workdir: Path) -> Row:
+    """One variant as ``auxrl train`` in a fresh process, with the auxrl package of ``tree`` (a
+    checkout) first on the path; steady SPS from its events."""
+    import subprocess
+
+    run_dir = workdir / f"sub-{label.replace('/', '_').replace('@', '_')}"
+    overrides = base_overrides(args, args.steps) + variant_overrides(variant, list(HEADS))
+    cmd = [sys.executable, "-m", "auxrl.cli", "train", args.config, *overrides]
+    cmd += ["--run-dir", str(run_dir), "--no-progress", "--device", args.device]
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, cwd=tree, env={**os.environ, "PYTHONPATH": str(tree)})
+    wall = time.perf_counter() - t0
+    where = "this checkout" if tree == REPO_ROOT else f"auxrl at {args.baseline_ref}"
+    return Row(label, args.steps, steady_sps(run_dir), args.steps / wall, wall, note=f"own process; {where}")
+
+
 def run_baseline(args: argparse.Namespace, workdir: Path) -> list[Row]:
     """Rows of an earlier commit (``args.baseline_ref``): each of ``args.baseline_variants`` is an
-    ``auxrl train`` of that commit's code, from a temporary git worktree, in a subprocess, with the
-    same overrides as this run's rows; steady SPS from its events."""
+    ``auxrl train`` of that commit's code, from a temporary git worktree, in its own process, with
+    the same overrides as this run's rows."""
     import subprocess
 
     tree = workdir / "baseline"
@@ -324,21 +342,12 @@ def run_baseline(args: argparse.Namespace, workdir: Path) -> list[Row]:
         for variant in args.baseline_variants:
             label = f"{variant}@{args.baseline_ref}"
             print(f"[throughput] {label} ...", flush=True)
-            run_dir = workdir / f"baseline-{variant}"
-            overrides = base_overrides(args, args.steps) + variant_overrides(variant, list(HEADS))
-            cmd = [sys.executable, "-m", "auxrl.cli", "train", args.config, *overrides]
-            cmd += ["--run-dir", str(run_dir), "--no-progress", "--device", args.device]
-            t0 = time.perf_counter()
             try:
-                subprocess.run(cmd, check=True, cwd=tree, env={**os.environ, "PYTHONPATH": str(tree)})
+                rows.append(train_subprocess(args, tree, variant, label, workdir))
             except subprocess.CalledProcessError as err:
                 rows.append(Row(label, error=f"exit code {err.returncode}"))
                 continue
-            wall = time.perf_counter() - t0
-            steady = steady_sps(run_dir)
-            steps = args.steps  # the old code may overshoot by part of a rollout; SPS is what counts
-            rows.append(Row(label, steps, steady, steps / wall, wall, note=f"auxrl at {args.baseline_ref}"))
-            print(f"[throughput] {label}: {_fmt(steady)} SPS steady", flush=True)
+            print(f"[throughput] {label}: {_fmt(rows[-1].sps)} SPS steady", flush=True)
     finally:
         subprocess.run(["git", "-C", str(REPO_ROOT), "worktree", "remove", "--force", str(tree)], check=False)
     return rows
@@ -550,6 +559,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "one row per N, e.g. --nproc 1 2",
     )
     parser.add_argument(
+        "--subprocess",
+        action="store_true",
+        help="train every row in a fresh process (as the --baseline-ref rows are), instead of "
+        "train() calls in this one: no state carried from row to row",
+    )
+    parser.add_argument(
         "--baseline-ref",
         metavar="GIT_REF",
         help="also measure the all_heads row of an earlier commit (e.g. the summed-backward learner "
@@ -632,7 +647,12 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(Row(variant, note="skipped: bf16 autocast applies on CUDA only"))
                 continue
             overrides = common + variant_overrides(variant, task_names)
-            measure = functools.partial(run_training, args.config, overrides, args.device, variant, workdir)
+            if args.subprocess:
+                measure = functools.partial(train_subprocess, args, REPO_ROOT, variant, variant, workdir)
+            else:
+                measure = functools.partial(
+                    run_training, args.config, overrides, args.device, variant, workdir
+                )
             record(variant, measure)
 
         for n in args.nproc:
