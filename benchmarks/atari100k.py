@@ -157,11 +157,15 @@ def run_status(run_dir: Path, total_steps: int) -> Status:
     ``done``: final checkpoint (step >= total_steps) scored in ``eval.json``; ``eval``: trained,
     not (or not this checkpoint) scored; ``resume``: a checkpoint short of total_steps;
     ``fresh``: no checkpoint (a directory left by a run killed before its first checkpoint is
-    deleted before training).
+    deleted before training). A run with ``eval.json`` at total_steps and no checkpoint (finished
+    in an earlier session, checkpoints not committed) is ``done``.
     """
     step = checkpoint_step(run_dir)
     if step is None:
-        return "fresh"
+        # A run finished in an earlier session: its eval.json and events are committed, its
+        # checkpoints (tens of MB) are not.
+        scored = read_eval(run_dir)
+        return "done" if scored is not None and scored.get("step", 0) >= total_steps else "fresh"
     if step < total_steps:
         return "resume"
     scored = read_eval(run_dir)

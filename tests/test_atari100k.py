@@ -65,6 +65,9 @@ def test_run_status_decides_skip_resume_eval_or_fresh(tmp_path):
     # scored on an earlier checkpoint (e.g. the run was extended): score again
     assert suite.run_status(fake_run(tmp_path / "stale", 8192, 4352), 4096) == "eval"
     assert suite.checkpoint_step(tmp_path / "interrupted") == 2048
+    # finished in an earlier session: eval.json and events committed, checkpoints not
+    assert suite.run_status(fake_run(tmp_path / "committed", None, 4352), 4096) == "done"
+    assert suite.run_status(fake_run(tmp_path / "committed_short", None, 2048), 4096) == "fresh"
 
 
 def test_runner_starts_resumes_scores_skips_and_cleans(tmp_path, monkeypatch):
