@@ -22,13 +22,7 @@ IMAGE_SPACE = gym.spaces.Box(0, 255, (4, 84, 84), np.uint8)
 VECTOR_SPACE = gym.spaces.Box(-1.0, 1.0, (8,), np.float32)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These models are tiny: one thread beats several, and a busy machine does not stall it."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 class TinyConv(nn.Module):

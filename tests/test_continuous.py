@@ -23,12 +23,7 @@ NORMALIZED = ["env.id=Pendulum-v1", "env.normalize_obs=true", "env.normalize_rew
 HAS_MUJOCO = importlib.util.find_spec("mujoco") is not None
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def play(env_cfg, stats=None, training=True, steps=450):

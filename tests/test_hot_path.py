@@ -10,13 +10,7 @@ from auxrl.ppo.rollout import RolloutStorage
 from auxrl.tasks.replay import Replay
 from auxrl.trainer import make_optimizer
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _storage(num_steps: int = 8, num_envs: int = 3) -> RolloutStorage:

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from auxrl.envs.base import Step
 from auxrl.plot import _Run, _settings, ema_smooth, group_runs, plot_runs, run_name
@@ -15,12 +14,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 TAG = "charts/episodic_return"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def fake_run(
