@@ -274,10 +274,29 @@ def train(
     prints status lines instead of a progress bar; ``verbose=False`` prints nothing (warnings
     still go to stderr). :func:`auxrl.train` is the notebook-friendly front end.
     """
+    threads = torch_threads(cfg)
+    # Set before the model is built: orthogonal init (a QR decomposition) rounds differently with
+    # another thread count, so the same seed would start from other weights.
+    restore_threads = set_torch_threads(threads)  # the caller's count comes back afterwards
+    try:
+        return _train(cfg, Path(run_dir), device, progress, resume, overwrite, verbose, threads)
+    finally:
+        restore_threads()
+
+
+def _train(
+    cfg: Config,
+    run_dir: Path,
+    device: str,
+    progress: bool,
+    resume: bool,
+    overwrite: bool,
+    verbose: bool,
+    threads: int | None,
+) -> TrainResult:
     dist = Dist.from_env(device)  # one process unless started by torchrun / --nproc
     main = dist.is_main  # rank 0 alone writes the run directory, the logs and the console
     say = print if verbose and main else _silent
-    run_dir = Path(run_dir)
     if main:
         start = rundir.plan(run_dir, resume=resume, overwrite=overwrite)
     else:  # rank 0 decides and prepares the directory; the others only read a checkpoint
@@ -340,7 +359,6 @@ def train(
         say(f"Distributed: {dist.world_size} processes, {cfg.env.num_envs} envs each")
     if frozen:
         say(f"Frozen: {', '.join(frozen)}")
-    threads = torch_threads(cfg)
     say(_start_summary(cfg, agent, threads))
 
     # The directory is created, locked and cleared only now: a start-up error above leaves it as it
@@ -423,7 +441,6 @@ def train(
         dist=dist,
     )
     envs: VecEnv | None = first_envs
-    restore_threads = set_torch_threads(threads)  # the caller's count comes back in the finally below
     try:
         while state.stage < len(stages) and state.global_step < cfg.ppo.total_steps:
             stage = stages[state.stage]
@@ -460,7 +477,6 @@ def train(
         logger.close()
         if claimed is not None:
             claimed.release()
-        restore_threads()
         dist.close()
     recent = state.stage_returns[-cfg.log.return_window :]
     return TrainResult(

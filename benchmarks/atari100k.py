@@ -3,7 +3,9 @@
 Two phases, each a list of (game, variant, seed) runs of ``configs/atari100k.yaml``:
 
 * ``screen``: 2 games x 2 seeds; ``no_aux`` and all three heads with each balancing method
-  (``none``, ``norm``, ``cosine``, ``pcgrad``, ``olaux``: ``aux.balance.method=<method>``);
+  (``none``, ``norm``, ``cosine``, ``pcgrad``, ``olaux``: ``aux.balance.method=<method>``), and
+  ``norm`` with the aux losses on every 2nd / 4th PPO minibatch only (``norm_every2``,
+  ``norm_every4``: ``aux.every=k``, the heads' compute traded for their signal);
 * ``final``: 8 games x 3 seeds (dense- and sparse-reward); ``no_aux`` and the best heads variant
   of the screening (highest IQM; or ``--best-variant``). Its seeds differ from the screening's,
   so the final comparison is not scored on the runs that chose the variant.
@@ -21,7 +23,7 @@ only that.
 
 Examples::
 
-    python benchmarks/atari100k.py --phase screen --jobs 2      # 24 runs
+    python benchmarks/atari100k.py --phase screen --jobs 2      # 32 runs
     python benchmarks/atari100k.py --phase final --jobs 2       # 48 runs, best variant from screening
     python benchmarks/atari100k.py --analyze                    # tables and plots only
     nohup python benchmarks/atari100k.py --phase final --jobs 2 > atari100k.log 2>&1 &
@@ -62,12 +64,15 @@ VARIANTS: dict[str, tuple[str, ...]] = {
     "no_aux": ("aux.enabled=false",),
     "heads": ("aux.enabled=true",),
     **{m: ("aux.enabled=true", f"aux.balance.method={m}") for m in BALANCE_METHODS},
+    # The heads' compute traded for their signal (aux losses on every k-th PPO minibatch only):
+    # the same learning with fewer CPU-seconds? Throughput: benchmarks/throughput.py all_heads/everyK.
+    **{f"norm_every{k}": ("aux.enabled=true", "aux.balance.method=norm", f"aux.every={k}") for k in (2, 4)},
 }
 # Games where PPO learns something within 100k steps (the pilot: MsPacman 307 -> 640; Breakout
 # stays at the random score), so the screening can tell the methods apart.
 SCREEN_GAMES = ("MsPacman", "Seaquest")
 SCREEN_SEEDS = (101, 102)
-SCREEN_VARIANTS = ("no_aux", *BALANCE_METHODS)
+SCREEN_VARIANTS = ("no_aux", *BALANCE_METHODS, "norm_every2", "norm_every4")
 # Dense rewards: Breakout, Boxing, MsPacman, Seaquest, Qbert, Kangaroo. Sparse: Freeway (one point
 # per crossing, nothing on the way), PrivateEye (rare clue rewards).
 FINAL_GAMES = ("Breakout", "Boxing", "Freeway", "Kangaroo", "MsPacman", "Seaquest", "Qbert", "PrivateEye")
@@ -267,6 +272,29 @@ def _child_setup() -> Callable[[], None]:
     return setup
 
 
+def start_child(
+    command: list[str], log: Path, threads: int, pass_fds: tuple[int, ...] = (), append: bool = True
+) -> subprocess.Popen:
+    """Start ``command`` in the repository with its output in ``log`` (after a ``$ command`` line),
+    ``threads`` torch threads, stopped cleanly by SIGINT (see :func:`_child_setup`)."""
+    with open(log, "a" if append else "w") as f:
+        f.write(f"$ {shlex.join(command)}\n")
+        f.flush()
+        return subprocess.Popen(
+            command,
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=REPO_ROOT,
+            env=child_env(threads),
+            pass_fds=pass_fds,
+            preexec_fn=_child_setup(),
+            # Own session: a Ctrl-C in the terminal reaches only the runner, which then sends
+            # each child one SIGINT (a second one would interrupt its checkpoint save).
+            start_new_session=True,
+        )
+
+
 class SuiteLock:
     """An exclusive flock on ``<out-dir>/.lock``: one runner per results directory.
 
@@ -401,22 +429,7 @@ class Runner:
         self, spec: RunSpec, run_dir: Path, stage: Literal["train", "eval"], command: list[str]
     ) -> Job:
         log = self.logs_dir / f"{spec.name}.{stage}.log"
-        with open(log, "a" if stage == "train" else "w") as f:
-            f.write(f"$ {shlex.join(command)}\n")
-            f.flush()
-            proc = subprocess.Popen(
-                command,
-                stdout=f,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                cwd=REPO_ROOT,
-                env=child_env(self.threads),
-                pass_fds=self.pass_fds,
-                preexec_fn=_child_setup(),
-                # Own session: a Ctrl-C in the terminal reaches only the runner, which then sends
-                # each child one SIGINT (a second one would interrupt its checkpoint save).
-                start_new_session=True,
-            )
+        proc = start_child(command, log, self.threads, self.pass_fds, append=stage == "train")
         print(f"[atari100k] {spec.name}: {stage} (log {log})", flush=True)
         return Job(spec, run_dir, stage, proc, log)
 

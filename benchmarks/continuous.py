@@ -45,11 +45,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling modules, als
 
 from atari100k import (  # noqa: E402
     SuiteLock,
-    _child_setup,
     _raise_interrupt,
     checkpoint_step,
-    child_env,
     parse_eval_output,
+    start_child,
     write_json,
 )
 from learning import REPO_ROOT, final_return, make_plot, mean_std, setup_info, use_checkout  # noqa: E402
@@ -192,20 +191,7 @@ class Runner:
 
     def _spawn(self, task: Task, seed: int, stage: str, command: list[str]) -> Job:
         log = self.logs / f"{task.name}__{seed}.{stage}.log"
-        with open(log, "a" if stage == "train" else "w") as f:
-            f.write(f"$ {shlex.join(command)}\n")
-            f.flush()
-            proc = subprocess.Popen(
-                command,
-                stdout=f,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                cwd=REPO_ROOT,
-                env=child_env(1),
-                pass_fds=self.pass_fds,
-                preexec_fn=_child_setup(),
-                start_new_session=True,
-            )
+        proc = start_child(command, log, 1, self.pass_fds, append=stage == "train")
         print(f"[continuous] {task.name}__{seed}: {stage} (log {log})", flush=True)
         return Job(task, seed, self.run_dir(task, seed), stage, proc, log)
 

@@ -51,3 +51,23 @@ def test_compiled_torso_trains_with_aux_heads_and_diagnostics(tmp_path):
     )
     result = train(cfg, tmp_path / "run", device="cpu", progress=False)
     assert result.global_step == 512
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_initial_weights_do_not_depend_on_the_thread_count(threads):
+    """Same seed, same weights, whatever torch's thread count when the model is built (the QR of
+    orthogonal init rounds differently on more threads; CartPole then ended at 329 vs 500)."""
+    before = torch.get_num_threads()
+
+    def build(n: int) -> dict[str, torch.Tensor]:
+        torch.set_num_threads(n)
+        torch.manual_seed(0)
+        return NatureCNN(4).state_dict()
+
+    try:
+        one, many = build(1), build(threads)
+    finally:
+        torch.set_num_threads(before)
+    assert one.keys() == many.keys()
+    for name in one:
+        assert torch.equal(one[name], many[name]), name
