@@ -41,7 +41,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from learning import REPO_ROOT, final_return, setup_info, use_checkout  # noqa: E402
-from throughput import steady_sps  # noqa: E402
+from throughput import output_paths, steady_sps  # noqa: E402
 
 CONFIGS = {
     "cartpole": [],  # the README's command as it is
@@ -163,10 +163,10 @@ def main(argv: list[str] | None = None) -> int:
                     rows.append(row)
                     print(json.dumps(row), flush=True)
     slug = "".join(c if c.isalnum() else "-" for c in meta["cpu"].lower()).strip("-")[:40]
-    stem = args.out_dir / f"threads-{slug}-{dt.date.today().isoformat()}"
+    md_path, json_path = output_paths(args.out_dir, f"threads-{slug}-{dt.date.today().isoformat()}")
     text = markdown(meta, rows)
-    stem.with_suffix(".md").write_text(text)
-    stem.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    md_path.write_text(text)
+    json_path.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
     print(text)
     return 0 if all("error" not in r for r in rows) else 1
 
