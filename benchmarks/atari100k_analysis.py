@@ -57,12 +57,29 @@ HUMAN_SCORES: dict[str, float] = {
     "Qbert": 13455.0, "RoadRunner": 7845.0, "Seaquest": 42054.7, "UpNDown": 11693.2,
 }  # fmt: skip
 
-# Published PPO scores after 100k agent steps, per game, for the table's comparison column.
-# SimPLe (Kaiser et al. 2019, arXiv:1903.00374, appendix table "PPO_100k", 5 seeds) reports them
-# for all 26 games; they could not be retrieved from the sources searchable while this was
-# written, so the column stays empty until someone copies them in (value, and cite the table).
-PUBLISHED_PPO_100K: dict[str, float] = {}
-PUBLISHED_PPO_100K_SOURCE = "Kaiser et al. 2019 (SimPLe), arXiv:1903.00374, appendix, column PPO_100k"
+# PPO after 100k agent steps elsewhere, per game: (mean, std over seeds or None), for the table's
+# comparison columns. Neither used our settings (network, envs, evaluation), so they place our
+# no_aux numbers, they do not rank them. SimPLe's appendix (Kaiser et al. 2019, arXiv:1903.00374)
+# has a PPO_100k column for all 26 games; its table could not be read from the sources searchable
+# here.
+PPO_100K_REFERENCES: dict[str, tuple[dict[str, tuple[float, float | None]], str]] = {
+    "QWR T2": (
+        {"Boxing": (-3.9, None), "Breakout": (5.9, None), "Freeway": (8.0, None), "Seaquest": (370.0, None)},
+        "Kozakowski et al., 'Q-Value Weighted Regression: Reinforcement Learning with Limited Data' "
+        "(ICLR 2021 submission; arXiv:2102.06782), Table 2, row PPO, '6 Atari games at 100K samples' "
+        "(no std, settings not stated; its SimPLe row matches SimPLe's paper)",
+    ),
+    "DreamerV3 data": (
+        {
+            "Boxing": (1.8, 2.9), "Breakout": (2.8, 0.5), "Freeway": (2.2, 4.4), "Kangaroo": (47.7, 27.5),
+            "MsPacman": (325.0, 25.0), "PrivateEye": (70.0, 18.7), "Qbert": (316.5, 55.1),
+            "Seaquest": (316.6, 11.3),
+        },
+        "danijar/dreamerv3 scores/atari100k-ppo_fixhp.json.gz (added in commit 2411f7d; Hafner et al. "
+        "2025: Acme PPO, fixed hyperparameters, 400k frames, 5 seeds); summarised by us: per seed the "
+        "mean return of the training episodes logged at >= 360k frames, then mean ± std over the 5 seeds",
+    ),
+}  # fmt: skip
 
 REFERENCE_SOURCE = "RANDOM_SCORES / HUMAN_SCORES, google-research/rliable deep_rl_precipice_colab.ipynb"
 BASELINE = "no_aux"
@@ -378,10 +395,18 @@ def aggregate_table(analysis: PhaseAnalysis) -> list[str]:
     return lines
 
 
+def _reference_cell(score: tuple[float, float | None] | None) -> str:
+    if score is None:
+        return "-"
+    mean, std = score
+    return f"{mean:g}" if std is None else f"{mean:g} ± {std:g}"
+
+
 def per_game_table(analysis: PhaseAnalysis) -> list[str]:
     """Markdown rows: raw score mean ± std (seeds) and mean HNS per game and variant."""
-    head = "| game | random | human | PPO 100k (published) | " + " | ".join(analysis.variants) + " |"
-    lines = [head, "|---|--:|--:|--:|" + "--:|" * len(analysis.variants)]
+    refs = [f"PPO 100k ({name})" for name in PPO_100K_REFERENCES]
+    head = "| game | random | human | " + " | ".join([*refs, *analysis.variants]) + " |"
+    lines = [head, "|---|--:|--:|" + "--:|" * (len(refs) + len(analysis.variants))]
     for game in analysis.games:
         cells = []
         for v in analysis.variants:
@@ -392,10 +417,11 @@ def per_game_table(analysis: PhaseAnalysis) -> list[str]:
             std = f" ± {np.std(values, ddof=1):.1f}" if len(values) > 1 else ""
             hns = human_normalized(game, float(np.mean(values)))
             cells.append(f"{np.mean(values):.1f}{std} (n={len(values)}; HNS {hns:.3f})")
-        published = PUBLISHED_PPO_100K.get(game)
+        published = [_reference_cell(scores.get(game)) for scores, _ in PPO_100K_REFERENCES.values()]
         lines.append(
             f"| {game} | {RANDOM_SCORES[game]:g} | {HUMAN_SCORES[game]:g} | "
-            f"{'-' if published is None else f'{published:g}'} | " + " | ".join(cells) + " |"
+            + " | ".join([*published, *cells])
+            + " |"
         )
     return lines
 
@@ -453,8 +479,7 @@ def results_markdown(
         f"- config: `{meta['config']}` ({meta['config_summary']})",
         f"- versions: python {v['python']}, torch {v['torch']}, gymnasium {v['gymnasium']}, "
         f"ale-py {v['ale-py']}, auxrl {v['auxrl']}, rliable {meta.get('rliable', '?')}",
-        f"- published PPO column: {PUBLISHED_PPO_100K_SOURCE}"
-        + ("" if PUBLISHED_PPO_100K else " (not filled in yet)"),
+        *(f"- PPO 100k ({name}): {source}" for name, (_, source) in PPO_100K_REFERENCES.items()),
         "",
         "## Command",
         "",
