@@ -275,8 +275,8 @@ def train(
     still go to stderr). :func:`auxrl.train` is the notebook-friendly front end.
     """
     threads = torch_threads(cfg)
-    # Set before the model is built: orthogonal init (a QR decomposition) rounds differently with
-    # another thread count, so the same seed would start from other weights.
+    # For the whole run, start-up included (compilation, the first forward passes); the weights
+    # do not depend on it (layer_init).
     restore_threads = set_torch_threads(threads)  # the caller's count comes back afterwards
     try:
         return _train(cfg, Path(run_dir), device, progress, resume, overwrite, verbose, threads)
