@@ -65,8 +65,8 @@ HUMAN_SCORES: dict[str, float] = {
 PPO_100K_REFERENCES: dict[str, tuple[dict[str, tuple[float, float | None]], str]] = {
     "QWR T2": (
         {"Boxing": (-3.9, None), "Breakout": (5.9, None), "Freeway": (8.0, None), "Seaquest": (370.0, None)},
-        "Kozakowski et al., 'Q-Value Weighted Regression: Reinforcement Learning with Limited Data' "
-        "(ICLR 2021 submission; arXiv:2102.06782), Table 2, row PPO, '6 Atari games at 100K samples' "
+        "'Q-Value Weighted Regression: Reinforcement Learning with Limited Data' (ICLR 2021 "
+        "submission, OpenReview rd_bm8CK7o0), Table 2, row PPO, '6 Atari games at 100K samples' "
         "(no std, settings not stated; its SimPLe row matches SimPLe's paper)",
     ),
     "DreamerV3 data": (
