@@ -11,18 +11,19 @@ import math
 import torch
 from torch import nn
 
+from auxrl.perf import set_torch_threads
+
 
 def layer_init(layer: nn.Module, std: float = math.sqrt(2), bias: float = 0.0) -> nn.Module:
     """Orthogonal weights, constant bias (PPO implementation detail #2).
 
     The QR decomposition behind ``orthogonal_`` rounds differently with another number of torch
     threads; run on one, the same seed gives the same weights on every machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    restore_threads = set_torch_threads(1)
     try:
         nn.init.orthogonal_(layer.weight, std)
     finally:
-        torch.set_num_threads(threads)
+        restore_threads()
     nn.init.constant_(layer.bias, bias)
     return layer
 
