@@ -3,6 +3,16 @@
 import pytest
 import torch
 
+# A CartPole run that trains, checkpoints (twice) and finishes in about a second.
+TINY_RUN = [
+    "env.num_envs=4",
+    "ppo.num_steps=64",
+    "ppo.num_minibatches=2",
+    "ppo.update_epochs=2",
+    "log.checkpoint_every=256",
+    "ppo.total_steps=512",
+]
+
 
 @pytest.fixture(scope="module")
 def one_thread():

@@ -3,21 +3,13 @@
 from pathlib import Path
 
 import pytest
+from conftest import TINY_RUN as TINY
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.tensorboard import SummaryWriter
 
 from auxrl import checkpoint, rundir
 from auxrl.cli import main
 from auxrl.config import load_config, save_config
-
-TINY = [
-    "env.num_envs=4",
-    "ppo.num_steps=64",
-    "ppo.num_minibatches=2",
-    "ppo.update_epochs=2",
-    "log.checkpoint_every=256",
-    "ppo.total_steps=512",
-]
 
 
 def steps_of(run: Path, tag: str = "losses/value_loss") -> list[int]:

@@ -9,18 +9,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY_RUN as TINY
 
 from auxrl import checkpoint
 from auxrl.cli import main
-
-TINY = [
-    "env.num_envs=4",
-    "ppo.num_steps=64",
-    "ppo.num_minibatches=2",
-    "ppo.update_epochs=2",
-    "log.checkpoint_every=256",
-    "ppo.total_steps=512",
-]
 
 
 def run_cli(capsys, *argv: str) -> tuple[int, str]:
