@@ -56,20 +56,29 @@ def remove_stale_tmp(run_dir: str | Path) -> list[Path]:
     return stale
 
 
-def rng_state() -> dict[str, Any]:
+def rng_state(device: torch.device | None = None) -> dict[str, Any]:
+    """Every RNG a run draws from; on CUDA only the training device's generator, so a run saved
+    on an 8-GPU node resumes where fewer GPUs are visible."""
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device is not None and device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
+def set_rng_state(state: dict[str, Any], device: torch.device | None = None) -> None:
     # The setters take CPU ByteTensors only; .cpu() also rescues states mapped onto a device.
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(torch.as_tensor(state["torch"]).cpu())
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([torch.as_tensor(s).cpu() for s in state["cuda"]])
+    if device is None or device.type != "cuda" or "cuda" not in state:
+        return  # a CPU run, or a CPU checkpoint resumed on CUDA: the CUDA generator keeps its seed
+    saved = state["cuda"]
+    if isinstance(saved, (list, tuple)):  # older checkpoints: one state per visible GPU
+        index = device.index or 0
+        if index >= len(saved):
+            return
+        saved = saved[index]
+    torch.cuda.set_rng_state(torch.as_tensor(saved).cpu(), device)
 
 
 def _numbers(obj: Any, where: str) -> Iterator[tuple[str, torch.Tensor | float]]:
@@ -179,11 +188,15 @@ def _move_aside(path: Path) -> str:
         return "left in place"
 
 
-def load(run_dir_or_file: str | Path, device: torch.device | str = "cpu") -> dict[str, Any]:
+def load(
+    run_dir_or_file: str | Path, device: torch.device | str = "cpu", repair: bool = True
+) -> dict[str, Any]:
     """A checkpoint file, or the newest intact checkpoint of a run directory.
 
     Broken files of a run directory are skipped with a warning naming them (and renamed to
     ``<name>.corrupt`` so they are not tried again); a broken file given by path is an error.
+    ``repair=False`` only reads: no warning, no rename (the other ranks of a distributed run,
+    while rank 0 does both).
     The model's weights are placed on ``device``; everything else (optimizer state, RNG states)
     stays on the CPU: ``optimizer.load_state_dict`` moves its state to the parameters' device,
     and RNG setters only take CPU tensors.
@@ -197,9 +210,12 @@ def load(run_dir_or_file: str | Path, device: torch.device | str = "cpu") -> dic
             saved = _read(candidate)
         except ValueError as err:
             broken.append(candidate.name)
-            print(f"auxrl: warning: {err}; {_move_aside(candidate)}, trying an older one.", file=sys.stderr)
+            if repair:
+                print(
+                    f"auxrl: warning: {err}; {_move_aside(candidate)}, trying an older one.", file=sys.stderr
+                )
             continue
-        if broken:
+        if broken and repair:
             print(f"auxrl: warning: using {candidate} instead of {', '.join(broken)}.", file=sys.stderr)
         return _on_device(saved, device)
     if broken:

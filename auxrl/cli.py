@@ -114,8 +114,9 @@ def _launch(args: argparse.Namespace, cfg: Config, run_dir: Path) -> int:
     """``--nproc N``: check the config and run directory once here, then run ``auxrl train`` in N
     workers through torch's launcher, all with the same (explicit) run directory."""
     from auxrl import rundir
-    from auxrl.distributed import WorkerFailed, launch
+    from auxrl.distributed import WorkerFailed, check_gpus, launch
 
+    check_gpus(args.nproc, args.device)
     rundir.plan(run_dir, resume=bool(args.resume), overwrite=args.overwrite)  # refuse before spawning
     child = ["train"]
     if args.resume:

@@ -31,6 +31,19 @@ import torch.distributed as torch_dist
 from torch import nn
 
 
+def check_gpus(local_processes: int, device: str = "auto") -> None:
+    """One GPU per local process: NCCL refuses two ranks on one GPU, so refuse it here, with the fix."""
+    if device == "cpu" or not torch.cuda.is_available():
+        return
+    gpus = torch.cuda.device_count()
+    if local_processes > gpus:
+        raise ValueError(
+            f"{local_processes} processes on this machine need {local_processes} GPUs (one each), "
+            f"but {gpus} {'is' if gpus == 1 else 'are'} visible. Use --nproc {gpus} (torchrun: "
+            f"--nproc-per-node {gpus}), or --device cpu to train on the CPU."
+        )
+
+
 @dataclass
 class Dist:
     """This process's place in the run; ``world_size == 1`` means no process group."""
@@ -59,7 +72,8 @@ class Dist:
         rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
         cuda = device != "cpu" and torch.cuda.is_available()
         if cuda:
-            torch.cuda.set_device(local % torch.cuda.device_count())
+            check_gpus(int(os.environ.get("LOCAL_WORLD_SIZE", local + 1)), device)
+            torch.cuda.set_device(local)
         if not torch_dist.is_initialized():
             torch_dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(minutes=30))
         return cls(rank, world, local)
@@ -67,7 +81,7 @@ class Dist:
     def device(self, device: torch.device) -> torch.device:
         """One GPU per local rank."""
         if device.type == "cuda" and self.enabled:
-            return torch.device("cuda", self.local_rank % torch.cuda.device_count())
+            return torch.device("cuda", self.local_rank)
         return device
 
     def average_(self, tensors: list[torch.Tensor]) -> None:

@@ -87,7 +87,7 @@ def load_agent(run_dir_or_checkpoint: str | Path, device: str | torch.device = "
     :param device: ``auto`` (CUDA if available), ``cpu``, ``cuda`` or ``cuda:N``.
     """
     dev = resolve_device(device)
-    saved = checkpoint.load(run_dir_or_checkpoint, dev)
+    saved = checkpoint.load(run_dir_or_checkpoint)  # on the CPU: the weights go to dev once, below
     cfg = build(Config, saved["config"])
     obs_space, action_space = saved["spaces"]
     model = build_agent(
@@ -98,7 +98,7 @@ def load_agent(run_dir_or_checkpoint: str | Path, device: str | torch.device = "
     state = {
         k: v for k, v in saved["model"].items() if k.startswith(("torso.", "heads.policy.", "heads.value."))
     }
-    model.load_state_dict(state)
+    model.load_state_dict(state)  # into the CPU-built model, moved to dev once
     stats = NormStats()
     stats.load_state_dict(saved.get("normalization") or {})
     return TrainedAgent(model.to(dev).eval(), cfg, obs_space, action_space, dev, stats)

@@ -73,8 +73,8 @@ def set_torch_threads(threads: int | None) -> Callable[[], None]:
 def try_compile(torso: nn.Module, sample_obs: torch.Tensor) -> bool:
     """Compile ``torso`` in place (state_dict keys unchanged); True if it runs compiled."""
     try:
-        # The gradient diagnostics take several gradients of one graph (retain_graph=True),
-        # which compiled backward graphs with donated buffers refuse.
+        # Donated buffers let a compiled backward free its saved tensors, so a graph cannot be
+        # differentiated twice; a user's aux task may do that (retain_graph=True). Memory only.
         import torch._functorch.config as functorch_config
 
         functorch_config.donated_buffer = False
@@ -106,5 +106,10 @@ def autocast(enabled: bool, device: torch.device, cache: bool = True) -> context
 def check_bf16(enabled: bool, device: torch.device) -> bool:
     if enabled and device.type != "cuda":
         warnings.warn("perf.bf16 only applies on CUDA; running in float32 on this device.", stacklevel=2)
+        return False
+    if enabled and not torch.cuda.is_bf16_supported():
+        warnings.warn(
+            f"perf.bf16: {torch.cuda.get_device_name(device)} has no bf16; running in float32.", stacklevel=2
+        )
         return False
     return enabled

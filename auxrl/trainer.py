@@ -306,7 +306,7 @@ def _train(
     stages = plan_stages(cfg)
     state = TrainState()
     # On the CPU: load_state_dict moves weights and optimizer state to the model's device.
-    saved = checkpoint.load(run_dir) if start == "resume" else None
+    saved = checkpoint.load(run_dir, repair=main) if start == "resume" else None
     if saved is not None:
         state = TrainState(**saved["state"])
     # Observation / reward statistics (continuous control) carry over stages and resumes.
@@ -348,7 +348,7 @@ def _train(
             optimizer.load_state_dict(saved["optimizer"])
         except (RuntimeError, ValueError) as err:
             raise ValueError(_resume_mismatch(run_dir, saved["config"], cfg, err)) from None
-        checkpoint.set_rng_state(saved["rng"])
+        checkpoint.set_rng_state(saved["rng"], dev)
         if "balancer" in saved:
             balancer.load_state_dict(saved["balancer"], dev)
         say(f"Resumed {run_dir} at step {state.global_step:,} (stage {stages[state.stage].name})")
@@ -413,7 +413,7 @@ def _train(
                 "model": agent.state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "state": vars(state).copy(),
-                "rng": checkpoint.rng_state(),
+                "rng": checkpoint.rng_state(dev),
                 "balancer": balancer.state_dict(),
                 "aux_rng": session.aux.rng_state() if session.aux else None,
                 "config": to_dict(cfg),

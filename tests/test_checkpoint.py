@@ -126,6 +126,9 @@ def test_a_truncated_latest_checkpoint_falls_back_to_the_older_one(tmp_path, cap
     with open(latest, "r+b") as f:
         f.truncate(20000)  # as `truncate -s 20000` does
     capsys.readouterr()
+    # The other ranks of a distributed run only read: same fallback, no rename, no warning.
+    assert checkpoint.load(run, repair=False)["state"]["global_step"] == 512
+    assert latest.is_file() and capsys.readouterr().err == ""
     assert main(["eval", str(run), "--episodes", "1", "--device", "cpu"]) == 0
     err = capsys.readouterr().err
     assert "step_000000001024.pt is not a readable checkpoint (truncated or corrupt" in err
@@ -159,3 +162,27 @@ def test_rng_states_load_on_the_cpu_whatever_the_model_device(tmp_path):
     checkpoint.set_rng_state(checkpoint.load(tmp_path / "run")["rng"])
     after_cpu = (torch.rand(3), np.random.rand(), random.random())
     assert torch.equal(after_meta[0], after_cpu[0]) and after_meta[1:] == after_cpu[1:]
+
+
+def test_cuda_rng_state_is_the_training_devices_only(monkeypatch):
+    # Saving every visible GPU's state broke resume where fewer GPUs are visible
+    # (set_rng_state_all indexes past device_count). Only the training device's state is kept
+    # and restored; older checkpoints with the per-GPU list still resume. No GPU needed: the
+    # CUDA RNG calls are recorded.
+    calls = []
+    monkeypatch.setattr(
+        torch.cuda, "get_rng_state", lambda device: torch.full((16,), device.index, dtype=torch.uint8)
+    )
+    monkeypatch.setattr(
+        torch.cuda, "set_rng_state", lambda state, device: calls.append((state[0].item(), device))
+    )
+    cuda3 = torch.device("cuda", 3)
+    assert "cuda" not in checkpoint.rng_state(torch.device("cpu"))
+    state = checkpoint.rng_state(cuda3)
+    assert state["cuda"].tolist() == [3] * 16
+    checkpoint.set_rng_state(state, torch.device("cuda", 0))  # resumed on another (or a single) GPU
+    old = dict(state, cuda=[torch.full((16,), i, dtype=torch.uint8) for i in range(8)])  # 8-GPU save
+    checkpoint.set_rng_state(old, cuda3)
+    checkpoint.set_rng_state(dict(state, cuda=old["cuda"][:2]), cuda3)  # no state for this GPU: kept
+    checkpoint.set_rng_state(state, torch.device("cpu"))
+    assert calls == [(3, torch.device("cuda", 0)), (3, cuda3)]

@@ -111,3 +111,19 @@ def test_single_process_has_no_process_group():
     p.grad = grad
     dist.average_([p.grad])
     assert p.grad is grad  # untouched: no copy, no collective
+
+
+def test_more_processes_than_gpus_is_refused_before_spawning(monkeypatch, tmp_path, capsys):
+    # NCCL rejects two ranks on one GPU at the first collective; say so before any worker starts.
+    from auxrl.cli import main
+    from auxrl.distributed import check_gpus
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    check_gpus(1)
+    check_gpus(4, "cpu")  # gloo on the CPU: any number
+    run = tmp_path / "run"
+    assert main(["train", "cartpole", "--nproc", "2", "--run-dir", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "need 2 GPUs" in err and "--nproc 1" in err and "--device cpu" in err
+    assert not run.exists()
