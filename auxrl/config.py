@@ -141,6 +141,7 @@ class BalanceConfig:
     # none: weights as configured; norm: at most relax x PPO's gradient norm (MetaBalance);
     # cosine: only where it agrees with PPO's (Du et al.); pcgrad: conflicting part projected
     # out (Yu et al.); olaux: weights learned online from gradient agreement (Lin et al.).
+    # Default norm: the best of the five in the Atari 100k screening (benchmarks/README.md).
     method: Literal["none", "norm", "cosine", "pcgrad", "olaux"] = "norm"
     relax: float = 1.0  # norm: bound on ||g_task|| / ||g_ppo|| on the torso
     cosine_weighted: bool = False  # cosine: scale by max(cos, 0) instead of keeping or dropping
