@@ -13,6 +13,7 @@ different envs are never averaged. Needs the ``plot`` extra: ``pip install "auxr
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 import warnings
@@ -218,7 +219,15 @@ def read_scalars(run_dir: Path, tag: str) -> tuple[np.ndarray, np.ndarray]:
         )
         raise ValueError(f"{run_dir}: no TensorBoard event files (events.out.tfevents.*) in it.{hint}")
     acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
-    acc.Reload()
+    # A resumed run's new event file purges the steps after its checkpoint (purge_step), on
+    # purpose; tensorboard's reader logs each purge as a "TensorFlow restart" warning.
+    tb_log = logging.getLogger("tensorboard")
+    level = tb_log.level
+    tb_log.setLevel(logging.ERROR)
+    try:
+        acc.Reload()
+    finally:
+        tb_log.setLevel(level)
     tags = acc.Tags().get("scalars", [])
     if tag not in tags:
         have = ", ".join(sorted(tags)) if tags else "none"

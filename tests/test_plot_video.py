@@ -322,3 +322,28 @@ def test_video_falls_back_to_gif_without_ffmpeg(tmp_path, monkeypatch, capsys):
         recorder.on_step(obs, step)
     path, frames = recorder.close([])
     assert path.suffix == ".gif" and frames == count_frames(path) == 5
+
+
+def test_a_resumed_runs_purged_steps_read_quietly(tmp_path, caplog):
+    # A resume writes a new event file with purge_step: the dead process's steps after the
+    # checkpoint go, one clean curve remains, and no "TensorFlow restart" warning is printed.
+    import logging
+
+    from torch.utils.tensorboard import SummaryWriter
+
+    from auxrl.plot import read_scalars
+
+    first = SummaryWriter(str(tmp_path))
+    for step in range(1, 11):
+        first.add_scalar("charts/episodic_return", float(step), step)
+    first.close()
+    resumed = SummaryWriter(str(tmp_path), purge_step=6)  # checkpoint at 5
+    for step in range(6, 9):
+        resumed.add_scalar("charts/episodic_return", 100.0 + step, step)
+    resumed.close()
+    with caplog.at_level(logging.WARNING):
+        steps, values = read_scalars(tmp_path, "charts/episodic_return")
+    assert steps.tolist() == list(range(1, 9))
+    assert values.tolist() == [1, 2, 3, 4, 5, 106, 107, 108]
+    assert not [r for r in caplog.records if r.name.startswith("tensorboard")]
+    assert logging.getLogger("tensorboard").level == logging.NOTSET  # left as it was
