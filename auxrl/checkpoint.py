@@ -57,8 +57,9 @@ def remove_stale_tmp(run_dir: str | Path) -> list[Path]:
 
 
 def rng_state(device: torch.device | None = None) -> dict[str, Any]:
-    """Every RNG a run draws from; on CUDA only the training device's generator, so a run saved
-    on an 8-GPU node resumes where fewer GPUs are visible."""
+    """Every RNG a run draws from; on CUDA (``device``) only the training device's generator, so
+    a run saved on an 8-GPU node resumes where fewer GPUs are visible. Without ``device``, no
+    CUDA state is saved (or, in :func:`set_rng_state`, restored)."""
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
     if device is not None and device.type == "cuda":
         state["cuda"] = torch.cuda.get_rng_state(device)
@@ -74,7 +75,7 @@ def set_rng_state(state: dict[str, Any], device: torch.device | None = None) -> 
         return  # a CPU run, or a CPU checkpoint resumed on CUDA: the CUDA generator keeps its seed
     saved = state["cuda"]
     if isinstance(saved, (list, tuple)):  # older checkpoints: one state per visible GPU
-        index = device.index or 0
+        index = torch.cuda.current_device() if device.index is None else device.index
         if index >= len(saved):
             return
         saved = saved[index]

@@ -44,6 +44,21 @@ def check_gpus(local_processes: int, device: str = "auto") -> None:
         )
 
 
+def local_gpu(local_rank: int, device: str = "auto") -> int:
+    """The GPU of this local rank. torchrun says how many processes share the machine
+    (``LOCAL_WORLD_SIZE``): each takes GPU ``LOCAL_RANK``, and more processes than GPUs are
+    refused. A launcher that does not say so and shows each process one GPU (e.g. Slurm's
+    ``--gpus-per-task=1``) gets that GPU."""
+    gpus = torch.cuda.device_count()
+    if "LOCAL_WORLD_SIZE" in os.environ:
+        check_gpus(int(os.environ["LOCAL_WORLD_SIZE"]), device)
+        return local_rank
+    if gpus == 1:
+        return 0
+    check_gpus(local_rank + 1, device)
+    return local_rank
+
+
 @dataclass
 class Dist:
     """This process's place in the run; ``world_size == 1`` means no process group."""
@@ -51,6 +66,7 @@ class Dist:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    gpu: int = 0  # CUDA device index of this rank (local_gpu)
 
     @property
     def is_main(self) -> bool:
@@ -71,17 +87,17 @@ class Dist:
             return cls()
         rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
         cuda = device != "cpu" and torch.cuda.is_available()
+        gpu = local_gpu(local, device) if cuda else 0
         if cuda:
-            check_gpus(int(os.environ.get("LOCAL_WORLD_SIZE", local + 1)), device)
-            torch.cuda.set_device(local)
+            torch.cuda.set_device(gpu)
         if not torch_dist.is_initialized():
             torch_dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(minutes=30))
-        return cls(rank, world, local)
+        return cls(rank, world, local, gpu)
 
     def device(self, device: torch.device) -> torch.device:
         """One GPU per local rank."""
         if device.type == "cuda" and self.enabled:
-            return torch.device("cuda", self.local_rank)
+            return torch.device("cuda", self.gpu)
         return device
 
     def average_(self, tensors: list[torch.Tensor]) -> None:

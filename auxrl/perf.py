@@ -107,9 +107,12 @@ def check_bf16(enabled: bool, device: torch.device) -> bool:
     if enabled and device.type != "cuda":
         warnings.warn("perf.bf16 only applies on CUDA; running in float32 on this device.", stacklevel=2)
         return False
-    if enabled and not torch.cuda.is_bf16_supported():
+    # Native bf16 from Ampere (compute capability 8) on; is_bf16_supported() also says yes where
+    # it is only emulated (V100, T4), which is slower than float32.
+    if enabled and not torch.version.hip and torch.cuda.get_device_capability(device)[0] < 8:
         warnings.warn(
-            f"perf.bf16: {torch.cuda.get_device_name(device)} has no bf16; running in float32.", stacklevel=2
+            f"perf.bf16: {torch.cuda.get_device_name(device)} has no native bf16; running in float32.",
+            stacklevel=2,
         )
         return False
     return enabled

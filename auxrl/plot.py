@@ -199,6 +199,12 @@ def _unique_labels(groups: list[tuple[str, str | None, list[_Run]]]) -> dict[str
     return out
 
 
+def _quiet_purges(record: logging.LogRecord) -> bool:
+    """A resumed run's new event file purges the steps after its checkpoint (purge_step), on
+    purpose; tensorboard's reader logs each purge as a "TensorFlow restart". Other notes pass."""
+    return "likely caused by a TensorFlow restart" not in record.getMessage()
+
+
 def read_scalars(run_dir: Path, tag: str) -> tuple[np.ndarray, np.ndarray]:
     """(steps, values) of ``tag`` from all the event files of ``run_dir``, sorted by step."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -219,15 +225,12 @@ def read_scalars(run_dir: Path, tag: str) -> tuple[np.ndarray, np.ndarray]:
         )
         raise ValueError(f"{run_dir}: no TensorBoard event files (events.out.tfevents.*) in it.{hint}")
     acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
-    # A resumed run's new event file purges the steps after its checkpoint (purge_step), on
-    # purpose; tensorboard's reader logs each purge as a "TensorFlow restart" warning.
     tb_log = logging.getLogger("tensorboard")
-    level = tb_log.level
-    tb_log.setLevel(logging.ERROR)
+    tb_log.addFilter(_quiet_purges)
     try:
         acc.Reload()
     finally:
-        tb_log.setLevel(level)
+        tb_log.removeFilter(_quiet_purges)
     tags = acc.Tags().get("scalars", [])
     if tag not in tags:
         have = ", ".join(sorted(tags)) if tags else "none"

@@ -25,7 +25,7 @@ only that.
 Examples::
 
     python benchmarks/atari100k.py --phase screen --jobs 2      # 32 runs
-    python benchmarks/atari100k.py --phase final --jobs 2       # 48 runs, best variant from screening
+    python benchmarks/atari100k.py --phase final --jobs 2       # 36 runs, best variant from screening
     python benchmarks/atari100k.py --analyze                    # tables and plots only
     nohup python benchmarks/atari100k.py --phase final --jobs 2 > atari100k.log 2>&1 &
 """

@@ -183,6 +183,8 @@ def test_cuda_rng_state_is_the_training_devices_only(monkeypatch):
     checkpoint.set_rng_state(state, torch.device("cuda", 0))  # resumed on another (or a single) GPU
     old = dict(state, cuda=[torch.full((16,), i, dtype=torch.uint8) for i in range(8)])  # 8-GPU save
     checkpoint.set_rng_state(old, cuda3)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 5)
+    checkpoint.set_rng_state(old, torch.device("cuda"))  # no index: the current device's state
     checkpoint.set_rng_state(dict(state, cuda=old["cuda"][:2]), cuda3)  # no state for this GPU: kept
     checkpoint.set_rng_state(state, torch.device("cpu"))
-    assert calls == [(3, torch.device("cuda", 0)), (3, cuda3)]
+    assert calls == [(3, torch.device("cuda", 0)), (3, cuda3), (5, torch.device("cuda"))]

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -127,3 +128,19 @@ def test_more_processes_than_gpus_is_refused_before_spawning(monkeypatch, tmp_pa
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "need 2 GPUs" in err and "--nproc 1" in err and "--device cpu" in err
     assert not run.exists()
+
+
+def test_each_local_rank_gets_its_own_gpu(monkeypatch):
+    from auxrl.distributed import local_gpu
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # torchrun --nproc-per-node 4
+    assert [local_gpu(r) for r in range(4)] == [0, 1, 2, 3]
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    with pytest.raises(ValueError, match="8 processes on this machine need 8 GPUs"):
+        local_gpu(0)
+    # A launcher that shows each process its own single GPU (Slurm --gpus-per-task=1).
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert local_gpu(3) == 0

@@ -71,3 +71,19 @@ def test_initial_weights_do_not_depend_on_the_thread_count(threads):
     assert one.keys() == many.keys()
     for name in one:
         assert torch.equal(one[name], many[name]), name
+
+
+def test_bf16_only_where_the_gpu_has_it(monkeypatch):
+    # torch.cuda.is_bf16_supported() also says yes where bf16 is only emulated (V100, T4).
+    from auxrl.perf import check_bf16
+
+    cuda = torch.device("cuda", 0)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla V100")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 0))
+    with pytest.warns(UserWarning, match="Tesla V100 has no native bf16; running in float32"):
+        assert check_bf16(True, cuda) is False
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    assert check_bf16(True, cuda) is True
+    assert check_bf16(False, cuda) is False
+    with pytest.warns(UserWarning, match="only applies on CUDA"):
+        assert check_bf16(True, torch.device("cpu")) is False
