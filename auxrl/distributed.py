@@ -49,13 +49,10 @@ def local_gpu(local_rank: int, device: str = "auto") -> int:
     (``LOCAL_WORLD_SIZE``): each takes GPU ``LOCAL_RANK``, and more processes than GPUs are
     refused. A launcher that does not say so and shows each process one GPU (e.g. Slurm's
     ``--gpus-per-task=1``) gets that GPU."""
-    gpus = torch.cuda.device_count()
-    if "LOCAL_WORLD_SIZE" in os.environ:
-        check_gpus(int(os.environ["LOCAL_WORLD_SIZE"]), device)
-        return local_rank
-    if gpus == 1:
+    local_world = os.environ.get("LOCAL_WORLD_SIZE")
+    if local_world is None and torch.cuda.device_count() == 1:
         return 0
-    check_gpus(local_rank + 1, device)
+    check_gpus(int(local_world) if local_world else local_rank + 1, device)
     return local_rank
 
 

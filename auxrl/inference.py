@@ -98,7 +98,7 @@ def load_agent(run_dir_or_checkpoint: str | Path, device: str | torch.device = "
     state = {
         k: v for k, v in saved["model"].items() if k.startswith(("torso.", "heads.policy.", "heads.value."))
     }
-    model.load_state_dict(state)  # into the CPU-built model, moved to dev once
+    model.load_state_dict(state)
     stats = NormStats()
     stats.load_state_dict(saved.get("normalization") or {})
     return TrainedAgent(model.to(dev).eval(), cfg, obs_space, action_space, dev, stats)
