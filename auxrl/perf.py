@@ -79,8 +79,12 @@ def try_compile(torso: nn.Module, sample_obs: torch.Tensor) -> bool:
 
         functorch_config.donated_buffer = False
         torso.compile()
-        with torch.no_grad():
-            torso(sample_obs)  # compilation happens here: fail now rather than mid-run
+        # Compilation happens at the first call, the backward graph at the first backward: run
+        # both now, so a compiler failure falls back here rather than crashing the first update.
+        # Batch 2, as dynamo specialises size-1 dimensions.
+        out = torso(sample_obs.expand(2, *sample_obs.shape[1:]))
+        if out.requires_grad:  # a frozen torso has no backward to compile
+            out.float().sum().backward()
         return True
     except Exception as err:  # any compiler failure means: run eagerly
         torso._compiled_call_impl = None  # undo Module.compile
@@ -89,6 +93,9 @@ def try_compile(torso: nn.Module, sample_obs: torch.Tensor) -> bool:
             f"perf.compile: torch.compile failed, running eagerly ({type(err).__name__}: {err})", stacklevel=2
         )
         return False
+    finally:
+        for p in torso.parameters():  # the trial backward leaves no gradient behind
+            p.grad = None
 
 
 def autocast(enabled: bool, device: torch.device, cache: bool = True) -> contextlib.AbstractContextManager:

@@ -23,6 +23,35 @@ def test_compile_failure_falls_back_to_eager(monkeypatch):
     assert torch.equal(torso(obs), expected)
 
 
+def test_backward_compile_failure_falls_back_to_eager(monkeypatch):
+    # The forward compiles, the backward does not: found at the trial, not at the first update.
+    torso = NatureCNN(4)
+    obs = torch.randint(0, 255, (1, 4, 84, 84), dtype=torch.uint8)
+    expected = torso(obs)
+
+    def forward_only_compile(self, *args, **kwargs):
+        def call(*a, **k):
+            out = self.forward(*a, **k)
+            return out + BrokenBackward.apply(out) * 0
+
+        self._compiled_call_impl = call
+
+    class BrokenBackward(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x.clone()
+
+        @staticmethod
+        def backward(ctx, grad):
+            raise RuntimeError("backward compiler missing")
+
+    monkeypatch.setattr(torch.nn.Module, "compile", forward_only_compile)
+    with pytest.warns(UserWarning, match="backward compiler missing"):
+        assert try_compile(torso, obs) is False
+    assert torch.equal(torso(obs), expected)
+    assert all(p.grad is None for p in torso.parameters())
+
+
 def test_bf16_is_ignored_off_cuda_and_training_runs(tmp_path):
     with pytest.warns(UserWarning, match="only applies on CUDA"):
         assert check_bf16(True, torch.device("cpu")) is False
