@@ -13,10 +13,11 @@ resampled within each game), and the probability of improvement P(X > Y) of each
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -189,9 +190,8 @@ def aggregate_estimates(
     def aggregates(x: np.ndarray) -> np.ndarray:
         return np.array([metrics.aggregate_iqm(x), metrics.aggregate_median(x), metrics.aggregate_mean(x)])
 
-    points, intervals = library.get_interval_estimates(
-        hns, aggregates, reps=reps, random_state=np.random.RandomState(seed)
-    )
+    with seeded_numpy(seed):
+        points, intervals = library.get_interval_estimates(hns, aggregates, reps=reps)
     return {
         v: {
             m: (float(points[v][i]), float(intervals[v][0, i]), float(intervals[v][1, i]))
@@ -199,6 +199,21 @@ def aggregate_estimates(
         }
         for v in hns
     }
+
+
+@contextlib.contextmanager
+def seeded_numpy(seed: int) -> Iterator[None]:
+    """Seed numpy's global generator for the block, then restore it.
+
+    rliable 1.2's stratified bootstrap draws its indices from ``np.random.choice`` and ignores its
+    ``random_state`` argument, so without this the intervals change from one analysis to the next.
+    """
+    state = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        yield
+    finally:
+        np.random.set_state(state)
 
 
 def improvement_estimates(
@@ -217,9 +232,8 @@ def improvement_estimates(
     def probability(x: np.ndarray, y: np.ndarray) -> np.ndarray:
         return np.array([metrics.probability_of_improvement(x, y)])
 
-    points, intervals = library.get_interval_estimates(
-        pairs, probability, reps=reps, random_state=np.random.RandomState(seed)
-    )
+    with seeded_numpy(seed):
+        points, intervals = library.get_interval_estimates(pairs, probability, reps=reps)
     return {
         pair.split(",")[0]: (
             float(points[pair][0]),
@@ -330,8 +344,15 @@ def rliable_plots(analysis: PhaseAnalysis, out_dir: Path, reps: int = 1000) -> l
         )
         for v in variants
     }
+    few = len(variants) < 5  # rliable's default layout puts the axis label over the ticks of a short figure
     fig, _ = plot_utils.plot_interval_estimates(
-        points, intervals, metric_names=list(METRICS), algorithms=variants, xlabel="Human-normalised score"
+        points,
+        intervals,
+        metric_names=list(METRICS),
+        algorithms=variants,
+        xlabel="Human-normalised score",
+        row_height=0.6 if few else 0.37,
+        xlabel_y_coordinate=-0.3 if few else -0.1,
     )
     written.append(_save(fig, out_dir / f"aggregates-{analysis.phase}.png", plt))
 
@@ -342,7 +363,8 @@ def rliable_plots(analysis: PhaseAnalysis, out_dir: Path, reps: int = 1000) -> l
         written.append(_save(ax.figure, out_dir / f"probability_of_improvement-{analysis.phase}.png", plt))
 
     tau = np.linspace(-0.1, max(1.0, max(float(np.max(x)) for x in analysis.block.hns.values())), 101)
-    profiles, profile_cis = library.create_performance_profile(analysis.block.hns, tau, reps=reps)
+    with seeded_numpy(0):
+        profiles, profile_cis = library.create_performance_profile(analysis.block.hns, tau, reps=reps)
     fig, ax = plt.subplots(figsize=(7, 4.5))
     plot_utils.plot_performance_profiles(
         profiles, tau, performance_profile_cis=profile_cis, ax=ax, xlabel="Human-normalised score (τ)",

@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
@@ -135,6 +136,12 @@ def test_analysis_of_synthetic_scores_gives_iqm_cis_and_improvement():
     p, plo, phi = a.improvement["heads"]
     assert p == pytest.approx(8 / 9) and 0.0 <= plo <= p <= phi <= 1.0
     assert analysis.best_variant(a.aggregates) == "heads"
+    # the same scores give the same intervals (rliable ignores its random_state), and the global
+    # numpy generator is left as it was
+    before = np.random.get_state()[1].copy()
+    again = analysis.analyze_phase("final", planned, synthetic_scores(), reps=300)
+    assert again.aggregates == a.aggregates and again.improvement == a.improvement
+    assert (np.random.get_state()[1] == before).all()
 
 
 def test_analysis_with_partial_results_uses_matched_block():
