@@ -602,11 +602,13 @@ def recorded_plan(suite: dict[str, Any], phase: str) -> list[RunSpec]:
 
 
 def collect_scores(runs_dir: Path) -> list[analysis.Score]:
-    """The scores in ``<runs_dir>/*/eval.json`` of runs whose checkpoint is the scored one."""
+    """The scores in ``<runs_dir>/*/eval.json`` of runs whose latest checkpoint is the scored one,
+    or that have no checkpoint left (finished in an earlier session or a fresh clone: eval.json is
+    committed, checkpoints stay local; a run is only scored once trained to the end)."""
     scores = []
     for run_dir in sorted(runs_dir.glob("*__*__*")):
-        result = read_eval(run_dir)
-        if result is None or result.get("step") != checkpoint_step(run_dir):
+        result, step = read_eval(run_dir), checkpoint_step(run_dir)
+        if result is None or (step is not None and result.get("step") != step):
             continue
         game, variant, seed = run_dir.name.split("__")
         scores.append(analysis.Score(game, variant, int(seed), float(result["score"])))

@@ -69,6 +69,13 @@ def test_run_status_decides_skip_resume_eval_or_fresh(tmp_path):
     # finished in an earlier session: eval.json and events committed, checkpoints not
     assert suite.run_status(fake_run(tmp_path / "committed", None, 4352), 4096) == "done"
     assert suite.run_status(fake_run(tmp_path / "committed_short", None, 2048), 4096) == "fresh"
+    # the analysis counts scored and committed runs (a fresh clone has no checkpoints), not stale ones
+    runs = tmp_path / "runs"
+    fake_run(runs / "Breakout__no_aux__1", None, 4352)  # committed
+    fake_run(runs / "Breakout__no_aux__2", 4352, 4352)  # scored
+    fake_run(runs / "Breakout__no_aux__3", 8192, 4352)  # stale
+    fake_run(runs / "Breakout__no_aux__4", 2048)  # interrupted
+    assert [(s.seed, s.score) for s in suite.collect_scores(runs)] == [(1, 12.0), (2, 12.0)]
 
 
 def test_runner_starts_resumes_scores_skips_and_cleans(tmp_path, monkeypatch):
