@@ -16,7 +16,9 @@ are skipped, runs with a checkpoint continue with ``auxrl train --resume`` (one 
 steps), a run directory without a checkpoint is trained from scratch. Killing the runner (even
 ``kill -9``) makes its training processes save a checkpoint and exit. Each invocation ends by
 writing ``results.md`` / ``results.json`` and one learning-curve plot per task for whatever
-is finished; ``--analyze`` does only that.
+is finished, and what is not finished yet; ``--analyze`` does only that. A finished run's
+``result.json``, config and events are committed (its checkpoints stay local), so a fresh clone
+skips it too.
 
 Examples::
 
@@ -113,7 +115,10 @@ class Runner:
         run_dir = self.run_dir(task, seed)
         step = checkpoint_step(run_dir)
         if step is None:
-            return "fresh"
+            # Finished in an earlier session or another clone: result.json, config and events are
+            # committed, checkpoints are not.
+            scored = _read_json(run_dir / "result.json")
+            return "done" if scored.get("step", 0) >= task.steps else "fresh"
         if step < task.steps:
             return "resume"
         scored = _read_json(run_dir / "result.json")
@@ -247,6 +252,8 @@ def analyze(out: Path, plan: list[tuple[Task, int]], meta: dict[str, Any]) -> st
     """results.md / results.json and a plot per task, from the finished runs."""
     rows, data = [], []
     tasks = {t.name: t for t, _ in plan}
+    names = [f"{t.name}__{s}" for t, s in plan]
+    missing = [n for n in names if not _read_json(out / "runs" / n / "result.json")]
     for task in tasks.values():
         seeds = [s for t, s in plan if t.name == task.name]
         results = [_read_json(out / "runs" / f"{task.name}__{s}" / "result.json") for s in seeds]
@@ -295,6 +302,8 @@ def analyze(out: Path, plan: list[tuple[Task, int]], meta: dict[str, Any]) -> st
         "sampled actions and the run's frozen observation statistics.",
         "",
         f"CleanRL's figures: {CLEANRL_SOURCE}.",
+        "",
+        f"Not finished yet (the same command continues them): {', '.join(missing) or 'nothing'}",
         "",
         *[f"![{name}](curves_{name}.png)" for name in tasks],
     ]
