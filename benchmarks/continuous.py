@@ -345,11 +345,13 @@ def main(argv: list[str] | None = None) -> int:
     code = 0
     if not args.analyze:
         code = Runner(out, args.env_version, args.device, args.jobs).run(plan)
+    given = sys.argv[1:] if argv is None else argv
     meta = {
         **setup_info(args.device),
         "env_version": args.env_version,
         "command": shlex.join(
-            ["python", "benchmarks/continuous.py", *(argv if argv is not None else sys.argv[1:])]
+            # the command that trains these runs (--analyze only re-reads them)
+            ["python", "benchmarks/continuous.py", *[a for a in given if a != "--analyze"]]
         ),
     }
     print(analyze(out, plan, meta))
