@@ -250,14 +250,13 @@ def _read_config(run_dir: Path) -> dict[str, Any]:
 
 def analyze(out: Path, plan: list[tuple[Task, int]], meta: dict[str, Any]) -> str:
     """results.md / results.json and a plot per task, from the finished runs."""
-    rows, data = [], []
+    rows, data, missing = [], [], []
     tasks = {t.name: t for t, _ in plan}
-    names = [f"{t.name}__{s}" for t, s in plan]
-    missing = [n for n in names if not _read_json(out / "runs" / n / "result.json")]
     for task in tasks.values():
         seeds = [s for t, s in plan if t.name == task.name]
-        results = [_read_json(out / "runs" / f"{task.name}__{s}" / "result.json") for s in seeds]
-        results = [r for r in results if r]
+        read = {s: _read_json(out / "runs" / f"{task.name}__{s}" / "result.json") for s in seeds}
+        missing += [f"{task.name}__{s}" for s, r in read.items() if not r]
+        results = [r for r in read.values() if r]
         env_id = results[0]["env_id"] if results else task.env_id(meta["env_version"])
         finals = [r["final_return"] for r in results if r.get("final_return") is not None]
         evals = [r["eval"]["score"] for r in results]
