@@ -276,9 +276,11 @@ def analyze(out: Path, plan: list[tuple[Task, int]], meta: dict[str, Any]) -> st
             }
         )
         cleanrl = f"{published[0]:.2f} ± {published[1]:.2f}" if published else "none published"
+        per_seed = ", ".join(f"{r['seed']}: {_fmt(r.get('final_return'))}" for r in results) or "n/a"
         rows.append(
             f"| {task.name} | {env_id} | {cleanrl} | "
-            f"{_fmt(final, final_std)} | {_fmt(score, score_std)} | {len(results)} | "
+            f"{_fmt(final, final_std)} | {_fmt(score, score_std)} | "
+            f"{per_seed} | "
             f"{(sum(minutes) / len(minutes)) if minutes else float('nan'):.0f} |"
         )
         runs = [out / "runs" / f"{task.name}__{r['seed']}" for r in results]
@@ -292,7 +294,7 @@ def analyze(out: Path, plan: list[tuple[Task, int]], meta: dict[str, Any]) -> st
         f"Command: `{meta['command']}`",
         "",
         "| task | env | CleanRL (published) | auxrl: last 20 training episodes | auxrl: eval, 10 episodes "
-        "| seeds | min per run |",
+        "| training return per seed | min per run |",
         "|---|---|---|---|---|---|---|",
         *rows,
         "",
