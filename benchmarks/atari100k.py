@@ -159,25 +159,25 @@ def read_eval(run_dir: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) and "score" in data else None
 
 
-def run_status(run_dir: Path, total_steps: int) -> Status:
+def run_status(
+    run_dir: Path, total_steps: int, read_score: Callable[[Path], dict[str, Any] | None] = read_eval
+) -> Status:
     """What a run needs next.
 
-    ``done``: final checkpoint (step >= total_steps) scored in ``eval.json``; ``eval``: trained,
-    not (or not this checkpoint) scored; ``resume``: a checkpoint short of total_steps;
-    ``fresh``: no checkpoint (a directory left by a run killed before its first checkpoint is
-    deleted before training). A run with ``eval.json`` at total_steps and no checkpoint (finished
-    in an earlier session, checkpoints not committed) is ``done``.
+    ``done``: final checkpoint (step >= total_steps) scored (``read_score(run_dir)``, by default
+    its ``eval.json``, names that step); ``eval``: trained, not (or not this checkpoint) scored;
+    ``resume``: a checkpoint short of total_steps; ``fresh``: no checkpoint (a directory left by
+    a run killed before its first checkpoint is deleted before training). A run scored at
+    total_steps without a checkpoint (finished in an earlier session or another clone: its score,
+    config and events are committed, its checkpoints of tens of MB are not) is ``done``.
     """
     step = checkpoint_step(run_dir)
+    scored = read_score(run_dir) or {}
     if step is None:
-        # A run finished in an earlier session: its eval.json and events are committed, its
-        # checkpoints (tens of MB) are not.
-        scored = read_eval(run_dir)
-        return "done" if scored is not None and scored.get("step", 0) >= total_steps else "fresh"
+        return "done" if scored.get("step", 0) >= total_steps else "fresh"
     if step < total_steps:
         return "resume"
-    scored = read_eval(run_dir)
-    return "done" if scored is not None and scored.get("step") == step else "eval"
+    return "done" if scored.get("step") == step else "eval"
 
 
 def parse_eval_output(text: str) -> dict[str, float]:
@@ -615,6 +615,12 @@ def collect_scores(runs_dir: Path) -> list[analysis.Score]:
     return scores
 
 
+def last_scored(runs_dir: Path) -> str:
+    """When the last run was scored (``date`` in its eval.json; "?" if none is)."""
+    dates = [str(r["date"]) for d in runs_dir.glob("*__*__*") if (r := read_eval(d)) and r.get("date")]
+    return max(dates, default="?")  # ISO 8601 with the same offset: sorts as text
+
+
 def screening_best(screen: analysis.PhaseAnalysis) -> tuple[str | None, str]:
     """The best heads variant of a complete screening, and why (or why none yet)."""
     if not screen.planned:
@@ -645,6 +651,7 @@ def analyze(out: Path, suite: dict[str, Any], device: str, reps: int, plots: boo
     meta = {
         **setup_info(device),
         "started": suite.get("started", "?"),
+        "last_scored": last_scored(out / "runs"),
         "config": suite.get("config", CONFIG),
         "config_summary": config_summary(suite.get("settings", {})),
         "commands": suite.get("commands", []),

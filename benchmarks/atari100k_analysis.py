@@ -496,7 +496,8 @@ def results_markdown(
         "",
         "## Setup",
         "",
-        f"- runs: {meta['started']} to {meta['time']}; host: {meta['hostname']}; CPU: {meta['cpu']} "
+        f"- runs: {meta['started']} to {meta.get('last_scored', '?')} (last run scored; analysed "
+        f"{meta['time']}); host: {meta['hostname']}; CPU: {meta['cpu']} "
         f"({meta['cores']} cores); device: {meta['device_name']}; parallel runs: {meta.get('jobs', '?')}",
         f"- config: `{meta['config']}` ({meta['config_summary']})",
         f"- versions: python {v['python']}, torch {v['torch']}, gymnasium {v['gymnasium']}, "

@@ -50,6 +50,7 @@ from atari100k import (  # noqa: E402
     _raise_interrupt,
     checkpoint_step,
     parse_eval_output,
+    run_status,
     start_child,
     write_json,
 )
@@ -112,17 +113,7 @@ class Runner:
         return self.runs / f"{task.name}__{seed}"
 
     def status(self, task: Task, seed: int) -> str:
-        run_dir = self.run_dir(task, seed)
-        step = checkpoint_step(run_dir)
-        if step is None:
-            # Finished in an earlier session or another clone: result.json, config and events are
-            # committed, checkpoints are not.
-            scored = _read_json(run_dir / "result.json")
-            return "done" if scored.get("step", 0) >= task.steps else "fresh"
-        if step < task.steps:
-            return "resume"
-        scored = _read_json(run_dir / "result.json")
-        return "done" if scored.get("step") == step else "eval"
+        return run_status(self.run_dir(task, seed), task.steps, lambda d: _read_json(d / "result.json"))
 
     def run(self, plan: list[tuple[Task, int]]) -> int:
         self.runs.mkdir(parents=True, exist_ok=True)

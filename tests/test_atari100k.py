@@ -76,6 +76,12 @@ def test_run_status_decides_skip_resume_eval_or_fresh(tmp_path):
     fake_run(runs / "Breakout__no_aux__3", 8192, 4352)  # stale
     fake_run(runs / "Breakout__no_aux__4", 2048)  # interrupted
     assert [(s.seed, s.score) for s in suite.collect_scores(runs)] == [(1, 12.0), (2, 12.0)]
+    # results.md's "runs: started to ..." ends when the last run was scored, not at the analysis
+    assert suite.last_scored(runs) == "?"
+    for seed, date in ((1, "2026-11-30T20:48:01+00:00"), (2, "2026-11-30T09:00:00+00:00")):
+        path = runs / f"Breakout__no_aux__{seed}" / "eval.json"
+        path.write_text(json.dumps(json.loads(path.read_text()) | {"date": date}))
+    assert suite.last_scored(runs) == "2026-11-30T20:48:01+00:00"
 
 
 def test_runner_starts_resumes_scores_skips_and_cleans(tmp_path, monkeypatch):
