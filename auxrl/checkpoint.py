@@ -196,8 +196,7 @@ def load(
 
     Broken files of a run directory are skipped with a warning naming them (and renamed to
     ``<name>.corrupt`` so they are not tried again); a broken file given by path is an error.
-    ``repair=False`` only reads: no warning, no rename (the other ranks of a distributed run,
-    while rank 0 does both).
+    ``repair=False`` only reads: no warning, no rename.
     The model's weights are placed on ``device``; everything else (optimizer state, RNG states)
     stays on the CPU: ``optimizer.load_state_dict`` moves its state to the parameters' device,
     and RNG setters only take CPU tensors.

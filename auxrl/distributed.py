@@ -25,6 +25,7 @@ from __future__ import annotations
 import datetime
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as torch_dist
@@ -125,6 +126,14 @@ class Dist:
         parts: list = [None] * self.world_size
         torch_dist.all_gather_object(parts, items)
         return [x for part in parts for x in part]
+
+    def share(self, obj: Any) -> Any:
+        """Rank 0's ``obj`` on every rank (the others' ``obj`` is ignored; picklable objects)."""
+        if not self.enabled:
+            return obj
+        box = [obj if self.is_main else None]
+        torch_dist.broadcast_object_list(box, src=0)
+        return box[0]
 
     def close(self) -> None:
         if self.enabled and torch_dist.is_initialized():

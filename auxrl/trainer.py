@@ -31,6 +31,7 @@ from auxrl.config import AuxConfig, AuxTaskConfig, Config, ConfigError, flatten_
 from auxrl.curriculum import Stage, plan_stages
 from auxrl.distributed import Dist, weights_checksum
 from auxrl.envs import NormStats, VecEnv, make_envs
+from auxrl.inference import resolve_device
 from auxrl.logger import Logger, NullLogger, Progress
 from auxrl.models.agent import Agent, build_agent, freeze, load_pretrained
 from auxrl.perf import autocast, check_bf16, set_torch_threads, torch_threads, try_compile
@@ -43,14 +44,6 @@ from auxrl.update import ppo_update
 
 if TYPE_CHECKING:
     from auxrl.inference import TrainedAgent
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: PyTorch sees no CUDA device here. Use --device cpu or auto.")
-    return torch.device(name)
 
 
 def make_optimizer(params: list[nn.Parameter], lr: float, eps: float) -> torch.optim.Optimizer:
@@ -297,16 +290,18 @@ def _train(
     dist = Dist.from_env(device)  # one process unless started by torchrun / --nproc
     main = dist.is_main  # rank 0 alone writes the run directory, the logs and the console
     say = print if verbose and main else _silent
-    if main:
+    start, saved = "fresh", None
+    if main:  # rank 0 alone reads the run directory (plans it, picks and repairs the checkpoint) ...
         start = rundir.plan(run_dir, resume=resume, overwrite=overwrite)
-    else:  # rank 0 decides and prepares the directory; the others only read a checkpoint
-        start = "resume" if resume and checkpoint.candidates(run_dir) else "fresh"
+        # On the CPU: load_state_dict moves weights and optimizer state to the model's device.
+        saved = checkpoint.load(run_dir) if start == "resume" else None
+    # ... and sends what it loaded: every rank resumes from that very checkpoint, also where the
+    # others see no run directory (a node-local disk) or an older view of it (a network file system).
+    start, saved = dist.share((start, saved))
     dev = dist.device(resolve_device(device))
     seed_everything(cfg.seed, cfg.torch_deterministic)
     stages = plan_stages(cfg)
     state = TrainState()
-    # On the CPU: load_state_dict moves weights and optimizer state to the model's device.
-    saved = checkpoint.load(run_dir, repair=main) if start == "resume" else None
     if saved is not None:
         state = TrainState(**saved["state"])
     # Observation / reward statistics (continuous control) carry over stages and resumes.

@@ -235,7 +235,8 @@ def ppo_update(
                 if loss.total.requires_grad:  # False when only aux heads train (frozen torso and PPO heads)
                     loss.total.backward()
                 dist.average_([q.grad for q in trainable if q.grad is not None])  # before the clip
-                norm = nn.utils.clip_grad_norm_(trainable, p.max_grad_norm)
+                # .to: with no gradient at all (aux-only minibatch skipped) torch returns a CPU zero.
+                norm = nn.utils.clip_grad_norm_(trainable, p.max_grad_norm).to(storage.device)
                 terms["losses/grad_norm"] = norm
                 terms["losses/clip_factor"] = (p.max_grad_norm / (norm + 1e-6)).clamp(max=1.0)
                 terms["losses/total"] = loss.total

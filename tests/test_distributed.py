@@ -94,6 +94,29 @@ def test_a_dead_worker_stops_the_run_and_the_last_checkpoint_resumes(tmp_path):
     assert checkpoint.load(run)["state"]["global_step"] == 2048
 
 
+def _share_worker(rank: int, init_file: str, out_dir: str) -> None:
+    from auxrl.distributed import Dist
+
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    dist = Dist(rank=rank, world_size=2, local_rank=rank)
+    # Rank 1 sees another (or no) checkpoint: it must still resume from rank 0's.
+    mine = ("resume", {"step": 1024, "w": torch.arange(4.0)}) if rank == 0 else ("fresh", None)
+    torch.save(dist.share(mine), Path(out_dir) / f"rank{rank}.pt")
+    dist.close()
+
+
+def test_every_rank_resumes_from_the_checkpoint_rank_0_loaded(tmp_path):
+    import torch.multiprocessing as mp
+
+    from auxrl.distributed import Dist
+
+    assert Dist().share(("fresh", None)) == ("fresh", None)  # one process: no collective
+    mp.spawn(_share_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2)
+    for rank in (0, 1):
+        start, saved = torch.load(tmp_path / f"rank{rank}.pt")
+        assert start == "resume" and saved["step"] == 1024 and saved["w"].tolist() == [0, 1, 2, 3]
+
+
 def _tags(run: Path) -> list[str]:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

@@ -50,6 +50,20 @@ def test_yaml_syntax_error(tmp_path, capsys):
     assert not (tmp_path / "r").exists()
 
 
+def test_cuda_asked_for_where_there_is_none(tmp_path, capsys, monkeypatch):
+    import auxrl
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    line = one_line_error(
+        *run_cli(capsys, "train", "cartpole", "--device", "cuda", "--run-dir", str(tmp_path / "r"))
+    )
+    assert "device 'cuda': PyTorch sees no CUDA device here. Use cpu or auto." in line
+    assert not (tmp_path / "r").exists()
+    with pytest.raises(ValueError, match="device 'cuda:1': PyTorch sees no CUDA device"):  # the Python API
+        auxrl.train("cartpole", run_dir=tmp_path / "api", device="cuda:1", verbose=False)
+    assert not (tmp_path / "api").exists()
+
+
 def test_plugin_that_raises_on_import(tmp_path, capsys, monkeypatch):
     (tmp_path / "broken_plugin.py").write_text("raise RuntimeError('plugin bug')\n")
     monkeypatch.syspath_prepend(str(tmp_path))
