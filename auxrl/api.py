@@ -5,11 +5,11 @@ README's "Python API" section has a runnable example (tests/test_readme.py runs 
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from auxrl import rundir
 from auxrl.config import Config, from_dict, load_config, to_dict
 
 
@@ -54,14 +54,19 @@ def train(
         cfg = from_dict(to_dict(config), texts, follow=True)
     else:
         cfg = load_config(config, texts)
-    if run_dir is None:
-        run_dir = Path("runs") / f"{cfg.name}__{cfg.seed}__{time.strftime('%Y%m%d-%H%M%S')}"
-    return _train(
-        cfg,
-        run_dir,
-        device=device,
-        progress=verbose,
-        resume=resume,
-        overwrite=overwrite,
-        verbose=verbose,
-    )
+    reserved = run_dir is None
+    if run_dir is None:  # made now: a run started in the same second gets another directory
+        run_dir = rundir.new_default(cfg.name, cfg.seed)
+    try:
+        return _train(
+            cfg,
+            run_dir,
+            device=device,
+            progress=verbose,
+            resume=resume,
+            overwrite=overwrite,
+            verbose=verbose,
+        )
+    finally:
+        if reserved:
+            rundir.remove_if_empty(run_dir)  # the run did not start: leave nothing behind

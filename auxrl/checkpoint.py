@@ -168,14 +168,28 @@ def find(run_dir_or_file: str | Path) -> Path:
     )
 
 
+class UnreadableCheckpoint(ValueError):
+    """A truncated or corrupt checkpoint file (a run directory's are moved aside and skipped)."""
+
+
 def _read(path: Path) -> dict[str, Any]:
     # Checkpoints hold numpy RNG state and plain config dicts, so full unpickling is needed;
     # only load checkpoints you trust (as with any torch.load of a pickle).
     try:
         saved = torch.load(path, map_location="cpu", weights_only=False)
+    except ModuleNotFoundError as err:  # most likely intact, pickled by another install: keep it
+        raise ValueError(
+            f"{path} needs the Python module {err.name!r}, which this installation lacks (written "
+            f"with other versions of auxrl's dependencies, or damaged). Install the versions that "
+            f"wrote it, or move the file aside to use an older checkpoint."
+        ) from None
+    except MemoryError:
+        raise
     except Exception as err:  # truncated zip, bad pickle, ...: all mean "not a usable file"
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ValueError(f"{path} is not a readable checkpoint (truncated or corrupt: {reason})") from None
+        raise UnreadableCheckpoint(
+            f"{path} is not a readable checkpoint (truncated or corrupt: {reason})"
+        ) from None
     if not isinstance(saved, dict):
         raise ValueError(f"{path} is not an auxrl checkpoint (it holds a {type(saved).__name__})")
     return saved
@@ -208,7 +222,7 @@ def load(
     for candidate in candidates(path):
         try:
             saved = _read(candidate)
-        except ValueError as err:
+        except UnreadableCheckpoint as err:
             broken.append(candidate.name)
             if repair:
                 print(

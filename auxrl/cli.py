@@ -6,17 +6,13 @@ import argparse
 import importlib.metadata
 import os
 import platform
+import signal
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 from auxrl.config import Config, ConfigError, build, from_dict, load_config, load_dict, shipped_config_names
-
-
-def _default_run_dir(cfg_name: str, seed: int) -> Path:
-    return Path("runs") / f"{cfg_name}__{seed}__{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 def _describe(err: OSError) -> str:
@@ -26,9 +22,21 @@ def _describe(err: OSError) -> str:
 
 
 def _resume_target(resume: str, run_dir: str | None) -> Path:
-    """The run directory of ``--resume RUN_DIR`` (or of a checkpoint file in it)."""
+    """The run directory of ``--resume RUN_DIR``."""
     path = Path(resume)
-    target = path.parent.parent if path.is_file() else path
+    if path.is_file():  # a checkpoint: resuming "its run" would silently use another file
+        run = path.parent.parent
+        if path.parent.name == "checkpoints" and (run / "config.yaml").is_file():
+            raise ValueError(
+                f"--resume takes a run directory, not a checkpoint file: `auxrl train --resume {run}` "
+                f"continues from its latest checkpoint (to go back to {path.name}, write that name into "
+                f"{path.parent / 'latest'} first)."
+            )
+        raise ValueError(
+            f"--resume takes a run directory, not a file ({path}). To start a new run from that "
+            f"checkpoint's weights, train with model.init_from={path}."
+        )
+    target = path
     if run_dir is not None and Path(run_dir).resolve() != target.resolve():
         raise ValueError(
             f"--resume {resume} continues the run in {target}, but --run-dir says {run_dir}. A resumed "
@@ -40,12 +48,13 @@ def _resume_target(resume: str, run_dir: str | None) -> Path:
 def _resume_config(run_dir: Path) -> dict[str, Any]:
     """The config to resume with: the latest checkpoint's, or config.yaml of a run that died
     before its first checkpoint (that run then starts again from step 0)."""
-    from auxrl import checkpoint
+    from auxrl import checkpoint, rundir
 
+    rundir.plan(run_dir, resume=True)  # refuses what cannot be resumed, with the way forward
     try:
         return checkpoint.load(run_dir)["config"]
     except FileNotFoundError:
-        if (run_dir / "config.yaml").is_file():
+        if (run_dir / rundir.MARKER).is_file() and (run_dir / "config.yaml").is_file():
             return load_dict(run_dir / "config.yaml")
         raise FileNotFoundError(
             f"Nothing to resume in {run_dir}: no checkpoint and no config.yaml of a run. Start one "
@@ -54,8 +63,7 @@ def _resume_config(run_dir: Path) -> dict[str, Any]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from auxrl import checkpoint
-    from auxrl.trainer import train
+    from auxrl import rundir
 
     if args.resume:
         # The saved config is the run's config; overrides on resume change it (e.g. total_steps).
@@ -68,7 +76,13 @@ def cmd_train(args: argparse.Namespace) -> int:
                 )
             overrides.insert(0, args.config)  # argparse put the first override in CONFIG's slot
         run_dir = _resume_target(args.resume, args.run_dir)
-        cfg = from_dict(_resume_config(run_dir), overrides)
+        saved = _resume_config(run_dir)
+        if args.seed is not None and args.seed != saved.get("seed"):
+            raise ConfigError(
+                f"--seed {args.seed}: a resumed run keeps its seed ({saved.get('seed')}); train another "
+                f"seed as a new run (another --run-dir)."
+            )
+        cfg = from_dict(saved, overrides)
     else:
         if args.config is None:
             raise ConfigError(
@@ -76,7 +90,20 @@ def cmd_train(args: argparse.Namespace) -> int:
             )
         overrides = list(args.overrides) + ([f"seed={args.seed}"] if args.seed is not None else [])
         cfg = load_config(args.config, overrides)
-        run_dir = Path(args.run_dir) if args.run_dir else _default_run_dir(cfg.name, cfg.seed)
+        if not args.run_dir:  # made now: a run started in the same second gets another directory
+            run_dir = rundir.new_default(cfg.name, cfg.seed)
+            try:
+                return _train_in(args, cfg, run_dir)
+            finally:
+                rundir.remove_if_empty(run_dir)  # the run did not start: leave nothing behind
+        run_dir = Path(args.run_dir)
+    return _train_in(args, cfg, run_dir)
+
+
+def _train_in(args: argparse.Namespace, cfg: Config, run_dir: Path) -> int:
+    from auxrl import checkpoint
+    from auxrl.trainer import train
+
     if args.nproc < 1:
         raise ValueError(f"--nproc {args.nproc}: give 1 or more processes.")
     if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
@@ -187,6 +214,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise ValueError(
             f"--episodes ({args.episodes}) and --num-envs ({args.num_envs}) must be >= 1, e.g. --episodes 10."
         )
+    if not 0 <= args.seed <= 2**32 - 1:
+        raise ValueError(f"--seed {args.seed}: must be an integer in [0, 2**32 - 1], e.g. --seed 12345.")
     if args.video:
         _check_writable(Path(args.video))
     agent = load_agent(args.run, args.device)
@@ -247,8 +276,12 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 def cmd_config(args: argparse.Namespace) -> int:
     from auxrl.confighelp import describe_config
+    from auxrl.curriculum import plan_stages
+    from auxrl.trainer import load_tasks
 
     cfg = load_config(args.config, args.overrides)
+    for stage in plan_stages(cfg):  # the checks `train` makes before it builds anything
+        load_tasks(stage.cfg.aux)
     print(describe_config(cfg, " ".join([args.config, *args.overrides])))
     return 0
 
@@ -397,8 +430,8 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as err:  # files, disk, permissions: the user's environment, not a bug
         print(f"auxrl {args.command}: error: {_describe(err)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        return 130
+    except KeyboardInterrupt as err:  # 130 for Ctrl-C, 143 for a SIGTERM the trainer stopped on
+        return 128 + getattr(err, "signum", signal.SIGINT)
 
 
 if __name__ == "__main__":

@@ -253,8 +253,8 @@ def _type_name(tp: Any) -> str:
     return "None" if tp is type(None) else getattr(tp, "__name__", str(tp))
 
 
-def _suggest(key: str, valid: list[str]) -> str:
-    close = difflib.get_close_matches(key, valid, n=1)
+def _suggest(key: Any, valid: list[str]) -> str:
+    close = difflib.get_close_matches(str(key), valid, n=1)
     hint = f" Did you mean {close[0]!r}?" if close else ""
     return f"Valid keys: {', '.join(sorted(valid))}.{hint}"
 
@@ -265,12 +265,15 @@ def convert(value: Any, tp: Any, path: str) -> Any:
     if tp is Any:
         return value
     if origin in (Union, types.UnionType):
-        errors = []
+        mapping_error = None
         for option in typing.get_args(tp):
             try:
                 return convert(value, option, path)
             except ConfigError as err:
-                errors.append(err)
+                if isinstance(value, dict) and dataclasses.is_dataclass(option):
+                    mapping_error = err  # a mapping was meant for this option: say what is wrong in it
+        if mapping_error is not None:
+            raise mapping_error
         raise ConfigError(f"{path}: expected {_type_name(tp)}, got {value!r}")
     if tp is type(None):
         if value is None:
@@ -335,11 +338,21 @@ def build(cls: type, data: dict[str, Any], path: str = "") -> Any:
     for key, value in data.items():
         where = f"{path}.{key}" if path else key
         if key not in fields:
-            raise ConfigError(f"Unknown config key {where!r}. {_suggest(key, list(fields))}")
+            raise ConfigError(f"Unknown config key {str(where)!r}. {_suggest(key, list(fields))}")
         kwargs[key] = convert(value, hints[key], where)
+    required = [
+        name
+        for name, f in fields.items()
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
+    missing = [name for name in required if name not in kwargs]
+    if missing:
+        raise ConfigError(
+            f"{path or cls.__name__}: missing {', '.join(missing)} (give all of {', '.join(required)})."
+        )
     try:
         return cls(**kwargs)
-    except TypeError as err:  # a required field (no default) is missing
+    except TypeError as err:  # e.g. a task Config's __post_init__ comparing a value of a wrong type
         raise ConfigError(f"{path or cls.__name__}: {err}") from None
 
 
@@ -467,11 +480,16 @@ def _floats_in_yaml(node: Any) -> Any:
 
 def load_dict(name_or_path: str | Path) -> dict[str, Any]:
     path = resolve_config_path(str(name_or_path))
-    with open(path) as f:
+    with open(path, encoding="utf-8") as f:
         try:
             data = yaml.safe_load(f) or {}
         except yaml.YAMLError as err:
             raise ConfigError(f"{path}: not valid YAML ({_yaml_problem(err)}).") from None
+        except UnicodeDecodeError as err:
+            raise ConfigError(
+                f"{path}: not a UTF-8 YAML file (byte {err.object[err.start]:#04x} at position {err.start}); "
+                f"give a YAML config file."
+            ) from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of config sections.")
     return _floats_in_yaml(data)
@@ -556,16 +574,33 @@ def _deepcopy(data: Any) -> Any:
     return data
 
 
+# The agent's own modules: aux tasks live beside them (agent.heads) and cannot take their names.
+RESERVED_MODULE_NAMES = ("policy", "value", "torso")
+
+
 def validate(cfg: Config) -> None:
     """Range checks that types alone cannot express."""
     p, e, b = cfg.ppo, cfg.env, cfg.aux.balance
     checks = [
+        (
+            0 <= cfg.seed <= 2**32 - 1,
+            f"seed must be an integer in [0, 2**32 - 1], got {cfg.seed:g}",
+        ),
+        (
+            cfg.name not in ("", ".", "..") and not any(c in cfg.name for c in "/\\"),
+            f"name {cfg.name!r} must be a plain folder name (no '/', '\\' or '..'); use --run-dir to "
+            f"write the run elsewhere",
+        ),
+        (
+            all(size >= 1 for size in cfg.model.hidden_sizes),
+            f"model.hidden_sizes {cfg.model.hidden_sizes}: every layer size must be >= 1, e.g. [64, 64]",
+        ),
         (e.num_envs >= 1, "env.num_envs must be >= 1"),
         (p.num_steps >= 1, "ppo.num_steps must be >= 1"),
         (p.total_steps >= 1, "ppo.total_steps must be >= 1"),
         (p.num_minibatches >= 1, "ppo.num_minibatches must be >= 1"),
         (
-            (e.num_envs * p.num_steps) % p.num_minibatches == 0,
+            p.num_minibatches < 1 or (e.num_envs * p.num_steps) % p.num_minibatches == 0,
             f"env.num_envs x ppo.num_steps ({e.num_envs * p.num_steps}) must be divisible by "
             f"ppo.num_minibatches ({p.num_minibatches})",
         ),
@@ -593,6 +628,13 @@ def validate(cfg: Config) -> None:
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
+    for name in cfg.aux.tasks:
+        if name in RESERVED_MODULE_NAMES:
+            raise ConfigError(
+                f"aux.tasks.{name}: {name!r} is reserved for the model's own modules "
+                f"({', '.join(RESERVED_MODULE_NAMES)}); give the aux task another name, "
+                f"e.g. aux.tasks.my_{name}"
+            )
     for i, stage in enumerate(cfg.curriculum.stages):
         if stage.steps <= 0 and stage.return_threshold is None and i < len(cfg.curriculum.stages) - 1:
             raise ConfigError(f"curriculum.stages[{i}] never ends: give it `steps` or `return_threshold`.")

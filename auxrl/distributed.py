@@ -135,8 +135,13 @@ class Dist:
         torch_dist.broadcast_object_list(box, src=0)
         return box[0]
 
-    def close(self) -> None:
+    def close(self, barrier: bool = False) -> None:
+        """Leave the process group. ``barrier=True`` on a normal end: every rank waits until all
+        are done (rank 0 may still be writing the last checkpoint), since gloo aborts a rank whose
+        peer tears the group down under it. Not after an error: the others may never arrive."""
         if self.enabled and torch_dist.is_initialized():
+            if barrier:
+                torch_dist.barrier()
             torch_dist.destroy_process_group()
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -79,6 +80,25 @@ def resolve_device(name: str | torch.device) -> torch.device:
     return torch.device(name)
 
 
+def read_checkpoint(run_dir_or_checkpoint: str | Path, *keys: str) -> dict[str, Any]:
+    """``checkpoint.load``, refusing a file that lacks the entries ``keys`` (a .pt not written by
+    ``auxrl train``)."""
+    saved = checkpoint.load(run_dir_or_checkpoint)
+    missing = [
+        key
+        for key in keys
+        if key not in saved or key in ("config", "model") and not isinstance(saved[key], dict)
+    ]
+    if missing:
+        path = Path(run_dir_or_checkpoint)
+        name = path if path.is_file() else checkpoint.find(path)
+        raise ValueError(
+            f"{name} is not an auxrl checkpoint (it lacks {', '.join(map(repr, missing))}): give a run "
+            f"directory or a checkpoints/step_*.pt file written by `auxrl train`."
+        )
+    return saved
+
+
 def load_agent(run_dir_or_checkpoint: str | Path, device: str | torch.device = "auto") -> TrainedAgent:
     """Load a trained agent from a run directory (its latest checkpoint) or a checkpoint file.
 
@@ -87,7 +107,8 @@ def load_agent(run_dir_or_checkpoint: str | Path, device: str | torch.device = "
     :param device: ``auto`` (CUDA if available), ``cpu``, ``cuda`` or ``cuda:N``.
     """
     dev = resolve_device(device)
-    saved = checkpoint.load(run_dir_or_checkpoint)  # on the CPU: the weights go to dev once, below
+    # On the CPU: the weights go to dev once, below.
+    saved = read_checkpoint(run_dir_or_checkpoint, "config", "spaces", "model")
     cfg = build(Config, saved["config"])
     obs_space, action_space = saved["spaces"]
     model = build_agent(

@@ -269,6 +269,8 @@ def plot_runs(
         raise ValueError(f"--smoothing {smoothing}: must be in [0, 1) (0: no smoothing; 0.9 is the default)")
     if not run_dirs:
         raise ValueError("auxrl plot needs at least one RUN_DIR")
+    if not str(out).strip():
+        raise ValueError("--out is empty: give the image file to write, e.g. --out curves.png (.pdf, .svg).")
     if labels is not None and group_by is not None:
         raise ValueError("--labels and --group-by both choose the groups: give one.")
     try:
@@ -345,6 +347,8 @@ def plot_runs(
         ax.text(0.01, 0.01, "\n".join(notes), transform=ax.transAxes, fontsize=7, va="bottom")
     fig.tight_layout()
     out_path = Path(out)
+    if not out_path.suffix:  # what savefig would write: a PNG, named so
+        out_path = out_path.with_name(out_path.name + ".png")
     out_path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_path, dpi=120)
     return out_path

@@ -2,14 +2,18 @@
 
 ``auxrl train`` starts a run in a directory in one of four ways (:func:`plan`):
 
-* ``fresh``: the directory does not exist or holds no run;
+* ``fresh``: the directory does not exist or is empty of runs;
 * ``resume``: ``--resume`` and the run has a checkpoint: continue from it;
 * ``restart``: the run there stopped before its first checkpoint (a crash or a kill), with or
   without ``--resume``: there is nothing to continue, so it starts again from step 0 and the
   dead process's config.yaml and TensorBoard files are deleted (their steps would be mixed in);
 * ``overwrite``: ``--overwrite``: the run there is deleted and a new one started.
 
-A directory holding a run with a checkpoint is refused without ``--resume`` or ``--overwrite``.
+A directory holding a run with a checkpoint is refused without ``--resume`` or ``--overwrite``,
+and so is one holding a config.yaml or TensorBoard files that no auxrl run wrote (a run marks
+its directory with ``.auxrl-run``: a user's own config.yaml is never taken for a dead run and
+deleted), and one inside another run's directory or holding runs itself (TensorBoard would
+mix them).
 Nothing is created or deleted until the run has started up (config, envs, model and checkpoint
 all fine, see :func:`claim`), so a start-up error leaves the directory as it was, or absent.
 While a run trains it holds an advisory lock on its directory (``flock``, released by the OS
@@ -18,8 +22,10 @@ even on ``kill -9``), so a second ``auxrl train`` there is refused instead of mi
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -33,6 +39,7 @@ except ImportError:  # Windows: no advisory locks; runs are still checked, not l
 
 CONFIG_FILE = "config.yaml"
 EVENTS_GLOB = "events.out.tfevents.*"
+MARKER = ".auxrl-run"  # written when a run claims its directory
 Start = Literal["fresh", "resume", "restart", "overwrite"]
 
 
@@ -43,10 +50,22 @@ class Contents:
     config: bool
     events: list[Path]
     checkpoints: list[Path]
+    broken: list[Path]  # checkpoints moved aside as unreadable (*.corrupt)
+    marked: bool  # an auxrl run claimed this directory
 
     @property
     def holds_run(self) -> bool:
-        return self.config or bool(self.events) or bool(self.checkpoints)
+        return self.marked or bool(self.checkpoints or self.broken)
+
+    @property
+    def foreign(self) -> list[str]:
+        """Files a run would replace that no auxrl run wrote (e.g. the user's own config.yaml)."""
+        found = []
+        if not self.holds_run and self.config:
+            found.append(CONFIG_FILE)
+        if not self.holds_run and self.events:
+            found.append(f"{len(self.events)} TensorBoard file(s)")
+        return found
 
 
 def contents(run_dir: Path) -> Contents:
@@ -54,7 +73,55 @@ def contents(run_dir: Path) -> Contents:
         config=(run_dir / CONFIG_FILE).is_file(),
         events=sorted(run_dir.glob(EVENTS_GLOB)),
         checkpoints=checkpoint.candidates(run_dir),
+        broken=sorted((run_dir / checkpoint.CHECKPOINT_DIR).glob(f"*{checkpoint.CORRUPT_SUFFIX}")),
+        marked=(run_dir / MARKER).is_file(),
     )
+
+
+def _is_run(path: Path) -> bool:
+    return (path / MARKER).is_file() or bool(checkpoint.candidates(path))
+
+
+def _check_not_nested(run_dir: Path) -> None:
+    """A run inside another run's directory, or around other runs, mixes in their TensorBoard."""
+    resolved = run_dir.resolve()
+    outer = next((p for p in resolved.parents if _is_run(p)), None)
+    if outer is not None:
+        raise ValueError(
+            f"{run_dir} is inside the run directory {outer}: TensorBoard would mix the two runs. "
+            f"Give a --run-dir outside it."
+        )
+    if run_dir.is_dir() and not _is_run(run_dir):
+        inner = next((p for p in sorted(run_dir.iterdir()) if p.is_dir() and _is_run(p)), None)
+        if inner is not None:
+            raise ValueError(
+                f"{run_dir} holds other runs ({inner.name}, ...): a run written beside them would "
+                f"mix into their TensorBoard view. Give a --run-dir of its own, e.g. {run_dir / 'new_run'}."
+            )
+
+
+def new_default(name: str, seed: int, root: str | Path = "runs") -> Path:
+    """``runs/<name>__<seed>__<time>``, created now so that a run started in the same second
+    (a shell loop with ``&``) gets ``-2`` (``-3``, ...) instead of the same directory. The caller
+    removes it with :func:`remove_if_empty` should the run not start."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    base = f"{name}__{seed}__{time.strftime('%Y%m%d-%H%M%S')}"
+    for i in itertools.count(1):
+        path = root / (base if i == 1 else f"{base}-{i}")
+        try:
+            path.mkdir()
+        except FileExistsError:
+            continue
+        return path
+    raise AssertionError("unreachable")
+
+
+def remove_if_empty(path: str | Path) -> None:
+    try:
+        Path(path).rmdir()
+    except OSError:  # not empty (the run started), or already gone
+        pass
 
 
 def plan(run_dir: str | Path, *, resume: bool, overwrite: bool = False) -> Start:
@@ -64,20 +131,32 @@ def plan(run_dir: str | Path, *, resume: bool, overwrite: bool = False) -> Start
         raise ValueError("--resume continues the run in a directory and --overwrite deletes it: give one.")
     if run_dir.exists() and not run_dir.is_dir():
         raise ValueError(f"Run directory {run_dir} is a file. Give a directory with --run-dir.")
+    _check_not_nested(run_dir)
     found = contents(run_dir)
+    if found.broken and not found.checkpoints and not overwrite:
+        names = ", ".join(p.name for p in found.broken)
+        raise ValueError(
+            f"Every checkpoint in {run_dir} is unreadable (moved aside: {names}): there is nothing to "
+            f"continue. Start again in a new --run-dir, or add --overwrite to delete this run."
+        )
     if resume:
         if found.checkpoints:
             return "resume"
-        if found.config:
+        if found.marked and found.config:
             return "restart"
         raise FileNotFoundError(
             f"Nothing to resume in {run_dir}: no checkpoint and no config.yaml of a run. Start one "
             f"with `auxrl train CONFIG --run-dir {run_dir}`."
         )
+    if overwrite and (found.holds_run or found.foreign):
+        return "overwrite"
+    if found.foreign:
+        raise ValueError(
+            f"{run_dir} holds {' and '.join(found.foreign)} that no auxrl run wrote; a run there "
+            f"would replace them. Train in another --run-dir, or add --overwrite to delete them."
+        )
     if not found.holds_run:
         return "fresh"
-    if overwrite:
-        return "overwrite"
     if found.checkpoints:
         raise ValueError(
             f"{run_dir} already holds a run (checkpoint {found.checkpoints[0].name}). Continue it "
@@ -126,7 +205,7 @@ def claim(run_dir: str | Path, start: Start) -> tuple[Claim, list[str]]:
     notes = []
     try:
         found = contents(run_dir)  # again, now that no other process can change it
-        if start == "fresh" and found.holds_run:  # another process started a run here meanwhile
+        if start == "fresh" and (found.holds_run or found.foreign):  # another process got here meanwhile
             raise ValueError(f"{run_dir} now holds a run: continue it with --resume {run_dir}.")
         if start in ("restart", "overwrite"):
             if start == "restart" and found.checkpoints:  # another process got one in meanwhile
@@ -142,6 +221,7 @@ def claim(run_dir: str | Path, start: Start) -> tuple[Claim, list[str]]:
                 f"{' and checkpoints' if start == 'overwrite' else ''} and {len(found.events)} "
                 f"TensorBoard file(s))."
             )
+        (run_dir / MARKER).write_text("auxrl run directory (config.yaml, TensorBoard events, checkpoints/)\n")
         stale = checkpoint.remove_stale_tmp(run_dir)
         if stale:
             notes.append(f"Removed {len(stale)} unfinished checkpoint write(s) of a killed process.")

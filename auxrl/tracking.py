@@ -39,23 +39,33 @@ class WandbMirror:
         import wandb
 
         id_file = run_dir / RUN_ID_FILE
-        if resumed and id_file.is_file():
-            run_id, resume = id_file.read_text().strip(), "allow"
-        else:
+        fresh = not (resumed and id_file.is_file())
+        if fresh:
             run_id, resume = secrets.token_hex(8), None
             id_file.write_text(run_id + "\n")
-        self.run = wandb.init(
-            project=cfg.wandb_project,
-            entity=cfg.wandb_entity,
-            group=cfg.wandb_group,
-            name=run_dir.resolve().name,
-            id=run_id,
-            resume=resume,
-            dir=str(run_dir),
-            config=config,
-            # A library must not take over the process: no stdout capture, no signal handlers.
-            settings=wandb.Settings(console="off", quiet=True),
-        )
+        else:
+            run_id, resume = id_file.read_text().strip(), "allow"
+        try:
+            self.run = wandb.init(
+                project=cfg.wandb_project,
+                entity=cfg.wandb_entity,
+                group=cfg.wandb_group,
+                name=run_dir.resolve().name,
+                id=run_id,
+                resume=resume,
+                dir=str(run_dir),
+                config=config,
+                # A library must not take over the process: no stdout capture, no signal handlers.
+                settings=wandb.Settings(console="off", quiet=True),
+            )
+        except wandb.Error as err:  # e.g. no API key: the user's setup, not a bug in the run
+            if fresh:
+                id_file.unlink(missing_ok=True)
+            reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise ValueError(
+                f"log.wandb=true: W&B did not start ({reason}). Log in with `wandb login` (or set "
+                f"WANDB_API_KEY), log offline with WANDB_MODE=offline, or drop log.wandb."
+            ) from None
         # Every metric is plotted against the env step, logged with it (several episodes can end
         # at one step, so W&B's own step counter cannot be the env step).
         self.run.define_metric("global_step")

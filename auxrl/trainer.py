@@ -37,6 +37,7 @@ from auxrl.models.agent import Agent, build_agent, freeze, load_pretrained
 from auxrl.perf import autocast, check_bf16, set_torch_threads, torch_threads, try_compile
 from auxrl.ppo.loss import explained_variance
 from auxrl.ppo.rollout import RolloutStorage
+from auxrl.stopping import StopRequested, StopSignals
 from auxrl.tasks.base import AuxTask, TaskContext
 from auxrl.tasks.combine import AuxTasks
 from auxrl.tasks.registry import enabled_tasks, resolve
@@ -71,7 +72,7 @@ class TrainState:
     update: int = 0
     stage: int = 0
     stage_start_step: int = 0
-    stage_returns: list[float] = field(default_factory=list)  # returns of the current stage
+    stage_returns: list[float] = field(default_factory=list)  # this stage's (the last one's when done)
     best_recent_return: float | None = None
     episodes: int = 0
 
@@ -109,10 +110,8 @@ def build_model(cfg: Config, stages: list[Stage], obs_space: gym.Space, action_s
     ctx = TaskContext(obs_space, action_space, agent.torso.feature_dim, agent.torso)
     for stage in stages:
         for name, (cls, task_cfg) in load_tasks(stage.cfg.aux).items():
-            if name in agent.heads:
+            if name in agent.heads:  # enabled in an earlier stage (reserved names: config.validate)
                 continue
-            if name in ("policy", "value", "torso"):
-                raise ValueError(f"aux.tasks.{name}: {name!r} is reserved; give the task another key.")
             cls.check(ctx)
             agent.heads[name] = cls(task_cfg, ctx)
     return agent
@@ -147,6 +146,20 @@ def load_tasks(aux: AuxConfig) -> dict[str, tuple[type[AuxTask], Any]]:
 
 def stage_tasks(agent: Agent, stage: Stage) -> dict[str, AuxTask]:
     return {name: agent.heads[name] for name in enabled_tasks(stage.cfg.aux)}
+
+
+def check_task_windows(agent: Agent, stages: list[Stage]) -> None:
+    """Each task's windows fit in one rollout (all the replay holds at the first update): refused
+    at start-up rather than at the first update, after the run directory was written."""
+    for stage in stages:
+        for name, task in stage_tasks(agent, stage).items():
+            length, steps = task.needs.sequence_length, stage.cfg.ppo.num_steps
+            if length > steps:
+                raise ValueError(
+                    f"aux.tasks.{name} needs windows of {length} steps, more than a rollout holds "
+                    f"(ppo.num_steps={steps}{f', stage {stage.name!r}' if len(stages) > 1 else ''}): "
+                    f"shorten the task's window (its horizon / n_steps) or raise ppo.num_steps."
+                )
 
 
 def check_spaces(agent_env: tuple[gym.Space, gym.Space], envs: VecEnv, stage: Stage) -> None:
@@ -234,18 +247,16 @@ def _resume_mismatch(run_dir: Path, saved: dict, cfg: Config, err: Exception) ->
     old = {k: v for k, v in flatten_dotted(saved).items() if k.split(".")[0] in sections}
     new = {k: v for k, v in flatten_dotted(to_dict(cfg)).items() if k.split(".")[0] in sections}
     changed = [
-        f"    {key}: {old.get(key, '(absent)')} in the checkpoint, {new.get(key, '(absent)')} here"
+        f"{key} {old.get(key, '(absent)')} -> {new.get(key, '(absent)')}"
         for key in sorted(old.keys() | new.keys())
         if old.get(key) != new.get(key)
     ]
-    first_line = str(err).strip().splitlines()[0]
+    differ = f"; keys that differ: {', '.join(changed)}" if changed else ""
     return (
         f"Cannot resume {run_dir}: its checkpoint holds a different model or optimizer than this "
-        f"config builds ({first_line}).\n"
-        + ("  Config keys that differ:\n" + "\n".join(changed) + "\n" if changed else "")
-        + f"Resume with `auxrl train --resume {run_dir}` and no config (it uses the run's saved "
-        f"config; overrides then may change training settings such as ppo.total_steps, not the "
-        f"model), or train the new config in a fresh --run-dir."
+        f"config builds ({str(err).strip().splitlines()[0]}{differ}). Resume with `auxrl train "
+        f"--resume {run_dir}` and overrides that leave the model alone (e.g. ppo.total_steps), or "
+        f"train the new config in a fresh --run-dir."
     )
 
 
@@ -313,11 +324,15 @@ def _train(
 
         check_wandb()  # before anything is written
 
-    # The model is built once from the first stage's env and carries over between stages.
-    first_envs = make_envs(stages[state.stage].cfg.env, stats=norm_stats)
+    # The model is built once from the first stage's env and carries over between stages. A run
+    # whose curriculum has finished (state.stage == len(stages)) resumes at its last stage, with
+    # nothing left to train.
+    current = min(state.stage, len(stages) - 1)
+    first_envs = make_envs(stages[current].cfg.env, stats=norm_stats)
     spaces = (first_envs.single_observation_space, first_envs.single_action_space)
-    check_stage_spaces(spaces, stages[state.stage + 1 :])
+    check_stage_spaces(spaces, stages[current + 1 :])
     agent = build_model(cfg, stages, *spaces).to(dev)
+    check_task_windows(agent, stages)
     if cfg.model.init_from and saved is None:
         loaded = load_pretrained(agent, cfg.model.init_from, cfg.model.init_modules)
         for name, head in agent.heads.items():
@@ -346,7 +361,13 @@ def _train(
         checkpoint.set_rng_state(saved["rng"], dev)
         if "balancer" in saved:
             balancer.load_state_dict(saved["balancer"], dev)
-        say(f"Resumed {run_dir} at step {state.global_step:,} (stage {stages[state.stage].name})")
+        where = f"stage {stages[current].name}" if state.stage < len(stages) else "curriculum finished"
+        say(f"Resumed {run_dir} at step {state.global_step:,} ({where})")
+        if state.global_step >= cfg.ppo.total_steps:
+            say(
+                f"Nothing to train: the run is at step {state.global_step:,} and ppo.total_steps is "
+                f"{cfg.ppo.total_steps:,} (raise it to train longer)."
+            )
     if dist.enabled:
         # Same weights everywhere (built from cfg.seed); each rank its own action sampling.
         # Re-derived from the step on resume, so a run can resume with another number of ranks.
@@ -359,33 +380,32 @@ def _train(
     # The directory is created, locked and cleared only now: a start-up error above leaves it as it
     # was (or absent), and a failed resume leaves the run's own config.yaml in place.
     claimed, notes = rundir.claim(run_dir, start) if main else (None, [])
-    for note in notes:
-        say(note)
-    if main:
-        save_config(cfg, run_dir / "config.yaml")
+    try:
+        for note in notes:
+            say(note)
+        mirror = None  # first: a W&B that cannot start (not logged in) leaves no config.yaml behind
+        if cfg.log.wandb and main:
+            from auxrl.tracking import WandbMirror
 
-    # Events up to the checkpoint step are kept; later ones (written before a crash) are purged.
-    mirror = None
-    if cfg.log.wandb and main:
-        from auxrl.tracking import WandbMirror
-
-        mirror = WandbMirror(cfg.log, run_dir, to_dict(cfg), resumed=saved is not None)
-    logger = (
-        Logger(
-            run_dir, cfg.log.flush_secs, purge_step=state.global_step + 1 if saved else None, mirror=mirror
+            mirror = WandbMirror(cfg.log, run_dir, to_dict(cfg), resumed=saved is not None)
+        if main:
+            save_config(cfg, run_dir / "config.yaml")
+        # Events up to the checkpoint step are kept; later ones (written before a crash) are purged.
+        purge = state.global_step + 1 if saved else None
+        logger = Logger(run_dir, cfg.log.flush_secs, purge, mirror=mirror) if main else NullLogger()
+        if saved is None:
+            logger.text("config", "```\n" + yaml.safe_dump(to_dict(cfg), sort_keys=False) + "\n```")
+        bar = Progress(
+            cfg.ppo.total_steps,
+            state.global_step,
+            progress,
+            cfg.log.print_every_secs,
+            quiet=not (verbose and main),
         )
-        if main
-        else NullLogger()
-    )
-    if saved is None:
-        logger.text("config", "```\n" + yaml.safe_dump(to_dict(cfg), sort_keys=False) + "\n```")
-    bar = Progress(
-        cfg.ppo.total_steps,
-        state.global_step,
-        progress,
-        cfg.log.print_every_secs,
-        quiet=not (verbose and main),
-    )
+    except BaseException:  # the run never started: let the directory go (Python API: retry at once)
+        if claimed is not None:
+            claimed.release()
+        raise
 
     def save() -> None:
         extra = {}
@@ -411,6 +431,7 @@ def _train(
                 "rng": checkpoint.rng_state(dev),
                 "balancer": balancer.state_dict(),
                 "aux_rng": session.aux.rng_state() if session.aux else None,
+                "aux_minibatches_done": session.aux.minibatches_done if session.aux else 0,
                 "config": to_dict(cfg),
                 "spaces": spaces,
                 "normalization": norm_stats.state_dict(),
@@ -433,9 +454,14 @@ def _train(
         balancer,
         next_checkpoint=_next_multiple(state.global_step, cfg.log.checkpoint_every),
         resume_aux_rng=saved.get("aux_rng") if saved is not None and not dist.enabled else None,
+        resume_aux_minibatches=saved.get("aux_minibatches_done", 0) if saved is not None else 0,
         dist=dist,
+        norm_stats=norm_stats,
     )
     envs: VecEnv | None = first_envs
+    # Several processes stop on Ctrl-C at once: their ranks may be inside different collectives.
+    stop = session.stop = StopSignals(bar.log, enabled=not dist.enabled).install()
+    finished = False
     try:
         while state.stage < len(stages) and state.global_step < cfg.ppo.total_steps:
             stage = stages[state.stage]
@@ -451,28 +477,35 @@ def _train(
             bar.log(f"Stage {stage.index} ({stage.name}) ended at step {state.global_step:,}: {reason}")
             state.stage += 1
             state.stage_start_step = state.global_step
-            state.stage_returns = []
+            if state.stage < len(stages):  # after the last stage they stay: the run's recent return
+                state.stage_returns = []
         save()
-    except KeyboardInterrupt:
-        if dist.enabled:  # ranks may be in different collectives: the last periodic checkpoint resumes
-            bar.log(f"Interrupted at env step {state.global_step:,}; continue with --resume {run_dir}")
+        finished = True
+    except KeyboardInterrupt as err:
+        at = f"at env step {state.global_step:,}"
+        if dist.enabled or stop.forced:  # the last checkpoint resumes
+            bar.log(f"Stopped {at} without saving; continue with --resume {run_dir}")
             raise
-        bar.log(
-            f"Interrupted in update {state.update + 1} at env step {state.global_step:,}: saving a checkpoint"
-        )
+        if state.global_step == session.start_step:  # nothing trained since the start: keep it so
+            how = f"continue with --resume {run_dir}" if saved else "run the same command to start again"
+            bar.log(f"Stopped {at} before the first update: nothing to save; {how}")
+            raise
+        if isinstance(err, StopRequested):  # at a safe point: whole updates only
+            bar.log(f"Stopped after update {state.update} {at}: saving a checkpoint")
+        else:  # raised by code (no signal handler in this thread)
+            bar.log(f"Interrupted in update {state.update + 1} {at}: saving a checkpoint")
         save()  # stopping by hand loses nothing: resume with --resume
-        bar.log(
-            f"Interrupted: saved a checkpoint at step {state.global_step:,}; continue with --resume {run_dir}"
-        )
+        bar.log(f"Saved a checkpoint at step {state.global_step:,}; continue with --resume {run_dir}")
         raise
     finally:
+        stop.restore()
         if envs is not None:
             envs.close()
         bar.close()
         logger.close()
         if claimed is not None:
             claimed.release()
-        dist.close()
+        dist.close(barrier=finished)
     recent = state.stage_returns[-cfg.log.return_window :]
     return TrainResult(
         run_dir,
@@ -530,8 +563,11 @@ class _Session:
     balancer: Balancer
     next_checkpoint: int
     resume_aux_rng: torch.Tensor | None = None  # the aux sampler's state in the resumed stage
+    resume_aux_minibatches: int = 0  # minibatches the resumed stage has run (aux.every counts them)
     aux: AuxTasks | None = None  # the current stage's tasks
     dist: Dist = field(default_factory=Dist)
+    stop: StopSignals = field(default_factory=lambda: StopSignals(print, enabled=False))
+    norm_stats: NormStats = field(default_factory=NormStats)
     local_episodes: int = 0  # episodes this process played (all ranks': state.episodes)
     start_time: float = field(default_factory=time.monotonic)
     start_step: int = field(init=False)
@@ -567,6 +603,7 @@ def _run_stage(cfg: Config, stage: Stage, envs: VecEnv, session: _Session) -> st
     aux = AuxTasks(stage_tasks(agent, stage), scfg.aux, storage, aux_seed)
     session.aux = aux
     session.balancer.cfg = scfg.aux.balance  # a stage may change the method (its state carries over)
+    aux.minibatches_done, session.resume_aux_minibatches = session.resume_aux_minibatches, 0
     if session.resume_aux_rng is not None:  # resumed mid-stage: continue the same sample stream
         if not aux.set_rng_state(session.resume_aux_rng):
             warnings.warn(
@@ -615,6 +652,7 @@ def _run_stage(cfg: Config, stage: Stage, envs: VecEnv, session: _Session) -> st
     if state.global_step == state.stage_start_step and cfg.curriculum.stages:  # a stage starts now
         logger.scalar("curriculum/stage", state.stage, state.global_step)
     while state.global_step < cfg.ppo.total_steps:
+        session.stop.check()  # Ctrl-C / SIGTERM: stop here, between whole updates
         reason = stage.finished(state.global_step - state.stage_start_step, state.stage_returns)
         if reason is not None:
             return reason
@@ -632,6 +670,9 @@ def _run_stage(cfg: Config, stage: Stage, envs: VecEnv, session: _Session) -> st
             collect_rollout(envs, agent, storage, on_episodes)
             with torch.no_grad():
                 next_value = agent.get_value(storage.next_obs).float()
+        session.stop.check()  # asked during the rollout: drop it; the state is the last update's
+        if dist.enabled:  # observation / reward statistics pooled: every rank normalises alike
+            session.norm_stats.sync(dist.gather)
         record_episodes()
         state.global_step += storage.num_steps * storage.num_envs * dist.world_size
         storage.finish(next_value, scfg.ppo.gamma, scfg.ppo.gae_lambda)

@@ -1,5 +1,9 @@
 """Kill -9 CartPole training at random moments, then resume it: nothing may be lost or mixed.
 
+With ``--signal INT`` (a Ctrl-C) or ``--signal TERM`` (a scheduler's stop) instead of SIGKILL,
+the same trials check the clean stop: the update in progress finishes, a checkpoint is saved,
+and the resumed run continues the one curve.
+
 Each trial starts ``auxrl train cartpole`` (small, a checkpoint every update) in a fresh run
 directory, kills it with SIGKILL at one of these moments, then brings the run to its end the
 way a user would (``auxrl train --resume RUN_DIR``; when that finds nothing to resume, the
@@ -19,6 +23,7 @@ kept checkpoints). The moment is classified from what the directory held when th
 
     python benchmarks/kill_resume.py                 # 20 trials, prints a table and X/20
     python benchmarks/kill_resume.py --trials 5 --seed 1 --work-dir /tmp/kills --keep
+    python benchmarks/kill_resume.py --signal INT     # Ctrl-C instead of kill -9
 """
 
 from __future__ import annotations
@@ -70,8 +75,16 @@ def auxrl(*args: str) -> list[str]:
     return [sys.executable, "-m", "auxrl.cli", *args]
 
 
-def kill_when(proc: subprocess.Popen, run: Path, aim: str, rng: random.Random, duration: float) -> float:
-    """SIGKILL ``proc`` at the moment ``aim`` asks for; returns seconds since the start."""
+def kill_when(
+    proc: subprocess.Popen,
+    run: Path,
+    aim: str,
+    rng: random.Random,
+    duration: float,
+    sig: int = signal.SIGKILL,
+) -> float:
+    """Send ``sig`` to ``proc`` at the moment ``aim`` asks for, wait for it to end; returns seconds
+    since the start."""
     start = time.monotonic()
     ckpts = run / "checkpoints"
     if aim == "startup":
@@ -95,7 +108,7 @@ def kill_when(proc: subprocess.Popen, run: Path, aim: str, rng: random.Random, d
         while not (run / "config.yaml").exists() and proc.poll() is None:
             time.sleep(0.001)
         time.sleep(rng.uniform(0.0, duration))
-    proc.send_signal(signal.SIGKILL)
+    proc.send_signal(sig)
     proc.wait()
     return time.monotonic() - start
 
@@ -148,7 +161,7 @@ def check(run: Path) -> tuple[int | None, list[str]]:
             dup = len(steps) - len(set(steps))
             missing = sorted(set(expected) - set(steps))
             problems.append(f"{tag}: {dup} duplicate steps, missing {missing[:5]}")
-    allowed = {"config.yaml", "checkpoints/latest"}
+    allowed = {"config.yaml", "checkpoints/latest", ".auxrl-run"}
     kept = sorted((run / "checkpoints").glob("step_*.pt"))
     allowed |= {f"checkpoints/{p.name}" for p in kept}
     names = [str(p.relative_to(run)) for p in run.rglob("*") if p.is_file()]
@@ -171,7 +184,11 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work-dir", type=Path, help="where the runs go (default: a temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep the run directories")
+    parser.add_argument(
+        "--signal", choices=["KILL", "INT", "TERM"], default="KILL", help="how training is stopped"
+    )
     args = parser.parse_args()
+    sig = getattr(signal, f"SIG{args.signal}")
     rng = random.Random(args.seed)
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="auxrl_kills_"))
     work.mkdir(parents=True, exist_ok=True)
@@ -195,7 +212,7 @@ def main() -> int:
         run, log = work / f"run{i:02d}", work / f"trial{i:02d}.log"
         with open(log, "w") as out:
             proc = subprocess.Popen(auxrl(*TRAIN, "--run-dir", str(run)), stdout=out, stderr=out)
-            trial.killed_at = kill_when(proc, run, trial.aim, rng, duration)
+            trial.killed_at = kill_when(proc, run, trial.aim, rng, duration, sig)
         trial.moment = moment(run)
         trial.recovery, code = recover(run, log)
         if code != 0:

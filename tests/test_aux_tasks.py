@@ -335,3 +335,15 @@ def test_next_state_ema_target():
     assert all(p.grad is not None for p in torso.parameters())
     for p, before in zip(targets(), snapshot, strict=True):
         assert torch.equal(p, before)
+
+
+def test_a_window_longer_than_a_rollout_is_refused_before_the_run_directory_is_written(tmp_path, capsys):
+    from auxrl.cli import main
+
+    run = tmp_path / "run"
+    argv = ["train", "cartpole", "aux.tasks.next_state.horizon=1000", "--run-dir", str(run), "--no-progress"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "aux.tasks.next_state needs windows of" in err
+    assert "ppo.num_steps=32" in err
+    assert not run.exists()

@@ -301,6 +301,27 @@ def test_aux_every_runs_the_heads_on_every_kth_minibatch(tmp_path, monkeypatch):
     assert len(calls) == 2 * 7  # minibatches 0, 3, ..., 18 of each update
 
 
+def test_resume_keeps_the_aux_every_count(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    cfg = _cartpole_with_task(512, "aux.every=6", "log.checkpoint_every=256", "log.keep_checkpoints=5")
+    train(cfg, run, "cpu", False)  # 2 updates of 20 minibatches: aux on 0, 6, 12, 18 | 24, 30, 36
+    ckpts = run / "checkpoints"
+    assert checkpoint.load(ckpts / "step_000000000256.pt")["aux_minibatches_done"] == 20
+    (ckpts / "latest").write_text("step_000000000256.pt")
+    (ckpts / "step_000000000512.pt").unlink()
+    calls = []
+    original = ScaledInverseDynamics.loss
+
+    def spy(self, seq, encode):
+        calls.append(1)
+        return original(self, seq, encode)
+
+    monkeypatch.setattr(ScaledInverseDynamics, "loss", spy)
+    train(cfg, run, "cpu", False, resume=True)
+    assert len(calls) == 3  # 24, 30, 36 as in the first run (a count restarted at 0 runs 4)
+    assert checkpoint.load(run)["aux_minibatches_done"] == 40
+
+
 def test_only_aux_heads_trainable_with_skipped_minibatches(tmp_path):
     """Frozen torso and PPO heads: minibatches without aux work (aux.every) step nothing."""
     cfg = _cartpole_with_task(512, "aux.every=2", "model.freeze=[torso,policy,value]")

@@ -98,7 +98,8 @@ def test_resume_with_a_different_model_fails_clearly_and_keeps_the_run(tmp_path)
     other = load_config("cartpole", TINY + ["ppo.total_steps=512", "model.hidden_sizes=[32]"])
     with pytest.raises(ValueError, match="Cannot resume") as err:
         train(other, run, device="cpu", progress=False, resume=True)
-    assert "model.hidden_sizes: [64, 64] in the checkpoint, [32] here" in str(err.value)
+    assert "keys that differ: model.hidden_sizes [64, 64] -> [32]" in str(err.value)
+    assert "\n" not in str(err.value)  # one line
     # The run is untouched: its config and checkpoint still resume it.
     assert (run / "config.yaml").read_text() == config_before
     assert checkpoint.load(run)["state"]["global_step"] == 256
@@ -188,3 +189,29 @@ def test_cuda_rng_state_is_the_training_devices_only(monkeypatch):
     checkpoint.set_rng_state(dict(state, cuda=old["cuda"][:2]), cuda3)  # no state for this GPU: kept
     checkpoint.set_rng_state(state, torch.device("cpu"))
     assert calls == [(3, torch.device("cuda", 0)), (3, cuda3), (5, torch.device("cuda"))]
+
+
+class _FromAModuleThatWillBeGone:
+    pass
+
+
+def test_a_checkpoint_needing_a_missing_module_is_kept_and_named(tmp_path, monkeypatch):
+    """Intact but pickled by another install (a class this one lacks): an error naming the module;
+    the file is not taken for a corrupt one and moved aside."""
+    import sys
+    import types
+
+    module = types.ModuleType("auxrl_gone_module")
+    _FromAModuleThatWillBeGone.__module__ = "auxrl_gone_module"
+    module._FromAModuleThatWillBeGone = _FromAModuleThatWillBeGone
+    monkeypatch.setitem(sys.modules, "auxrl_gone_module", module)
+    run = tmp_path / "run"
+    train(load_config("cartpole", TINY + ["ppo.total_steps=512"]), run, device="cpu", progress=False)
+    path = checkpoint.find(run)
+    saved = torch.load(path, weights_only=False)
+    saved["extra"] = _FromAModuleThatWillBeGone()
+    torch.save(saved, path)
+    monkeypatch.delitem(sys.modules, "auxrl_gone_module")
+    with pytest.raises(ValueError, match="needs the Python module 'auxrl_gone_module'"):
+        checkpoint.load(run)
+    assert path.is_file() and not list(run.glob("checkpoints/*.corrupt"))

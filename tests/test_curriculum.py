@@ -45,6 +45,18 @@ def test_stage_advances_on_budget_and_resume_restores_it(tmp_path):
     assert state["stage"] == 1 and state["stage_start_step"] == 2048
 
 
+def test_a_finished_curriculum_resumes_with_nothing_left_to_train(tmp_path):
+    run = tmp_path / "run"
+    cfg = load_config("curriculum_cartpole", FAST + ["ppo.total_steps=100000"])
+    for stage in cfg.curriculum.stages:  # both stages end on their budget, long before total_steps
+        stage.steps, stage.return_threshold = 1024, 1e9
+    result = train(cfg, run, device="cpu", progress=False)
+    assert result.stage == 2 and result.global_step == 2048
+    assert result.recent_return is not None  # the last stage's games, not an emptied list
+    again = train(cfg, run, device="cpu", progress=False, resume=True)
+    assert (again.stage, again.global_step, again.recent_return) == (2, 2048, result.recent_return)
+
+
 def test_stage_advances_early_on_return_threshold(tmp_path):
     cfg = load_config("curriculum_cartpole", FAST + ["ppo.total_steps=8192"])
     stage0 = cfg.curriculum.stages[0]

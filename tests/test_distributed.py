@@ -102,7 +102,7 @@ def _share_worker(rank: int, init_file: str, out_dir: str) -> None:
     # Rank 1 sees another (or no) checkpoint: it must still resume from rank 0's.
     mine = ("resume", {"step": 1024, "w": torch.arange(4.0)}) if rank == 0 else ("fresh", None)
     torch.save(dist.share(mine), Path(out_dir) / f"rank{rank}.pt")
-    dist.close()
+    dist.close(barrier=True)
 
 
 def test_every_rank_resumes_from_the_checkpoint_rank_0_loaded(tmp_path):
@@ -115,6 +115,45 @@ def test_every_rank_resumes_from_the_checkpoint_rank_0_loaded(tmp_path):
     for rank in (0, 1):
         start, saved = torch.load(tmp_path / f"rank{rank}.pt")
         assert start == "resume" and saved["step"] == 1024 and saved["w"].tolist() == [0, 1, 2, 3]
+
+
+def _rollout_obs(rank: int, rollout: int):
+    """Rank ``rank``'s observations in rollout ``rollout``: another mean, scale and size per rank."""
+    import numpy as np
+
+    rng = np.random.default_rng(10 * rank + rollout)
+    return rng.normal(rank + rollout, 1 + rank, (64 * (rank + 1), 3))
+
+
+def _norm_worker(rank: int, init_file: str, out_dir: str) -> None:
+    from gymnasium.wrappers.utils import RunningMeanStd
+
+    from auxrl.distributed import Dist
+    from auxrl.envs import NormStats
+
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    dist = Dist(rank=rank, world_size=2, local_rank=rank)
+    stats = NormStats(obs=RunningMeanStd(shape=(3,)))
+    for i in range(2):  # two rollouts, each rank its own data, a sync after each
+        stats.obs.update(_rollout_obs(rank, i))
+        stats.sync(dist.gather)
+    torch.save(stats.state_dict(), Path(out_dir) / f"norm{rank}.pt")
+    dist.close(barrier=True)
+
+
+def test_normalisation_statistics_are_pooled_over_ranks(tmp_path):
+    """Every rank ends with the statistics of all ranks' data, as one process would have them."""
+    import numpy as np
+    import torch.multiprocessing as mp
+
+    mp.spawn(_norm_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2)
+    data = np.concatenate([_rollout_obs(rank, i) for rank in (0, 1) for i in range(2)])
+    ranks = [torch.load(tmp_path / f"norm{rank}.pt")["obs"] for rank in (0, 1)]
+    for saved in ranks:
+        assert saved["count"] == pytest.approx(len(data) + 1e-4)
+        assert np.allclose(saved["mean"].numpy(), data.mean(0), atol=1e-5)
+        assert np.allclose(saved["var"].numpy(), data.var(0), atol=1e-4)
+    assert torch.equal(ranks[0]["mean"], ranks[1]["mean"]) and torch.equal(ranks[0]["var"], ranks[1]["var"])
 
 
 def _tags(run: Path) -> list[str]:

@@ -51,6 +51,7 @@ def test_overwrite_starts_again_with_one_curve(tmp_path):
 def _dead_before_first_checkpoint(run: Path) -> None:
     """What a run killed before its first checkpoint leaves: config.yaml, events, a temp file."""
     run.mkdir(parents=True)
+    (run / rundir.MARKER).write_text("auxrl run directory\n")  # written when the run claimed it
     save_config(load_config("cartpole", TINY), run / "config.yaml")
     writer = SummaryWriter(str(run))
     for step in (256, 512, 768):
@@ -87,6 +88,75 @@ def test_resume_removes_stale_temp_files(tmp_path):
     assert main(["train", "--resume", str(run), "ppo.total_steps=768", "--no-progress"]) == 0
     assert not stale.exists()
     assert steps_of(run) == [256, 512, 768]
+
+
+def test_a_users_own_config_yaml_is_never_taken_for_a_dead_run(tmp_path, capsys):
+    folder = tmp_path / "exp1"
+    folder.mkdir()
+    mine = folder / "config.yaml"
+    save_config(load_config("cartpole", TINY), mine)
+    mine.write_text(mine.read_text() + "# my notes\n")
+    before = files(folder)
+    assert main(["train", str(mine), "--run-dir", str(folder), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "holds config.yaml that no auxrl run wrote" in err
+    assert "--overwrite" in err
+    assert main(["train", "--resume", str(folder), "--no-progress"]) == 2
+    assert "Nothing to resume" in capsys.readouterr().err
+    assert files(folder) == before  # the notes are still there
+
+
+def test_resume_after_every_checkpoint_was_found_broken_keeps_the_run(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert train_cli(run) == 0
+    for ckpt in (run / "checkpoints").glob("step_*.pt"):
+        ckpt.write_bytes(ckpt.read_bytes()[:100])  # truncated
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 2
+    assert "No intact checkpoint" in capsys.readouterr().err
+    events = sorted(run.glob("events.out.tfevents.*"))
+    for again in (["train", "--resume", str(run)], ["train", "cartpole", *TINY, "--run-dir", str(run)]):
+        assert main([*again, "--no-progress"]) == 2  # not "stopped before its first checkpoint"
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "Every checkpoint" in err and "unreadable" in err
+        assert "--overwrite" in err
+    assert sorted(run.glob("events.out.tfevents.*")) == events and (run / "config.yaml").is_file()
+    assert train_cli(run, "--overwrite") == 0
+
+
+def test_resume_names_a_run_directory_not_a_checkpoint_file(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert train_cli(run) == 0
+    before = files(run)
+    older = run / "checkpoints" / "step_000000000256.pt"
+    assert main(["train", "--resume", str(older), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"--resume {run}" in err and "latest" in err
+    lone = tmp_path / "lone.pt"
+    lone.write_bytes(older.read_bytes())
+    assert main(["train", "--resume", str(lone), "--no-progress"]) == 2
+    assert f"model.init_from={lone}" in capsys.readouterr().err
+    assert files(run) == before
+
+
+def test_runs_are_not_nested(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert train_cli(run) == 0
+    for inside in (run / "checkpoints", run / "sub"):
+        assert train_cli(inside) == 2
+        assert "is inside the run directory" in capsys.readouterr().err
+    assert not (run / "sub").exists()
+    assert train_cli(tmp_path) == 2  # around a run: its events would mix with the run's
+    assert "holds other runs (run, ...)" in capsys.readouterr().err
+
+
+def test_default_run_directories_of_the_same_second_differ(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    first, second = rundir.new_default("cartpole", 1), rundir.new_default("cartpole", 1)
+    assert first != second and first.parent == second.parent == Path("runs")
+    assert first.is_dir() and second.is_dir()
+    # A start-up error leaves no empty directory behind.
+    assert main(["train", "cartpole", "ppo.lr=-1", "--no-progress"]) == 2
+    assert sorted(p.name for p in Path("runs").iterdir()) == sorted([first.name, second.name])
 
 
 def test_nothing_to_resume(tmp_path, capsys):
@@ -131,6 +201,82 @@ def test_ctrl_c_logs_the_interrupted_update_and_saves(tmp_path, capsys, monkeypa
     assert not [p for p in run.rglob("*") if p.name.endswith(".tmp")]
 
 
+def _signal_in_update(monkeypatch, update: int, *signals: int) -> None:
+    """Send ``signals`` to this process at the start of PPO update number ``update``."""
+    import os
+
+    import auxrl.trainer as trainer
+
+    calls = []
+    real = trainer.ppo_update
+
+    def signalling(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == update:
+            for sig in signals:
+                os.kill(os.getpid(), sig)  # the handler runs here, in this thread
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "ppo_update", signalling)
+
+
+@pytest.mark.parametrize("sig, code", [("SIGINT", 130), ("SIGTERM", 143)])
+def test_a_signal_finishes_the_update_then_saves(tmp_path, capsys, monkeypatch, sig, code):
+    import signal
+
+    before = signal.getsignal(getattr(signal, sig))
+    _signal_in_update(monkeypatch, 3, getattr(signal, sig))
+    run = tmp_path / "run"
+    assert train_cli(run, "ppo.total_steps=1024", "log.checkpoint_every=0") == code
+    out = capsys.readouterr().out
+    assert "stopping after the update in progress" in out
+    # Update 3 ran to its end (its loss is logged at 768) before the stop: whole updates only.
+    assert "Stopped after update 3 at env step 768: saving a checkpoint" in out
+    saved = checkpoint.load(run)
+    assert saved["state"]["global_step"] == 768 and saved["state"]["update"] == 3
+    assert steps_of(run) == [256, 512, 768]
+    assert signal.getsignal(getattr(signal, sig)) == before  # the handler is put back
+    monkeypatch.undo()
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 0
+    assert steps_of(run) == [256, 512, 768, 1024]
+
+
+def test_a_second_ctrl_c_stops_at_once_and_the_last_checkpoint_stays(tmp_path, capsys, monkeypatch):
+    import signal
+
+    _signal_in_update(monkeypatch, 3, signal.SIGINT, signal.SIGINT)
+    run = tmp_path / "run"
+    assert train_cli(run, "ppo.total_steps=1024", "log.checkpoint_every=512") == 130
+    assert "Stopped at env step 768 without saving" in capsys.readouterr().out
+    assert checkpoint.find(run).name == "step_000000000512.pt"  # no half-applied update saved
+    monkeypatch.undo()
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 0
+    assert steps_of(run) == [256, 512, 768, 1024]
+
+
+def test_a_stop_before_the_first_update_saves_nothing_and_restarts_cleanly(tmp_path, capsys, monkeypatch):
+    import os
+    import signal
+
+    import auxrl.trainer as trainer
+
+    real = trainer.collect_rollout
+
+    def signalling(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)  # during the first rollout
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "collect_rollout", signalling)
+    run = tmp_path / "run"
+    assert train_cli(run) == 130
+    assert "Stopped at env step 0 before the first update: nothing to save" in capsys.readouterr().out
+    assert not list(run.glob("checkpoints/step_*.pt"))
+    monkeypatch.undo()
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 0  # starts over: nothing to continue
+    assert "stopped before its first checkpoint" in capsys.readouterr().out
+    assert steps_of(run) == [256, 512]
+
+
 def test_resuming_a_finished_run_adds_no_file(tmp_path):
     run = tmp_path / "run"
     assert train_cli(run) == 0
@@ -138,3 +284,48 @@ def test_resuming_a_finished_run_adds_no_file(tmp_path):
     assert main(["train", "--resume", str(run), "--no-progress"]) == 0  # e.g. killed after its end
     assert sorted(run.glob("events.out.tfevents.*")) == events
     assert steps_of(run) == [256, 512]
+
+
+def test_ctrl_c_in_a_terminal_stops_async_envs_cleanly(tmp_path):
+    """A terminal's Ctrl-C reaches the whole process group, env workers included: they leave it
+    to the trainer, which finishes its update, saves and exits 130 (not a broken pipe)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run = tmp_path / "run"
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)}
+    cmd = [sys.executable, "-m", "auxrl", "train", "cartpole", "env.vector_mode=async"]
+    proc = subprocess.Popen(
+        [*cmd, "ppo.total_steps=10000000", "--run-dir", str(run), "--no-progress"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 120
+    while not any(run.glob("events.out.tfevents.*")) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    time.sleep(1.0)  # a few updates in
+    os.killpg(proc.pid, signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out[-2000:]
+    assert "Saved a checkpoint at step" in out and "Broken pipe" not in out
+    assert checkpoint.load(run)["state"]["global_step"] > 0
+
+
+def test_resume_keeps_its_seed_and_says_when_nothing_is_left(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert train_cli(run) == 0
+    before = files(run)
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "--seed", "7", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "keeps its seed (1)" in err
+    assert files(run) == before
+    assert main(["train", "--resume", str(run), "ppo.total_steps=256", "--no-progress"]) == 0
+    assert "Nothing to train: the run is at step 512 and ppo.total_steps is 256" in capsys.readouterr().out

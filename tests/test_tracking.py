@@ -44,3 +44,26 @@ def test_wandb_missing_is_a_start_up_error(tmp_path, monkeypatch, capsys):
     assert main(["train", "cartpole", *TINY, "log.wandb=true", "--run-dir", str(run)]) == 2
     assert 'log.wandb=true needs the wandb package: pip install "auxrl[wandb]"' in capsys.readouterr().err
     assert not run.exists()
+
+
+def test_wandb_not_logged_in_is_one_line_and_frees_the_directory(tmp_path):
+    import os
+    import subprocess
+    from pathlib import Path
+
+    pytest.importorskip("wandb")
+    home = tmp_path / "home"  # no ~/.netrc, no saved key; a fresh process: no W&B session
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env.update(HOME=str(home), NETRC=str(home / ".netrc"), WANDB_CONFIG_DIR=str(home / "wandb"))
+    root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join([root, env.get("PYTHONPATH", "")])
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "auxrl", "train", "cartpole", *TINY, "log.wandb=true"]
+    done = subprocess.run(
+        [*cmd, "--run-dir", str(run), "--no-progress"], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 2, done.stderr[-2000:]
+    err = done.stderr
+    assert err.count("\n") == 1 and "W&B did not start" in err and "wandb login" in err
+    assert not (run / "config.yaml").exists() and not (run / "wandb_run_id").exists()
+    assert main(["train", "cartpole", *TINY, "--run-dir", str(run), "--no-progress"]) == 0  # a clean start

@@ -220,3 +220,108 @@ def test_checkpoint_save_refuses_non_finite_values(tmp_path):
         checkpoint.save(tmp_path, {"model": {"w": torch.tensor([float("nan")])}}, step=3)
     assert checkpoint.find(tmp_path) == good
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == sorted(["latest", good.name])
+
+
+@pytest.mark.parametrize("command", ["train", "config"])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("ppo.num_minibatches=0", "ppo.num_minibatches must be >= 1"),
+        ("seed=-1", "seed must be an integer in [0, 2**32 - 1], got -1"),
+        ("seed=1e30", "seed must be an integer in [0, 2**32 - 1], got 1e+30"),
+        ("model.hidden_sizes=[-3]", "model.hidden_sizes [-3]: every layer size must be >= 1"),
+        ("model.hidden_sizes=[64, 0]", "model.hidden_sizes [64, 0]: every layer size must be >= 1"),
+        ("aux.tasks.policy.type=reward_prediction", "aux.tasks.policy: 'policy' is reserved"),
+        ("aux.tasks.value.weight=1", "give the aux task another name, e.g. aux.tasks.my_value"),
+        ("name=../../esc", "name '../../esc' must be a plain folder name"),
+        ("name=a/b", "use --run-dir to write the run elsewhere"),
+        (
+            "aux.tasks.reward_prediction.weight={start: 1, end: 2}",
+            "aux.tasks.reward_prediction.weight: missing steps (give all of start, end, steps)",
+        ),
+    ],
+)
+def test_bad_values_refused_at_config_time(tmp_path, capsys, monkeypatch, command, override, message):
+    monkeypatch.chdir(tmp_path)  # the default run directory (runs/...) would be written here
+    extra = ["--run-dir", str(tmp_path / "r")] if command == "train" else []
+    line = one_line_error(*run_cli(capsys, command, "cartpole", override, *extra), command=command)
+    assert message in line
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("1: 2\n", "Unknown config key '1'. Valid keys: aux, curriculum"),
+        ("ppo:\n  3: 2\n", "Unknown config key 'ppo.3'. Valid keys: adam_eps"),
+    ],
+)
+def test_non_string_config_keys(tmp_path, capsys, text, message):
+    bad = tmp_path / "keys.yaml"
+    bad.write_text(text)
+    line = one_line_error(*run_cli(capsys, "train", str(bad), "--run-dir", str(tmp_path / "r")))
+    assert message in line
+    assert not (tmp_path / "r").exists()
+
+
+def test_binary_config_file(tmp_path, capsys):
+    bad = tmp_path / "b.yaml"
+    bad.write_bytes(bytes(range(128, 256)))
+    line = one_line_error(*run_cli(capsys, "train", str(bad), "--run-dir", str(tmp_path / "r")))
+    assert f"{bad}: not a UTF-8 YAML file" in line
+    assert not (tmp_path / "r").exists()
+
+
+def test_raw_atari_frames_on_a_cnn(tmp_path, capsys):
+    pytest.importorskip("ale_py")
+    run = tmp_path / "r"
+    code, err = run_cli(
+        capsys, "train", "pong", "env.id=PongNoFrameskip-v4", "env.num_envs=1", "--run-dir", str(run)
+    )
+    line = one_line_error(code, err)
+    assert "(210, 160, 3) are channel-last raw frames" in line and "env.id=ALE/<Game>-v5" in line
+    assert "ALE/Pong-v5" in line
+    assert not run.exists()
+
+
+def test_abstract_aux_task_class(tmp_path, capsys):
+    run = tmp_path / "r"
+    code, err = run_cli(
+        capsys, "train", "cartpole", "aux.tasks.x.type=auxrl.tasks.base:AuxTask", "--run-dir", str(run)
+    )
+    line = one_line_error(code, err)
+    assert "the AuxTask base class itself" in line and "implements loss(seq, encode)" in line
+    assert not run.exists()
+
+
+def test_file_that_is_not_an_auxrl_checkpoint(tmp_path, capsys):
+    plain = tmp_path / "dict.pt"
+    torch.save({"a": 1}, plain)
+    line = one_line_error(*run_cli(capsys, "eval", str(plain)), command="eval")
+    assert f"{plain} is not an auxrl checkpoint" in line
+    run = tmp_path / "r"
+    code, err = run_cli(capsys, "train", "cartpole", f"model.init_from={plain}", "--run-dir", str(run))
+    line = one_line_error(code, err)
+    assert f"{plain} is not an auxrl checkpoint (it lacks 'model')" in line
+    assert not run.exists()
+
+
+@pytest.mark.parametrize("seed", ["-5", str(2**32)])
+def test_eval_seed_out_of_range(finished_run, capsys, seed):
+    line = one_line_error(*run_cli(capsys, "eval", str(finished_run), "--seed", seed), command="eval")
+    assert f"--seed {seed}: must be an integer in [0, 2**32 - 1]" in line
+
+
+def test_plot_out_path(finished_run, tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "P"
+    code = main(["plot", str(finished_run), "--out", str(out)])
+    assert code == 0 and f"Wrote {out}.png" in capsys.readouterr().out
+    assert (tmp_path / "P.png").is_file() and not out.exists()
+    line = one_line_error(*run_cli(capsys, "plot", str(finished_run), "--out", ""), command="plot")
+    assert "--out is empty" in line
+
+
+def test_config_command_checks_the_tasks_as_train_does(capsys):
+    code, err = run_cli(capsys, "config", "cartpole", "aux.tasks.nosuch.weight=1")
+    assert "Aux task 'nosuch' is neither a built-in" in one_line_error(code, err, "config")

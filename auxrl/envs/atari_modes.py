@@ -19,6 +19,7 @@ from gymnasium.wrappers import AtariPreprocessing, FrameStackObservation
 
 from auxrl.config import EnvConfig
 from auxrl.envs.base import EpisodeTracker, Step, VecEnv
+from auxrl.envs.gym import vector_kwargs
 
 gym.register_envs(ale_py)
 
@@ -80,10 +81,8 @@ class AtariModesVecEnv(VecEnv):
             ) from None
         check_mode(cfg)
         vector = gym.vector.AsyncVectorEnv if cfg.vector_mode == "async" else gym.vector.SyncVectorEnv
-        self.env = vector(
-            [_make_one(cfg, render) for _ in range(cfg.num_envs)],
-            autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP,
-        )
+        envs = [_make_one(cfg, render) for _ in range(cfg.num_envs)]
+        self.env = vector(envs, **vector_kwargs(cfg.vector_mode))
         self.episodic_life = cfg.episodic_life and training
         self.reward_clip = cfg.reward_clip and training
         self.num_envs = cfg.num_envs

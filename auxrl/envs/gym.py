@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import inspect
 import os
+import signal
 import warnings
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -17,6 +19,25 @@ import numpy as np
 from auxrl.config import EnvConfig
 from auxrl.envs.base import EpisodeTracker, Step, VecEnv
 from auxrl.envs.normalize import NormStats, wrap
+
+
+def _worker_that_leaves_signals_to_the_trainer(*args: Any) -> None:
+    """gymnasium's async env worker, deaf to SIGINT / SIGTERM: a Ctrl-C in the terminal reaches the
+    whole process group, and a worker that died of it would break the update the trainer is
+    finishing and its checkpoint (auxrl/stopping.py). The trainer closes the workers itself."""
+    from gymnasium.vector.async_vector_env import _async_worker
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _async_worker(*args)
+
+
+def vector_kwargs(mode: str) -> dict[str, Any]:
+    """Keyword arguments of gymnasium's vector env for ``env.vector_mode``."""
+    kwargs: dict[str, Any] = {"autoreset_mode": gym.vector.AutoresetMode.NEXT_STEP}
+    if mode == "async":
+        kwargs["worker"] = _worker_that_leaves_signals_to_the_trainer
+    return kwargs
 
 
 class GymVecEnv(VecEnv):
@@ -52,13 +73,16 @@ class GymVecEnv(VecEnv):
                 cfg.id,
                 num_envs=cfg.num_envs,
                 vectorization_mode=cfg.vector_mode,
-                vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.NEXT_STEP},
+                vector_kwargs=vector_kwargs(cfg.vector_mode),
                 **kwargs,
             )
-        except TypeError:
+        except TypeError as err:
             unknown = [k for k in cfg.kwargs if k not in (valid := _make_kwargs(cfg.id))]
             if not unknown or not valid:
-                raise
+                raise ValueError(
+                    f"env.kwargs {dict(cfg.kwargs)} were refused by {cfg.id} ({err}): check their "
+                    f"values and types."
+                ) from None
             raise ValueError(
                 f"env.kwargs: {cfg.id} takes no {', '.join(map(repr, unknown))}. Valid keys: "
                 f"{', '.join(sorted(valid))}."

@@ -18,7 +18,8 @@ trained on.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -46,6 +47,8 @@ class NormStats:
     gamma: float = 0.99
     obs: RunningMeanStd | None = None
     ret: RunningMeanStd | None = None
+    # The statistics at the last :meth:`sync` (or load), the same on every process.
+    _synced: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def state_dict(self) -> dict[str, Any]:
         """Plain tensors (float64) for a checkpoint; ``{}`` when nothing is normalised."""
@@ -69,6 +72,32 @@ class NormStats:
             rms = RunningMeanStd(shape=mean.shape, dtype=np.float64)
             rms.mean, rms.var, rms.count = mean, np.asarray(saved["var"], dtype=np.float64), saved["count"]
             setattr(self, name, rms)
+        self._synced = _moments(self)
+
+    def sync(self, gather: Callable[[list[Any]], list[Any]]) -> None:
+        """Several processes: pool what every process has seen since the last sync, so that all
+        of them normalise alike (as one process that had stepped every env would).
+
+        ``gather`` is :meth:`auxrl.distributed.Dist.gather`. Each process's statistics are the
+        shared ones of the last sync plus its own new data; the new data's counts, sums and
+        sums of squares are added up (exact, in float64), and every process gets the result.
+        """
+        mine = _moments(self)
+        if not mine:
+            return
+        ranks = gather([mine])
+        for name in mine:
+            rms = getattr(self, name)
+            base = self._synced.get(name) or _fresh_moments(rms.mean.shape)
+            count, total, squares = base
+            for rank in ranks:
+                n, s, q = rank[name]
+                count, total, squares = count + (n - base[0]), total + (s - base[1]), squares + (q - base[2])
+            # In place: the env wrappers hold these very objects.
+            rms.count = float(count)
+            rms.mean = total / count
+            rms.var = np.maximum(squares / count - rms.mean**2, 0.0)
+        self._synced = _moments(self)
 
     def normalize_obs(self, obs: np.ndarray, clip: float) -> np.ndarray:
         """What the env wrappers do to an observation, with the statistics frozen (for predict)."""
@@ -76,6 +105,23 @@ class NormStats:
             return obs
         out = (np.asarray(obs, dtype=np.float64) - self.obs.mean) / np.sqrt(self.obs.var + EPSILON)
         return np.clip(out, -clip, clip).astype(np.float32)
+
+
+def _moments(stats: NormStats) -> dict[str, tuple[float, np.ndarray, np.ndarray]]:
+    """Per statistic: (count, sum, sum of squares) in float64; nothing for an unused one."""
+    out = {}
+    for name in ("obs", "ret"):
+        rms = getattr(stats, name)
+        if rms is not None:
+            mean, var, n = np.asarray(rms.mean, np.float64), np.asarray(rms.var, np.float64), float(rms.count)
+            out[name] = (n, n * mean, n * (var + mean**2))
+    return out
+
+
+def _fresh_moments(shape: tuple[int, ...]) -> tuple[float, np.ndarray, np.ndarray]:
+    """The moments of gymnasium's new ``RunningMeanStd`` (mean 0, var 1, count 1e-4)."""
+    n = RunningMeanStd(shape=shape).count
+    return n, np.zeros(shape), n * np.ones(shape)
 
 
 class RawReward(VectorWrapper):

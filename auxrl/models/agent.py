@@ -92,9 +92,9 @@ def load_pretrained(agent: Agent, run_dir_or_checkpoint: str, modules: list[str]
     another shape (a new game's policy with a different number of actions), keep their fresh
     initialisation.
     """
-    from auxrl import checkpoint
+    from auxrl.inference import read_checkpoint
 
-    saved = checkpoint.load(run_dir_or_checkpoint)["model"]
+    saved = read_checkpoint(run_dir_or_checkpoint, "model")["model"]
     own = agent.state_dict()
     names = list(agent.named_modules_for_freeze())
     for name in modules or []:

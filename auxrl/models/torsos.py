@@ -129,6 +129,12 @@ def make_torso(name: str, obs_shape: tuple[int, ...], hidden_sizes: list[int]) -
                 f"model.torso={name!r} needs image observations (channels, height, width), but "
                 f"this env's observations have shape {obs_shape}. Use model.torso=mlp."
             )
+        if obs_shape[-1] <= 4 < obs_shape[0]:
+            raise ValueError(
+                f"model.torso={name!r}: image observations of shape {obs_shape} are channel-last raw "
+                f"frames. auxrl's Atari preprocessing (grayscale 84x84 frame stack) runs for ALE/<Game>-v5 "
+                f"ids: use env.id=ALE/<Game>-v5, e.g. ALE/Pong-v5 for PongNoFrameskip-v4."
+            )
         cls = NatureCNN if name == "nature_cnn" else ImpalaCNN
         return cls(*obs_shape)
     if name == "mlp":

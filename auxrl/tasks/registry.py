@@ -48,6 +48,12 @@ def resolve(type_name: str) -> type[AuxTask]:
         cls = _import_path(type_name)
     if not (isinstance(cls, type) and issubclass(cls, AuxTask)):
         raise ConfigError(f"Aux task {type_name!r} is {cls!r}, not a subclass of auxrl.tasks.AuxTask.")
+    if cls.loss is AuxTask.loss:
+        what = "the AuxTask base class itself" if cls is AuxTask else f"{cls.__name__} does not define loss()"
+        raise ConfigError(
+            f"Aux task {type_name!r}: {what}; give a subclass of AuxTask that implements "
+            f"loss(seq, encode) (see `auxrl tasks`)."
+        )
     return cls
 
 
