@@ -54,7 +54,7 @@ def _resume_config(run_dir: Path) -> dict[str, Any]:
     try:
         return checkpoint.load(run_dir)["config"]
     except FileNotFoundError:
-        if (run_dir / rundir.MARKER).is_file() and (run_dir / "config.yaml").is_file():
+        if rundir.contents(run_dir).holds_run and (run_dir / "config.yaml").is_file():
             return load_dict(run_dir / "config.yaml")
         raise FileNotFoundError(
             f"Nothing to resume in {run_dir}: no checkpoint and no config.yaml of a run. Start one "

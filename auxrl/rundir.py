@@ -55,7 +55,9 @@ class Contents:
 
     @property
     def holds_run(self) -> bool:
-        return self.marked or bool(self.checkpoints or self.broken)
+        # config.yaml beside TensorBoard files: a run that died before its first checkpoint,
+        # also one written before runs marked their directory (a user's config has no events).
+        return self.marked or bool(self.checkpoints or self.broken) or (self.config and bool(self.events))
 
     @property
     def foreign(self) -> list[str]:
@@ -79,7 +81,7 @@ def contents(run_dir: Path) -> Contents:
 
 
 def _is_run(path: Path) -> bool:
-    return (path / MARKER).is_file() or bool(checkpoint.candidates(path))
+    return (path / MARKER).is_file()
 
 
 def _check_not_nested(run_dir: Path) -> None:
@@ -131,7 +133,8 @@ def plan(run_dir: str | Path, *, resume: bool, overwrite: bool = False) -> Start
         raise ValueError("--resume continues the run in a directory and --overwrite deletes it: give one.")
     if run_dir.exists() and not run_dir.is_dir():
         raise ValueError(f"Run directory {run_dir} is a file. Give a directory with --run-dir.")
-    _check_not_nested(run_dir)
+    if not resume:  # a run nested before the check existed still resumes
+        _check_not_nested(run_dir)
     found = contents(run_dir)
     if found.broken and not found.checkpoints and not overwrite:
         names = ", ".join(p.name for p in found.broken)
@@ -142,11 +145,12 @@ def plan(run_dir: str | Path, *, resume: bool, overwrite: bool = False) -> Start
     if resume:
         if found.checkpoints:
             return "resume"
-        if found.marked and found.config:
+        if found.holds_run and found.config:
             return "restart"
+        replace = f" --overwrite (it replaces {' and '.join(found.foreign)})" if found.foreign else ""
         raise FileNotFoundError(
             f"Nothing to resume in {run_dir}: no checkpoint and no config.yaml of a run. Start one "
-            f"with `auxrl train CONFIG --run-dir {run_dir}`."
+            f"with `auxrl train CONFIG --run-dir {run_dir}{replace}`."
         )
     if overwrite and (found.holds_run or found.foreign):
         return "overwrite"
@@ -177,6 +181,14 @@ class Claim:
         if self.fd is not None:
             os.close(self.fd)  # closing the descriptor drops the flock
             self.fd = None
+
+    def abandon(self, start: Start) -> None:
+        """The run failed before it started: release the directory, and after a ``fresh`` start
+        remove what it wrote (the directory held no run before), so nothing is left behind."""
+        if start == "fresh":
+            for path in [self.path / MARKER, self.path / CONFIG_FILE, *self.path.glob(EVENTS_GLOB)]:
+                path.unlink(missing_ok=True)
+        self.release()
 
 
 def _lock(run_dir: Path) -> int | None:

@@ -5,9 +5,12 @@ at its safe points (before an update starts, and after a rollout, whose steps ar
 and stops there with :class:`StopRequested`, so the checkpoint it saves holds whole updates: the
 weights, the optimizer's moments and the step count agree. A second signal stops at once with a
 plain ``KeyboardInterrupt``; nothing is saved then, and the last checkpoint stays ``latest``.
+Both carry ``signum``: the command line exits with 128 + signum (130 Ctrl-C, 143 SIGTERM); from
+Python, :func:`auxrl.train` raises them (``StopRequested`` is a ``KeyboardInterrupt``).
 
 Signal handlers can only be installed in the main thread; elsewhere (e.g. ``auxrl.train`` in a
-worker thread) Python's own Ctrl-C behaviour is left as it is.
+worker thread) Python's own Ctrl-C behaviour is left as it is, and so is a signal the process
+was started with ignored.
 """
 
 from __future__ import annotations
@@ -47,7 +50,10 @@ class StopSignals:
     def install(self) -> StopSignals:
         if self.enabled:
             for sig in SIGNALS:
-                self._previous[sig] = signal.signal(sig, self._handle)
+                # Left ignored where it is (a shell starts `cmd &` with SIGINT ignored: a Ctrl-C
+                # meant for the script that started the run must not stop it).
+                if signal.getsignal(sig) is not signal.SIG_IGN:
+                    self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
     def restore(self) -> None:
@@ -66,7 +72,9 @@ class StopSignals:
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.signum is not None:
             self.forced = True
-            raise KeyboardInterrupt
+            stop = KeyboardInterrupt()
+            stop.signum = signum  # type: ignore[attr-defined]  # the exit code: 128 + signum
+            raise stop
         self.signum = signum
         name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
         self.announce(

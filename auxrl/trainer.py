@@ -64,6 +64,12 @@ def seed_everything(seed: int, deterministic: bool) -> None:
     torch.backends.cudnn.deterministic = deterministic
 
 
+def derived_seed(*parts: int) -> int:
+    """A seed made from the run's seed and offsets (rank, stage, step), kept below 2**30: env j is
+    then seeded with it + j, and ALE takes seeds below 2**31."""
+    return sum(parts) % 2**30
+
+
 @dataclass
 class TrainState:
     """Everything besides the weights that a resumed run needs."""
@@ -329,135 +335,141 @@ def _train(
     # nothing left to train.
     current = min(state.stage, len(stages) - 1)
     first_envs = make_envs(stages[current].cfg.env, stats=norm_stats)
-    spaces = (first_envs.single_observation_space, first_envs.single_action_space)
-    check_stage_spaces(spaces, stages[current + 1 :])
-    agent = build_model(cfg, stages, *spaces).to(dev)
-    check_task_windows(agent, stages)
-    if cfg.model.init_from and saved is None:
-        loaded = load_pretrained(agent, cfg.model.init_from, cfg.model.init_modules)
-        for name, head in agent.heads.items():
-            if isinstance(head, AuxTask) and name not in loaded:
-                head.on_torso_loaded()
-        say(f"Loaded {', '.join(loaded)} from {cfg.model.init_from}")
-    frozen = freeze(agent, cfg.model.freeze)
-    if cfg.perf.compile:
-        sample = torch.from_numpy(spaces[0].sample()[None]).to(dev)
-        say(f"perf.compile: torso {'compiled' if try_compile(agent.torso, sample) else 'runs eagerly'}")
-    bf16 = check_bf16(cfg.perf.bf16, dev)
-    trainable = [p for p in agent.parameters() if p.requires_grad]
-    if not trainable:
-        raise ValueError(
-            f"model.freeze={cfg.model.freeze} leaves nothing to train. Unfreeze a head or add an "
-            f"auxiliary task to train on the frozen torso."
-        )
-    optimizer = make_optimizer(trainable, cfg.ppo.lr, cfg.ppo.adam_eps)
-    balancer = Balancer(cfg.aux.balance)
-    if saved is not None:
-        try:
-            agent.load_state_dict(saved["model"])
-            optimizer.load_state_dict(saved["optimizer"])
-        except (RuntimeError, ValueError) as err:
-            raise ValueError(_resume_mismatch(run_dir, saved["config"], cfg, err)) from None
-        checkpoint.set_rng_state(saved["rng"], dev)
-        if "balancer" in saved:
-            balancer.load_state_dict(saved["balancer"], dev)
-        where = f"stage {stages[current].name}" if state.stage < len(stages) else "curriculum finished"
-        say(f"Resumed {run_dir} at step {state.global_step:,} ({where})")
-        if state.global_step >= cfg.ppo.total_steps:
-            say(
-                f"Nothing to train: the run is at step {state.global_step:,} and ppo.total_steps is "
-                f"{cfg.ppo.total_steps:,} (raise it to train longer)."
+    try:  # until the run starts: a start-up error closes the envs (async workers included)
+        spaces = (first_envs.single_observation_space, first_envs.single_action_space)
+        check_stage_spaces(spaces, stages[current + 1 :])
+        agent = build_model(cfg, stages, *spaces).to(dev)
+        check_task_windows(agent, stages)
+        if cfg.model.init_from and saved is None:
+            loaded = load_pretrained(agent, cfg.model.init_from, cfg.model.init_modules)
+            for name, head in agent.heads.items():
+                if isinstance(head, AuxTask) and name not in loaded:
+                    head.on_torso_loaded()
+            say(f"Loaded {', '.join(loaded)} from {cfg.model.init_from}")
+        frozen = freeze(agent, cfg.model.freeze)
+        if cfg.perf.compile:
+            sample = torch.from_numpy(spaces[0].sample()[None]).to(dev)
+            say(f"perf.compile: torso {'compiled' if try_compile(agent.torso, sample) else 'runs eagerly'}")
+        bf16 = check_bf16(cfg.perf.bf16, dev)
+        trainable = [p for p in agent.parameters() if p.requires_grad]
+        if not trainable:
+            raise ValueError(
+                f"model.freeze={cfg.model.freeze} leaves nothing to train. Unfreeze a head or add an "
+                f"auxiliary task to train on the frozen torso."
             )
-    if dist.enabled:
-        # Same weights everywhere (built from cfg.seed); each rank its own action sampling.
-        # Re-derived from the step on resume, so a run can resume with another number of ranks.
-        seed_everything(cfg.seed + dist.rank + state.global_step, cfg.torch_deterministic)
-        say(f"Distributed: {dist.world_size} processes, {cfg.env.num_envs} envs each")
-    if frozen:
-        say(f"Frozen: {', '.join(frozen)}")
-    say(_start_summary(cfg, agent, threads))
+        optimizer = make_optimizer(trainable, cfg.ppo.lr, cfg.ppo.adam_eps)
+        balancer = Balancer(cfg.aux.balance)
+        if saved is not None:
+            try:
+                agent.load_state_dict(saved["model"])
+                optimizer.load_state_dict(saved["optimizer"])
+            except (RuntimeError, ValueError) as err:
+                raise ValueError(_resume_mismatch(run_dir, saved["config"], cfg, err)) from None
+            checkpoint.set_rng_state(saved["rng"], dev)
+            if "balancer" in saved:
+                balancer.load_state_dict(saved["balancer"], dev)
+            where = f"stage {stages[current].name}" if state.stage < len(stages) else "curriculum finished"
+            say(f"Resumed {run_dir} at step {state.global_step:,} ({where})")
+            if state.stage >= len(stages):
+                say("Nothing to train: every curriculum stage has ended (add a stage to train further).")
+            elif state.global_step >= cfg.ppo.total_steps:
+                say(
+                    f"Nothing to train: the run is at step {state.global_step:,} and ppo.total_steps is "
+                    f"{cfg.ppo.total_steps:,} (raise it to train longer)."
+                )
+        if dist.enabled:
+            # Same weights everywhere (built from cfg.seed); each rank its own action sampling.
+            # Re-derived from the step on resume, so a run can resume with another number of ranks.
+            seed_everything(derived_seed(cfg.seed, dist.rank, state.global_step), cfg.torch_deterministic)
+            say(f"Distributed: {dist.world_size} processes, {cfg.env.num_envs} envs each")
+        if frozen:
+            say(f"Frozen: {', '.join(frozen)}")
+        say(_start_summary(cfg, agent, threads))
 
-    # The directory is created, locked and cleared only now: a start-up error above leaves it as it
-    # was (or absent), and a failed resume leaves the run's own config.yaml in place.
-    claimed, notes = rundir.claim(run_dir, start) if main else (None, [])
-    try:
-        for note in notes:
-            say(note)
-        mirror = None  # first: a W&B that cannot start (not logged in) leaves no config.yaml behind
-        if cfg.log.wandb and main:
-            from auxrl.tracking import WandbMirror
+        # The directory is created, locked and cleared only now: a start-up error above leaves it as it
+        # was (or absent), and a failed resume leaves the run's own config.yaml in place.
+        claimed, notes = rundir.claim(run_dir, start) if main else (None, [])
+        try:
+            for note in notes:
+                say(note)
+            mirror = None  # first: a W&B that cannot start (not logged in) leaves no config.yaml behind
+            if cfg.log.wandb and main:
+                from auxrl.tracking import WandbMirror
 
-            mirror = WandbMirror(cfg.log, run_dir, to_dict(cfg), resumed=saved is not None)
-        if main:
-            save_config(cfg, run_dir / "config.yaml")
-        # Events up to the checkpoint step are kept; later ones (written before a crash) are purged.
-        purge = state.global_step + 1 if saved else None
-        logger = Logger(run_dir, cfg.log.flush_secs, purge, mirror=mirror) if main else NullLogger()
-        if saved is None:
-            logger.text("config", "```\n" + yaml.safe_dump(to_dict(cfg), sort_keys=False) + "\n```")
-        bar = Progress(
-            cfg.ppo.total_steps,
-            state.global_step,
-            progress,
-            cfg.log.print_every_secs,
-            quiet=not (verbose and main),
+                mirror = WandbMirror(cfg.log, run_dir, to_dict(cfg), resumed=saved is not None)
+            if main:
+                save_config(cfg, run_dir / "config.yaml")
+            # Events up to the checkpoint step are kept; later ones (written before a crash) are purged.
+            purge = state.global_step + 1 if saved else None
+            logger = Logger(run_dir, cfg.log.flush_secs, purge, mirror=mirror) if main else NullLogger()
+            if saved is None:
+                logger.text("config", "```\n" + yaml.safe_dump(to_dict(cfg), sort_keys=False) + "\n```")
+            bar = Progress(
+                cfg.ppo.total_steps,
+                state.global_step,
+                progress,
+                cfg.log.print_every_secs,
+                quiet=not (verbose and main),
+            )
+        except BaseException:  # the run never started: let the directory go (Python API: retry at once)
+            if claimed is not None:
+                claimed.abandon(start)
+            raise
+
+        def save() -> None:
+            extra = {}
+            if dist.enabled:  # every rank calls this; rank 0 writes
+                ranks = dist.gather([(weights_checksum(agent), session.local_episodes)])
+                checksums = [c for c, _ in ranks]
+                if len(set(checksums)) > 1:
+                    raise RuntimeError(f"The ranks' weights differ (checksums {checksums}): not saving.")
+                extra["distributed"] = {
+                    "world_size": dist.world_size,
+                    "checksums": checksums,
+                    "episodes_per_rank": [n for _, n in ranks],
+                }
+            if not main:
+                return
+            logger.flush()  # every event up to this step is on disk before the checkpoint says so
+            checkpoint.save(
+                run_dir,
+                {
+                    "model": agent.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "state": vars(state).copy(),
+                    "rng": checkpoint.rng_state(dev),
+                    "balancer": balancer.state_dict(),
+                    "aux_rng": session.aux.rng_state() if session.aux else None,
+                    "aux_minibatches_done": session.aux.minibatches_done if session.aux else 0,
+                    "config": to_dict(cfg),
+                    "spaces": spaces,
+                    "normalization": norm_stats.state_dict(),
+                    **extra,
+                },
+                state.global_step,
+                cfg.log.keep_checkpoints,
+            )
+
+        session = _Session(
+            agent,
+            optimizer,
+            trainable,
+            state,
+            logger,
+            bar,
+            dev,
+            bf16,
+            save,
+            balancer,
+            next_checkpoint=_next_multiple(state.global_step, cfg.log.checkpoint_every),
+            resume_aux_rng=saved.get("aux_rng") if saved is not None and not dist.enabled else None,
+            resume_aux_minibatches=saved.get("aux_minibatches_done", 0) if saved is not None else 0,
+            dist=dist,
+            norm_stats=norm_stats,
         )
-    except BaseException:  # the run never started: let the directory go (Python API: retry at once)
-        if claimed is not None:
-            claimed.release()
+    except BaseException:
+        first_envs.close()
         raise
-
-    def save() -> None:
-        extra = {}
-        if dist.enabled:  # every rank calls this; rank 0 writes
-            ranks = dist.gather([(weights_checksum(agent), session.local_episodes)])
-            checksums = [c for c, _ in ranks]
-            if len(set(checksums)) > 1:
-                raise RuntimeError(f"The ranks' weights differ (checksums {checksums}): not saving.")
-            extra["distributed"] = {
-                "world_size": dist.world_size,
-                "checksums": checksums,
-                "episodes_per_rank": [n for _, n in ranks],
-            }
-        if not main:
-            return
-        logger.flush()  # every event up to this step is on disk before the checkpoint says so
-        checkpoint.save(
-            run_dir,
-            {
-                "model": agent.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "state": vars(state).copy(),
-                "rng": checkpoint.rng_state(dev),
-                "balancer": balancer.state_dict(),
-                "aux_rng": session.aux.rng_state() if session.aux else None,
-                "aux_minibatches_done": session.aux.minibatches_done if session.aux else 0,
-                "config": to_dict(cfg),
-                "spaces": spaces,
-                "normalization": norm_stats.state_dict(),
-                **extra,
-            },
-            state.global_step,
-            cfg.log.keep_checkpoints,
-        )
-
-    session = _Session(
-        agent,
-        optimizer,
-        trainable,
-        state,
-        logger,
-        bar,
-        dev,
-        bf16,
-        save,
-        balancer,
-        next_checkpoint=_next_multiple(state.global_step, cfg.log.checkpoint_every),
-        resume_aux_rng=saved.get("aux_rng") if saved is not None and not dist.enabled else None,
-        resume_aux_minibatches=saved.get("aux_minibatches_done", 0) if saved is not None else 0,
-        dist=dist,
-        norm_stats=norm_stats,
-    )
     envs: VecEnv | None = first_envs
     # Several processes stop on Ctrl-C at once: their ranks may be inside different collectives.
     stop = session.stop = StopSignals(bar.log, enabled=not dist.enabled).install()
@@ -599,7 +611,8 @@ def _run_stage(cfg: Config, stage: Stage, envs: VecEnv, session: _Session) -> st
     )
     dist = session.dist
     # Several processes: a stream per rank, re-derived from the step on resume (see distributed.py).
-    aux_seed = cfg.seed + stage.index + (1000 * dist.rank + state.global_step if dist.enabled else 0)
+    offset = 1000 * dist.rank + state.global_step if dist.enabled else 0
+    aux_seed = derived_seed(cfg.seed, stage.index, offset)
     aux = AuxTasks(stage_tasks(agent, stage), scfg.aux, storage, aux_seed)
     session.aux = aux
     session.balancer.cfg = scfg.aux.balance  # a stage may change the method (its state carries over)
@@ -618,7 +631,7 @@ def _run_stage(cfg: Config, stage: Stage, envs: VecEnv, session: _Session) -> st
                 task.on_torso_loaded()
     # A fresh env per (re)start: resumed runs start new episodes, counted from the saved step.
     # Env j of rank r is seeded with seed + r * num_envs + j (plus the stage and step offsets).
-    reset_seed = cfg.seed + 1000 * stage.index + state.global_step + dist.rank * envs.num_envs
+    reset_seed = derived_seed(cfg.seed, 1000 * stage.index, state.global_step, dist.rank * envs.num_envs)
     storage.next_obs.copy_(torch.from_numpy(envs.reset(seed=reset_seed)))
     window = cfg.log.return_window
     finished: list[tuple[float, float, int]] = []  # (return, length, rollout step) of this process

@@ -22,3 +22,17 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def event_files_sort_in_creation_order():
+    """TensorBoard names event files ``events.out.tfevents.<second>.<host>.<pid>.<N>`` with one
+    counter N per process, and readers take a run's files in name order. Tests train and resume
+    many runs in one process within a second, so file N=10 would be read before N=9 and a resumed
+    run's purge would drop the original's steps (a real run resumes in a new process, later).
+    Starting N at 1000 keeps its digits, hence the name order, for the whole session."""
+    from tensorboard.summary.writer import event_file_writer
+
+    if hasattr(event_file_writer, "AtomicCounter") and hasattr(event_file_writer, "_global_uid"):
+        event_file_writer._global_uid = event_file_writer.AtomicCounter(1000)
+    yield

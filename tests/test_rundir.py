@@ -48,10 +48,12 @@ def test_overwrite_starts_again_with_one_curve(tmp_path):
     assert len(list(run.glob("events.out.tfevents.*"))) == 1
 
 
-def _dead_before_first_checkpoint(run: Path) -> None:
-    """What a run killed before its first checkpoint leaves: config.yaml, events, a temp file."""
+def _dead_before_first_checkpoint(run: Path, marked: bool = True) -> None:
+    """What a run killed before its first checkpoint leaves: config.yaml, events, a temp file
+    (and the marker, which runs written before it existed lack)."""
     run.mkdir(parents=True)
-    (run / rundir.MARKER).write_text("auxrl run directory\n")  # written when the run claimed it
+    if marked:
+        (run / rundir.MARKER).write_text("auxrl run directory\n")  # written when the run claimed it
     save_config(load_config("cartpole", TINY), run / "config.yaml")
     writer = SummaryWriter(str(run))
     for step in (256, 512, 768):
@@ -61,11 +63,11 @@ def _dead_before_first_checkpoint(run: Path) -> None:
     (run / "checkpoints" / ".step_000000000256.pt.x1y2.tmp").write_bytes(b"half")
 
 
-@pytest.mark.parametrize("how", ["same command", "resume"])
+@pytest.mark.parametrize("how", ["same command", "resume", "same command, older run", "resume, older run"])
 def test_a_run_dead_before_its_first_checkpoint_restarts_cleanly(tmp_path, capsys, how):
     run = tmp_path / "run"
-    _dead_before_first_checkpoint(run)
-    if how == "resume":
+    _dead_before_first_checkpoint(run, marked="older" not in how)
+    if how.startswith("resume"):
         assert main(["train", "--resume", str(run), "--no-progress"]) == 0
     else:
         assert train_cli(run) == 0
@@ -329,3 +331,29 @@ def test_resume_keeps_its_seed_and_says_when_nothing_is_left(tmp_path, capsys):
     assert files(run) == before
     assert main(["train", "--resume", str(run), "ppo.total_steps=256", "--no-progress"]) == 0
     assert "Nothing to train: the run is at step 512 and ppo.total_steps is 256" in capsys.readouterr().out
+
+
+def test_signals_started_ignored_stay_ignored():
+    """A shell starts `auxrl train ... &` with SIGINT ignored: a Ctrl-C meant for the script that
+    started it must not stop the run."""
+    import signal
+
+    from auxrl.stopping import StopSignals
+
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with StopSignals(print) as stop:
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            assert signal.getsignal(signal.SIGTERM) == stop._handle
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
+def test_a_start_up_error_closes_async_env_workers_quietly(tmp_path, capfd):
+    run = tmp_path / "run"
+    argv = ["train", "cartpole", "env.vector_mode=async", "model.freeze=[torso,policy,value]"]
+    assert main([*argv, "--run-dir", str(run), "--no-progress"]) == 2
+    err = capfd.readouterr().err
+    assert "leaves nothing to train" in err and "Traceback" not in err and "EOFError" not in err
+    assert not run.exists()

@@ -66,4 +66,5 @@ def test_wandb_not_logged_in_is_one_line_and_frees_the_directory(tmp_path):
     err = done.stderr
     assert err.count("\n") == 1 and "W&B did not start" in err and "wandb login" in err
     assert not (run / "config.yaml").exists() and not (run / "wandb_run_id").exists()
+    assert not (run / ".auxrl-run").exists()  # a fresh start that failed leaves no run behind
     assert main(["train", "cartpole", *TINY, "--run-dir", str(run), "--no-progress"]) == 0  # a clean start

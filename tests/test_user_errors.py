@@ -279,7 +279,7 @@ def test_raw_atari_frames_on_a_cnn(tmp_path, capsys):
         capsys, "train", "pong", "env.id=PongNoFrameskip-v4", "env.num_envs=1", "--run-dir", str(run)
     )
     line = one_line_error(code, err)
-    assert "(210, 160, 3) are channel-last raw frames" in line and "env.id=ALE/<Game>-v5" in line
+    assert "channel-last, (210, 160, 3)" in line and "env.id=ALE/<Game>-v5" in line
     assert "ALE/Pong-v5" in line
     assert not run.exists()
 

@@ -21,14 +21,14 @@ from auxrl.envs.base import EpisodeTracker, Step, VecEnv
 from auxrl.envs.normalize import NormStats, wrap
 
 
-def _worker_that_leaves_signals_to_the_trainer(*args: Any) -> None:
-    """gymnasium's async env worker, deaf to SIGINT / SIGTERM: a Ctrl-C in the terminal reaches the
-    whole process group, and a worker that died of it would break the update the trainer is
-    finishing and its checkpoint (auxrl/stopping.py). The trainer closes the workers itself."""
+def _worker_that_leaves_ctrl_c_to_the_trainer(*args: Any) -> None:
+    """gymnasium's async env worker, deaf to SIGINT: a Ctrl-C in the terminal reaches the whole
+    process group, and a worker that died of it would break the rollout the trainer finishes
+    before it saves (auxrl/stopping.py); the trainer closes the workers itself. SIGTERM keeps
+    its default: gymnasium (and Python's exit) stop workers with it."""
     from gymnasium.vector.async_vector_env import _async_worker
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _async_worker(*args)
 
 
@@ -36,7 +36,7 @@ def vector_kwargs(mode: str) -> dict[str, Any]:
     """Keyword arguments of gymnasium's vector env for ``env.vector_mode``."""
     kwargs: dict[str, Any] = {"autoreset_mode": gym.vector.AutoresetMode.NEXT_STEP}
     if mode == "async":
-        kwargs["worker"] = _worker_that_leaves_signals_to_the_trainer
+        kwargs["worker"] = _worker_that_leaves_ctrl_c_to_the_trainer
     return kwargs
 
 

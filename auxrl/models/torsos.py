@@ -131,9 +131,10 @@ def make_torso(name: str, obs_shape: tuple[int, ...], hidden_sizes: list[int]) -
             )
         if obs_shape[-1] <= 4 < obs_shape[0]:
             raise ValueError(
-                f"model.torso={name!r}: image observations of shape {obs_shape} are channel-last raw "
-                f"frames. auxrl's Atari preprocessing (grayscale 84x84 frame stack) runs for ALE/<Game>-v5 "
-                f"ids: use env.id=ALE/<Game>-v5, e.g. ALE/Pong-v5 for PongNoFrameskip-v4."
+                f"model.torso={name!r} needs (channels, height, width) images, but this env's are "
+                f"channel-last, {obs_shape}. For Atari use env.id=ALE/<Game>-v5 (e.g. ALE/Pong-v5 for "
+                f"PongNoFrameskip-v4), which preprocesses frames for the CNN; for another image env, "
+                f"register a version of it that returns channels first."
             )
         cls = NatureCNN if name == "nature_cnn" else ImpalaCNN
         return cls(*obs_shape)
