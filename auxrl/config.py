@@ -195,7 +195,7 @@ class LogConfig:
     """Logging and checkpointing."""
 
     checkpoint_every: int = 500_000  # env steps between checkpoints (0: final only)
-    keep_checkpoints: int = 3  # periodic checkpoints kept besides the latest
+    keep_checkpoints: int = 3  # newest checkpoints kept, the latest included (0: all)
     flush_secs: int = 10  # TensorBoard flush interval
     print_every_secs: float = 10.0  # status lines when no progress bar is shown
     return_window: int = 20  # episodes in the "recent return" shown and used for promotion
@@ -214,8 +214,9 @@ class PerfConfig:
 
     compile: bool = False  # torch.compile the torso
     bf16: bool = False  # bfloat16 autocast for forward passes on CUDA
-    # torch's CPU threads. 0: 1 for the mlp torso, else the cores the Atari emulator threads leave
-    # free (at least 1); left alone when OMP_NUM_THREADS or MKL_NUM_THREADS is set.
+    # torch's CPU threads. 0: 1 for the mlp torso, else every core this process may use (the
+    # emulator threads sleep while a CNN updates); left alone when OMP_NUM_THREADS or
+    # MKL_NUM_THREADS is set.
     threads: int = 0
 
 

@@ -1,9 +1,8 @@
 """Speed settings: CPU threads, and opt-in speed-ups for the GPU path that fall back cleanly.
 
 - ``perf.threads``: torch's CPU thread count (:func:`torch_threads`). By default a small MLP gets
-  one thread, and a CNN gets the cores the Atari emulator threads leave free: torch's OpenMP
-  threads spin for a while before they sleep, so more threads than free cores make torch and
-  the emulators take turns on the same cores instead of working.
+  one thread (its parallel regions are too small to pay for waking more), and a CNN every core
+  the process may use (its update dominates the time, and the emulator threads sleep meanwhile).
 - ``perf.compile``: ``torch.compile`` the torso (the only heavy module; heads are a few linear
   layers). If compilation fails (no compiler, an unsupported platform) the run goes on eagerly
   with a warning.

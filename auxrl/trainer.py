@@ -384,7 +384,7 @@ def _train(
             say(f"Distributed: {dist.world_size} processes, {cfg.env.num_envs} envs each")
         if frozen:
             say(f"Frozen: {', '.join(frozen)}")
-        say(_start_summary(cfg, agent, threads))
+        say(_start_summary(cfg, agent, threads, dist.world_size))
 
         # The directory is created, locked and cleared only now: a start-up error above leaves it as it
         # was (or absent), and a failed resume leaves the run's own config.yaml in place.
@@ -533,7 +533,7 @@ def _silent(*args: object, **kwargs: object) -> None:
     """``print`` for ``verbose=False``."""
 
 
-def _start_summary(cfg: Config, agent: Agent, threads: int | None) -> str:
+def _start_summary(cfg: Config, agent: Agent, threads: int | None, processes: int = 1) -> str:
     """One line saying what will be trained: the auxiliary heads (or why none) and the threads."""
     heads = [name for name in agent.heads if name not in ("policy", "value")]
     if heads:
@@ -544,13 +544,14 @@ def _start_summary(cfg: Config, agent: Agent, threads: int | None) -> str:
         tasks = "none"
     line = f"Auxiliary heads: {tasks}. Torch CPU threads: {threads or torch.get_num_threads()}"
     line += " (perf.threads)" if cfg.perf.threads else "" if threads else " (OMP_NUM_THREADS/MKL_NUM_THREADS)"
-    rollout = cfg.env.num_envs * cfg.ppo.num_steps
+    rollout = cfg.env.num_envs * cfg.ppo.num_steps * processes  # env steps of one update
     if cfg.ppo.total_steps % rollout and not cfg.curriculum.stages:
         # Training steps whole rollouts; saying so beats a step count that silently overshoots.
         end = math.ceil(cfg.ppo.total_steps / rollout) * rollout
+        what = "env.num_envs x ppo.num_steps" + (" x processes" if processes > 1 else "")
         line += (
-            f". ppo.total_steps {cfg.ppo.total_steps:,} is not a multiple of a rollout (env.num_envs x "
-            f"ppo.num_steps = {rollout:,}): training stops at step {end:,}"
+            f". ppo.total_steps {cfg.ppo.total_steps:,} is not a multiple of a rollout ({what} = "
+            f"{rollout:,}): training stops at step {end:,}"
         )
     return line + "."
 
