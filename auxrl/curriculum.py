@@ -45,11 +45,13 @@ def plan_stages(cfg: Config) -> list[Stage]:
     base["curriculum"] = {"stages": []}
     stages = []
     for i, spec in enumerate(cfg.curriculum.stages):
-        bad = [k for k in spec.overrides if k.split(".")[0] in ("curriculum", "ppo", "model", "seed")]
+        # Only env.* and aux.* are read per stage; the rest is the run's (a stage's log.* or ppo.*
+        # would be ignored or break the optimizer and schedule), so say so rather than ignore it.
+        bad = [k for k in spec.overrides if k.split(".")[0] not in ("env", "aux")]
         if bad:
             raise ConfigError(
                 f"curriculum.stages[{i}].overrides: {bad} cannot change between stages; stages "
-                f"may change env.*, aux.*, log.* and name."
+                f"may change env.* and aux.* (the rest is the run's: set it in the base config)."
             )
         overrides = [f"{k}={_yaml(v)}" for k, v in spec.overrides.items()]
         try:

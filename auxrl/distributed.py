@@ -161,8 +161,10 @@ def launch(nproc: int, argv: list[str]) -> None:
     )
     try:
         run(args)
-    except SignalException:  # Ctrl-C or a kill: the workers were stopped; the last checkpoint resumes
-        raise KeyboardInterrupt from None
+    except SignalException as err:  # Ctrl-C or a kill: the workers were stopped; the last checkpoint resumes
+        stop = KeyboardInterrupt()
+        stop.signum = int(err.sigval)  # type: ignore[attr-defined]  # exit code 128 + signum
+        raise stop from None
     except ChildFailedError as err:
         rank, failure = err.get_first_failure()
         raise WorkerFailed(

@@ -52,12 +52,11 @@ class Contents:
     checkpoints: list[Path]
     broken: list[Path]  # checkpoints moved aside as unreadable (*.corrupt)
     marked: bool  # an auxrl run claimed this directory
+    older_run: bool  # events beside a config.yaml as auxrl writes it: a run from before the marker
 
     @property
     def holds_run(self) -> bool:
-        # config.yaml beside TensorBoard files: a run that died before its first checkpoint,
-        # also one written before runs marked their directory (a user's config has no events).
-        return self.marked or bool(self.checkpoints or self.broken) or (self.config and bool(self.events))
+        return self.marked or bool(self.checkpoints or self.broken) or self.older_run
 
     @property
     def foreign(self) -> list[str]:
@@ -71,13 +70,29 @@ class Contents:
 
 
 def contents(run_dir: Path) -> Contents:
+    config = (run_dir / CONFIG_FILE).is_file()
+    events = sorted(run_dir.glob(EVENTS_GLOB))
     return Contents(
-        config=(run_dir / CONFIG_FILE).is_file(),
-        events=sorted(run_dir.glob(EVENTS_GLOB)),
+        config=config,
+        events=events,
         checkpoints=checkpoint.candidates(run_dir),
         broken=sorted((run_dir / checkpoint.CHECKPOINT_DIR).glob(f"*{checkpoint.CORRUPT_SUFFIX}")),
         marked=(run_dir / MARKER).is_file(),
+        older_run=config and bool(events) and _written_by_auxrl(run_dir / CONFIG_FILE),
     )
+
+
+def _written_by_auxrl(config: Path) -> bool:
+    """A fully resolved auxrl config (every section, as ``save_config`` writes it), not a user's
+    own file: only then may an unmarked directory's config and events be taken for a dead run."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(config.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return False
+    sections = {"name", "seed", "env", "model", "ppo", "aux", "curriculum", "log"}
+    return isinstance(data, dict) and sections <= set(data)
 
 
 def _is_run(path: Path) -> bool:

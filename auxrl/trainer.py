@@ -384,7 +384,7 @@ def _train(
             say(f"Distributed: {dist.world_size} processes, {cfg.env.num_envs} envs each")
         if frozen:
             say(f"Frozen: {', '.join(frozen)}")
-        say(_start_summary(cfg, agent, threads, dist.world_size))
+        say(_start_summary(cfg, agent, threads, dist.world_size, state.global_step))
 
         # The directory is created, locked and cleared only now: a start-up error above leaves it as it
         # was (or absent), and a failed resume leaves the run's own config.yaml in place.
@@ -512,7 +512,11 @@ def _train(
     finally:
         stop.restore()
         if envs is not None:
-            envs.close()
+            try:
+                envs.close()
+            except (EOFError, OSError):  # workers already ended by the signal that stopped the run
+                if stop.signum is None:
+                    raise
         bar.close()
         logger.close()
         if claimed is not None:
@@ -533,7 +537,7 @@ def _silent(*args: object, **kwargs: object) -> None:
     """``print`` for ``verbose=False``."""
 
 
-def _start_summary(cfg: Config, agent: Agent, threads: int | None, processes: int = 1) -> str:
+def _start_summary(cfg: Config, agent: Agent, threads: int | None, processes: int = 1, start: int = 0) -> str:
     """One line saying what will be trained: the auxiliary heads (or why none) and the threads."""
     heads = [name for name in agent.heads if name not in ("policy", "value")]
     if heads:
@@ -545,9 +549,9 @@ def _start_summary(cfg: Config, agent: Agent, threads: int | None, processes: in
     line = f"Auxiliary heads: {tasks}. Torch CPU threads: {threads or torch.get_num_threads()}"
     line += " (perf.threads)" if cfg.perf.threads else "" if threads else " (OMP_NUM_THREADS/MKL_NUM_THREADS)"
     rollout = cfg.env.num_envs * cfg.ppo.num_steps * processes  # env steps of one update
-    if cfg.ppo.total_steps % rollout and not cfg.curriculum.stages:
+    if (cfg.ppo.total_steps - start) % rollout and start < cfg.ppo.total_steps and not cfg.curriculum.stages:
         # Training steps whole rollouts; saying so beats a step count that silently overshoots.
-        end = math.ceil(cfg.ppo.total_steps / rollout) * rollout
+        end = start + math.ceil((cfg.ppo.total_steps - start) / rollout) * rollout
         what = "env.num_envs x ppo.num_steps" + (" x processes" if processes > 1 else "")
         line += (
             f". ppo.total_steps {cfg.ppo.total_steps:,} is not a multiple of a rollout ({what} = "
@@ -680,10 +684,15 @@ def _run_stage(cfg: Config, stage: Stage, envs: VecEnv, session: _Session) -> st
             group["lr"] = lr
 
         agent.eval()  # no dropout/batch-norm today, but keep the modes honest for user heads
-        with autocast(bf16, dev):
-            collect_rollout(envs, agent, storage, on_episodes)
-            with torch.no_grad():
-                next_value = agent.get_value(storage.next_obs).float()
+        try:
+            with autocast(bf16, dev):
+                collect_rollout(envs, agent, storage, on_episodes)
+                with torch.no_grad():
+                    next_value = agent.get_value(storage.next_obs).float()
+        except (EOFError, OSError) as err:  # an env worker died: of the same SIGTERM (a whole group's)?
+            if session.stop.signum is None:
+                raise
+            raise StopRequested(session.stop.signum) from err
         session.stop.check()  # asked during the rollout: drop it; the state is the last update's
         if dist.enabled:  # observation / reward statistics pooled: every rank normalises alike
             session.norm_stats.sync(dist.gather)

@@ -92,6 +92,7 @@ def test_stage_overrides_are_validated():
     cfg.curriculum.stages[1].overrides = {"env.num_env": 4}
     with pytest.raises(ConfigError, match=r"stages\[1\].*num_envs"):
         plan_stages(cfg)
-    cfg.curriculum.stages[1].overrides = {"ppo.lr": 1.0}
-    with pytest.raises(ConfigError, match="cannot change between stages"):
-        plan_stages(cfg)
+    for key, value in [("ppo.lr", 1.0), ("log.checkpoint_every", 10), ("name", "x"), ("perf.compile", True)]:
+        cfg.curriculum.stages[1].overrides = {key: value}  # the run's, not a stage's: refused, not ignored
+        with pytest.raises(ConfigError, match="cannot change between stages"):
+            plan_stages(cfg)

@@ -106,6 +106,17 @@ def test_a_users_own_config_yaml_is_never_taken_for_a_dead_run(tmp_path, capsys)
     assert main(["train", "--resume", str(folder), "--no-progress"]) == 2
     assert "Nothing to resume" in capsys.readouterr().err
     assert files(folder) == before  # the notes are still there
+    # Another tool's log folder: its own config.yaml beside TensorBoard files.
+    other = tmp_path / "other_tool"
+    other.mkdir()
+    (other / "config.yaml").write_text("lr: 0.1\nmy_notes: important\n")
+    writer = SummaryWriter(str(other))
+    writer.add_scalar("loss", 1.0, 1)
+    writer.close()
+    before = files(other)
+    assert train_cli(other) == 2
+    assert "holds config.yaml and 1 TensorBoard file(s) that no auxrl run wrote" in capsys.readouterr().err
+    assert files(other) == before
 
 
 def test_resume_after_every_checkpoint_was_found_broken_keeps_the_run(tmp_path, capsys):
@@ -288,9 +299,11 @@ def test_resuming_a_finished_run_adds_no_file(tmp_path):
     assert steps_of(run) == [256, 512]
 
 
-def test_ctrl_c_in_a_terminal_stops_async_envs_cleanly(tmp_path):
-    """A terminal's Ctrl-C reaches the whole process group, env workers included: they leave it
-    to the trainer, which finishes its update, saves and exits 130 (not a broken pipe)."""
+@pytest.mark.parametrize("sig, code", [("SIGINT", 130), ("SIGTERM", 143)])
+def test_a_signal_to_the_whole_process_group_stops_async_envs_cleanly(tmp_path, sig, code):
+    """A terminal's Ctrl-C, or a scheduler's SIGTERM, reaches the whole process group, env workers
+    included: the workers leave Ctrl-C to the trainer, and die of SIGTERM, which the trainer meets
+    by stopping there; either way it saves whole updates and exits 128 + signal, not 'broken pipe'."""
     import os
     import signal
     import subprocess
@@ -313,9 +326,9 @@ def test_ctrl_c_in_a_terminal_stops_async_envs_cleanly(tmp_path):
     while not any(run.glob("events.out.tfevents.*")) and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.2)
     time.sleep(1.0)  # a few updates in
-    os.killpg(proc.pid, signal.SIGINT)
+    os.killpg(proc.pid, getattr(signal, sig))
     out, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 130, out[-2000:]
+    assert proc.returncode == code, out[-2000:]
     assert "Saved a checkpoint at step" in out and "Broken pipe" not in out
     assert checkpoint.load(run)["state"]["global_step"] > 0
 

@@ -19,7 +19,7 @@ from gymnasium.wrappers import AtariPreprocessing, FrameStackObservation
 
 from auxrl.config import EnvConfig
 from auxrl.envs.base import EpisodeTracker, Step, VecEnv
-from auxrl.envs.gym import vector_kwargs
+from auxrl.envs.gym import close_vector_env, vector_kwargs
 
 gym.register_envs(ale_py)
 
@@ -116,4 +116,4 @@ class AtariModesVecEnv(VecEnv):
         return None if not frames else np.asarray(frames[0])
 
     def close(self) -> None:
-        self.env.close()
+        close_vector_env(self.env)

@@ -24,12 +24,30 @@ from auxrl.envs.normalize import NormStats, wrap
 def _worker_that_leaves_ctrl_c_to_the_trainer(*args: Any) -> None:
     """gymnasium's async env worker, deaf to SIGINT: a Ctrl-C in the terminal reaches the whole
     process group, and a worker that died of it would break the rollout the trainer finishes
-    before it saves (auxrl/stopping.py); the trainer closes the workers itself. SIGTERM keeps
-    its default: gymnasium (and Python's exit) stop workers with it."""
+    before it saves (auxrl/stopping.py); the trainer closes the workers itself. SIGTERM gets its
+    default back (a forked worker inherits the trainer's handler): gymnasium and Python's exit
+    stop workers with it, and a SIGTERM to the whole group that ends them mid-rollout is met by
+    the trainer (it stops there and saves)."""
     from gymnasium.vector.async_vector_env import _async_worker
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _async_worker(*args)
+
+
+def close_vector_env(env: gym.vector.VectorEnv) -> None:
+    """``env.close()``; where an async worker is gone (killed by a signal sent to the whole process
+    group), the others are terminated and the env marked closed before the error is raised, so
+    that its ``__del__`` does not try again at exit (a second traceback)."""
+    try:
+        env.close()
+    except (EOFError, OSError):
+        base = env.unwrapped
+        for process in getattr(base, "processes", []):
+            if process.is_alive():
+                process.terminate()
+        base.closed = True
+        raise
 
 
 def vector_kwargs(mode: str) -> dict[str, Any]:
@@ -117,7 +135,7 @@ class GymVecEnv(VecEnv):
         return None if not frames else np.asarray(frames[0])
 
     def close(self) -> None:
-        self.env.close()
+        close_vector_env(self.env)
 
 
 def _is_mujoco(env_id: str) -> bool:
