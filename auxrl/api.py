@@ -4,6 +4,7 @@ README's "Python API" section has a runnable example (tests/test_readme.py runs 
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -54,19 +55,10 @@ def train(
         cfg = from_dict(to_dict(config), texts, follow=True)
     else:
         cfg = load_config(config, texts)
-    reserved = run_dir is None
+    run = functools.partial(
+        _train, cfg, device=device, progress=verbose, resume=resume, overwrite=overwrite, verbose=verbose
+    )
     if run_dir is None:  # made now: a run started in the same second gets another directory
-        run_dir = rundir.new_default(cfg.name, cfg.seed)
-    try:
-        return _train(
-            cfg,
-            run_dir,
-            device=device,
-            progress=verbose,
-            resume=resume,
-            overwrite=overwrite,
-            verbose=verbose,
-        )
-    finally:
-        if reserved:
-            rundir.remove_if_empty(run_dir)  # the run did not start: leave nothing behind
+        with rundir.default_run_dir(cfg.name, cfg.seed) as default:
+            return run(default)
+    return run(run_dir)

@@ -50,16 +50,10 @@ def _resume_config(run_dir: Path) -> dict[str, Any]:
     before its first checkpoint (that run then starts again from step 0)."""
     from auxrl import checkpoint, rundir
 
-    rundir.plan(run_dir, resume=True)  # refuses what cannot be resumed, with the way forward
-    try:
-        return checkpoint.load(run_dir)["config"]
-    except FileNotFoundError:
-        if rundir.contents(run_dir).holds_run and (run_dir / "config.yaml").is_file():
-            return load_dict(run_dir / "config.yaml")
-        raise FileNotFoundError(
-            f"Nothing to resume in {run_dir}: no checkpoint and no config.yaml of a run. Start one "
-            f"with `auxrl train CONFIG --run-dir {run_dir}`."
-        ) from None
+    # Refuses what cannot be resumed, with the way forward; "restart": a dead run's config.yaml.
+    if rundir.plan(run_dir, resume=True) == "restart":
+        return load_dict(run_dir / "config.yaml")
+    return checkpoint.load(run_dir)["config"]
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -91,11 +85,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         overrides = list(args.overrides) + ([f"seed={args.seed}"] if args.seed is not None else [])
         cfg = load_config(args.config, overrides)
         if not args.run_dir:  # made now: a run started in the same second gets another directory
-            run_dir = rundir.new_default(cfg.name, cfg.seed)
-            try:
+            with rundir.default_run_dir(cfg.name, cfg.seed) as run_dir:
                 return _train_in(args, cfg, run_dir)
-            finally:
-                rundir.remove_if_empty(run_dir)  # the run did not start: leave nothing behind
         run_dir = Path(args.run_dir)
     return _train_in(args, cfg, run_dir)
 

@@ -162,9 +162,9 @@ def launch(nproc: int, argv: list[str]) -> None:
     try:
         run(args)
     except SignalException as err:  # Ctrl-C or a kill: the workers were stopped; the last checkpoint resumes
-        stop = KeyboardInterrupt()
-        stop.signum = int(err.sigval)  # type: ignore[attr-defined]  # exit code 128 + signum
-        raise stop from None
+        from auxrl.stopping import Stopped
+
+        raise Stopped(int(err.sigval)) from None
     except ChildFailedError as err:
         rank, failure = err.get_first_failure()
         raise WorkerFailed(

@@ -26,6 +26,8 @@ import itertools
 import os
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -119,8 +121,8 @@ def _check_not_nested(run_dir: Path) -> None:
 
 def new_default(name: str, seed: int, root: str | Path = "runs") -> Path:
     """``runs/<name>__<seed>__<time>``, created now so that a run started in the same second
-    (a shell loop with ``&``) gets ``-2`` (``-3``, ...) instead of the same directory. The caller
-    removes it with :func:`remove_if_empty` should the run not start."""
+    (a shell loop with ``&``) gets ``-2`` (``-3``, ...) instead of the same directory (see
+    :func:`default_run_dir`, which removes it again should the run not start)."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     base = f"{name}__{seed}__{time.strftime('%Y%m%d-%H%M%S')}"
@@ -139,6 +141,16 @@ def remove_if_empty(path: str | Path) -> None:
         Path(path).rmdir()
     except OSError:  # not empty (the run started), or already gone
         pass
+
+
+@contextmanager
+def default_run_dir(name: str, seed: int) -> Iterator[Path]:
+    """:func:`new_default`, removed again on leaving if the run never wrote to it."""
+    path = new_default(name, seed)
+    try:
+        yield path
+    finally:
+        remove_if_empty(path)
 
 
 def plan(run_dir: str | Path, *, resume: bool, overwrite: bool = False) -> Start:

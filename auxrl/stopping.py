@@ -3,10 +3,10 @@
 The first SIGINT or SIGTERM only records the request; the trainer asks :meth:`StopSignals.check`
 at its safe points (before an update starts, and after a rollout, whose steps are then dropped)
 and stops there with :class:`StopRequested`, so the checkpoint it saves holds whole updates: the
-weights, the optimizer's moments and the step count agree. A second signal stops at once with a
-plain ``KeyboardInterrupt``; nothing is saved then, and the last checkpoint stays ``latest``.
-Both carry ``signum``: the command line exits with 128 + signum (130 Ctrl-C, 143 SIGTERM); from
-Python, :func:`auxrl.train` raises them (``StopRequested`` is a ``KeyboardInterrupt``).
+weights, the optimizer's moments and the step count agree. A second signal stops at once with
+:class:`Stopped` (the base of ``StopRequested``); nothing is saved then, and the last checkpoint
+stays ``latest``. Both are ``KeyboardInterrupt``s carrying ``signum``: the command line exits
+with 128 + signum (130 Ctrl-C, 143 SIGTERM), and :func:`auxrl.train` raises them.
 
 Signal handlers can only be installed in the main thread; elsewhere (e.g. ``auxrl.train`` in a
 worker thread) Python's own Ctrl-C behaviour is left as it is, and so is a signal the process
@@ -24,12 +24,16 @@ from typing import Any
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
-class StopRequested(KeyboardInterrupt):
-    """A stop asked for by a signal, raised at a safe point: the state is whole and can be saved."""
+class Stopped(KeyboardInterrupt):
+    """A stop by signal ``signum``, at once: the command line exits with 128 + signum."""
 
     def __init__(self, signum: int) -> None:
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
+
+
+class StopRequested(Stopped):
+    """A stop asked for by a signal, raised at a safe point: the state is whole and can be saved."""
 
 
 class StopSignals:
@@ -72,9 +76,7 @@ class StopSignals:
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.signum is not None:
             self.forced = True
-            stop = KeyboardInterrupt()
-            stop.signum = signum  # type: ignore[attr-defined]  # the exit code: 128 + signum
-            raise stop
+            raise Stopped(signum)
         self.signum = signum
         name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
         self.announce(

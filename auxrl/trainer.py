@@ -335,7 +335,8 @@ def _train(
     # nothing left to train.
     current = min(state.stage, len(stages) - 1)
     first_envs = make_envs(stages[current].cfg.env, stats=norm_stats)
-    try:  # until the run starts: a start-up error closes the envs (async workers included)
+    claimed: rundir.Claim | None = None
+    try:  # until the run starts: a start-up error closes the envs and lets the directory go
         spaces = (first_envs.single_observation_space, first_envs.single_action_space)
         check_stage_spaces(spaces, stages[current + 1 :])
         agent = build_model(cfg, stages, *spaces).to(dev)
@@ -389,87 +390,84 @@ def _train(
         # The directory is created, locked and cleared only now: a start-up error above leaves it as it
         # was (or absent), and a failed resume leaves the run's own config.yaml in place.
         claimed, notes = rundir.claim(run_dir, start) if main else (None, [])
-        try:
-            for note in notes:
-                say(note)
-            mirror = None  # first: a W&B that cannot start (not logged in) leaves no config.yaml behind
-            if cfg.log.wandb and main:
-                from auxrl.tracking import WandbMirror
+        for note in notes:
+            say(note)
+        mirror = None  # first: a W&B that cannot start (not logged in) leaves no config.yaml behind
+        if cfg.log.wandb and main:
+            from auxrl.tracking import WandbMirror
 
-                mirror = WandbMirror(cfg.log, run_dir, to_dict(cfg), resumed=saved is not None)
-            if main:
-                save_config(cfg, run_dir / "config.yaml")
-            # Events up to the checkpoint step are kept; later ones (written before a crash) are purged.
-            purge = state.global_step + 1 if saved else None
-            logger = Logger(run_dir, cfg.log.flush_secs, purge, mirror=mirror) if main else NullLogger()
-            if saved is None:
-                logger.text("config", "```\n" + yaml.safe_dump(to_dict(cfg), sort_keys=False) + "\n```")
-            bar = Progress(
-                cfg.ppo.total_steps,
-                state.global_step,
-                progress,
-                cfg.log.print_every_secs,
-                quiet=not (verbose and main),
-            )
-        except BaseException:  # the run never started: let the directory go (Python API: retry at once)
-            if claimed is not None:
-                claimed.abandon(start)
-            raise
-
-        def save() -> None:
-            extra = {}
-            if dist.enabled:  # every rank calls this; rank 0 writes
-                ranks = dist.gather([(weights_checksum(agent), session.local_episodes)])
-                checksums = [c for c, _ in ranks]
-                if len(set(checksums)) > 1:
-                    raise RuntimeError(f"The ranks' weights differ (checksums {checksums}): not saving.")
-                extra["distributed"] = {
-                    "world_size": dist.world_size,
-                    "checksums": checksums,
-                    "episodes_per_rank": [n for _, n in ranks],
-                }
-            if not main:
-                return
-            logger.flush()  # every event up to this step is on disk before the checkpoint says so
-            checkpoint.save(
-                run_dir,
-                {
-                    "model": agent.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "state": vars(state).copy(),
-                    "rng": checkpoint.rng_state(dev),
-                    "balancer": balancer.state_dict(),
-                    "aux_rng": session.aux.rng_state() if session.aux else None,
-                    "aux_minibatches_done": session.aux.minibatches_done if session.aux else 0,
-                    "config": to_dict(cfg),
-                    "spaces": spaces,
-                    "normalization": norm_stats.state_dict(),
-                    **extra,
-                },
-                state.global_step,
-                cfg.log.keep_checkpoints,
-            )
-
-        session = _Session(
-            agent,
-            optimizer,
-            trainable,
-            state,
-            logger,
-            bar,
-            dev,
-            bf16,
-            save,
-            balancer,
-            next_checkpoint=_next_multiple(state.global_step, cfg.log.checkpoint_every),
-            resume_aux_rng=saved.get("aux_rng") if saved is not None and not dist.enabled else None,
-            resume_aux_minibatches=saved.get("aux_minibatches_done", 0) if saved is not None else 0,
-            dist=dist,
-            norm_stats=norm_stats,
+            mirror = WandbMirror(cfg.log, run_dir, to_dict(cfg), resumed=saved is not None)
+        if main:
+            save_config(cfg, run_dir / "config.yaml")
+        # Events up to the checkpoint step are kept; later ones (written before a crash) are purged.
+        purge = state.global_step + 1 if saved else None
+        logger = Logger(run_dir, cfg.log.flush_secs, purge, mirror=mirror) if main else NullLogger()
+        if saved is None:
+            logger.text("config", "```\n" + yaml.safe_dump(to_dict(cfg), sort_keys=False) + "\n```")
+        bar = Progress(
+            cfg.ppo.total_steps,
+            state.global_step,
+            progress,
+            cfg.log.print_every_secs,
+            quiet=not (verbose and main),
         )
-    except BaseException:
+    except BaseException:  # the run never started (Python API: the directory is free at once)
+        if claimed is not None:
+            claimed.abandon(start)
         first_envs.close()
         raise
+
+    def save() -> None:
+        extra = {}
+        if dist.enabled:  # every rank calls this; rank 0 writes
+            ranks = dist.gather([(weights_checksum(agent), session.local_episodes)])
+            checksums = [c for c, _ in ranks]
+            if len(set(checksums)) > 1:
+                raise RuntimeError(f"The ranks' weights differ (checksums {checksums}): not saving.")
+            extra["distributed"] = {
+                "world_size": dist.world_size,
+                "checksums": checksums,
+                "episodes_per_rank": [n for _, n in ranks],
+            }
+        if not main:
+            return
+        logger.flush()  # every event up to this step is on disk before the checkpoint says so
+        checkpoint.save(
+            run_dir,
+            {
+                "model": agent.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "state": vars(state).copy(),
+                "rng": checkpoint.rng_state(dev),
+                "balancer": balancer.state_dict(),
+                "aux_rng": session.aux.rng_state() if session.aux else None,
+                "aux_minibatches_done": session.aux.minibatches_done if session.aux else 0,
+                "config": to_dict(cfg),
+                "spaces": spaces,
+                "normalization": norm_stats.state_dict(),
+                **extra,
+            },
+            state.global_step,
+            cfg.log.keep_checkpoints,
+        )
+
+    session = _Session(
+        agent,
+        optimizer,
+        trainable,
+        state,
+        logger,
+        bar,
+        dev,
+        bf16,
+        save,
+        balancer,
+        next_checkpoint=_next_multiple(state.global_step, cfg.log.checkpoint_every),
+        resume_aux_rng=saved.get("aux_rng") if saved is not None and not dist.enabled else None,
+        resume_aux_minibatches=saved.get("aux_minibatches_done", 0) if saved is not None else 0,
+        dist=dist,
+        norm_stats=norm_stats,
+    )
     envs: VecEnv | None = first_envs
     # Several processes stop on Ctrl-C at once: their ranks may be inside different collectives.
     stop = session.stop = StopSignals(bar.log, enabled=not dist.enabled).install()
