@@ -549,8 +549,9 @@ def follow_overrides(data: dict[str, Any], given: list[tuple[str, Any]], file_en
 
 
 def run_name_for_env(env_id: str) -> str:
-    """A run name (and directory name) for an env id: ``ALE/Pong-v5`` -> ``Pong-v5``."""
-    return env_id.removeprefix("ALE/").replace("/", "-")
+    """A run name (and directory name) for an env id: ``ALE/Pong-v5`` -> ``Pong-v5``,
+    ``mypkg.envs:Maze-v0`` -> ``Maze-v0``."""
+    return env_id.rpartition(":")[2].removeprefix("ALE/").replace("/", "-")
 
 
 def load_config(name_or_path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:

@@ -97,6 +97,60 @@ def test_bad_env_id_leaves_no_directory(tmp_path, capsys):
     assert not (tmp_path / "deep").exists()
 
 
+def test_own_env_module_that_cannot_be_imported_or_does_not_register(tmp_path, monkeypatch, capsys):
+    (tmp_path / "registers_nothing_for_auxrl.py").write_text("")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    run = tmp_path / "r"
+    line = one_line_error(
+        *run_cli(capsys, "train", "cartpole", "env.id=no_such_module_x:Maze-v0", "--run-dir", str(run))
+    )
+    assert "cannot import 'no_such_module_x'" in line and "PYTHONPATH" in line
+    line = one_line_error(
+        *run_cli(
+            capsys, "train", "cartpole", "env.id=registers_nothing_for_auxrl:Maze-v0", "--run-dir", str(run)
+        )
+    )
+    assert (
+        "importing 'registers_nothing_for_auxrl' did not register it" in line and "gymnasium.register" in line
+    )
+    assert not run.exists()
+
+
+NAN_ENV = """
+import gymnasium, numpy as np
+
+class Env(gymnasium.Env):
+    observation_space = gymnasium.spaces.Box(-1.0, 1.0, (3,), np.float32)
+    action_space = gymnasium.spaces.Discrete(2)
+
+    def reset(self, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return np.zeros(3, np.float32), {}
+
+    def step(self, action):
+        self.t += 1
+        bad = self.t == 10 and WHAT == "observation"
+        obs = np.full(3, np.nan if bad else 0.0, np.float32)
+        reward = float("inf") if self.t == 10 and WHAT == "reward" else 1.0
+        return obs, reward, False, self.t >= 20, {}
+"""
+
+
+@pytest.mark.parametrize("what", ["observation", "reward"])
+def test_an_env_that_returns_nan_or_inf_is_named(tmp_path, monkeypatch, capsys, what):
+    module = f"nan_{what}_env_for_auxrl"
+    (tmp_path / f"{module}.py").write_text(
+        f"WHAT = {what!r}\n{NAN_ENV}\ngymnasium.register('Nan{what}-v0', entry_point='{module}:Env')\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    run = tmp_path / "r"
+    line = one_line_error(
+        *run_cli(capsys, "train", "cartpole", f"env.id={module}:Nan{what}-v0", *TINY, "--run-dir", str(run))
+    )
+    assert f"returned a non-finite {what} (NaN or inf) in env 0 of 4" in line
+
+
 def test_aux_task_option_typo_lists_every_key(tmp_path, capsys):
     code, err = run_cli(
         capsys,

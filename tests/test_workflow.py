@@ -116,6 +116,25 @@ def test_another_env_id_names_the_run_after_it(tmp_path, monkeypatch, capsys):
     assert run.name.startswith("Acrobot-v1__1__")
 
 
+def test_a_users_own_env_trains_and_evaluates_from_the_command_line(tmp_path, monkeypatch, capsys):
+    # gymnasium's module:Env-v0 form: importing the module registers the env (as gymnasium.make does).
+    (tmp_path / "my_envs_for_auxrl.py").write_text(
+        "import gymnasium\n"
+        "gymnasium.register('ShortPole-v0', entry_point='gymnasium.envs.classic_control:CartPoleEnv',"
+        " max_episode_steps=40)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "cartpole", "env.id=my_envs_for_auxrl:ShortPole-v0", *TINY, "--no-progress"]) == 0
+    (run,) = (tmp_path / "runs").iterdir()
+    assert run.name.startswith("ShortPole-v0__1__")  # named after the env, not the module
+    capsys.readouterr()
+    assert main(["eval", str(run), "--episodes", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "my_envs_for_auxrl:ShortPole-v0: 2 episodes" in out
+    assert float(out.split("score ")[1].split()[0]) <= 40  # the registered 40-step limit holds
+
+
 def test_env_keys_only_where_they_apply(tmp_path, capsys):
     cfg = load_config("cartpole", TINY)
     train(cfg, tmp_path / "run", device="cpu", progress=False)

@@ -7,6 +7,7 @@ Episode statistics always report the env's own rewards.
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import os
 import signal
@@ -58,6 +59,29 @@ def vector_kwargs(mode: str) -> dict[str, Any]:
     return kwargs
 
 
+def find_spec(env_id: str) -> gym.envs.registration.EnvSpec:
+    """gymnasium's registration of ``env_id``; a ``module:Env-v0`` id imports ``module`` first
+    (as ``gymnasium.make`` does), so an env registered by the user's own package trains from the
+    command line. Raises ValueError (one line, with the fix) when there is none."""
+    module, _, name = env_id.rpartition(":")
+    if module:
+        try:
+            importlib.import_module(module)
+        except ImportError as err:
+            raise ValueError(
+                f"env.id {env_id!r}: cannot import {module!r} ({err}). Install it or add its folder to "
+                f"PYTHONPATH; importing it must register {name!r} (gymnasium.register)."
+            ) from None
+    try:
+        return gym.spec(name)
+    except gym.error.Error as err:
+        where = f"importing {module!r} did not register it" if module else "not a registered id"
+        raise ValueError(
+            f"env.id {env_id!r}: {where} ({err}). Atari games are named ALE/<Game>-v5; your own env "
+            f"is named module:Env-v0, where importing module calls gymnasium.register('Env-v0', ...)."
+        ) from None
+
+
 class GymVecEnv(VecEnv):
     def __init__(
         self,
@@ -67,13 +91,7 @@ class GymVecEnv(VecEnv):
         stats: NormStats | None = None,
         render: bool = False,
     ) -> None:
-        try:
-            gym.spec(cfg.id)
-        except gym.error.Error as err:
-            raise ValueError(
-                f"env.id {cfg.id!r} is not a registered Gymnasium environment ({err}). Atari "
-                f"games are named ALE/<Game>-v5; other ids must be importable by gymnasium."
-            ) from None
+        find_spec(cfg.id)
         kwargs = dict(cfg.kwargs)
         if render:
             kwargs["render_mode"] = "rgb_array"
@@ -111,6 +129,7 @@ class GymVecEnv(VecEnv):
         self.stats = stats if stats is not None else NormStats()
         self.env, self._raw = wrap(env, cfg, self.stats, training)
         self.num_envs = cfg.num_envs
+        self.env_id = cfg.id
         self.single_observation_space = self.env.single_observation_space
         self.single_action_space = self.env.single_action_space
         self.tracker = EpisodeTracker(cfg.num_envs)
@@ -118,17 +137,31 @@ class GymVecEnv(VecEnv):
 
     def reset(self, seed: int | None = None) -> np.ndarray:
         obs, _ = self.env.reset(seed=seed)
+        self._check_finite("observation", obs)
         self.tracker = EpisodeTracker(self.num_envs)
         self._done[:] = False
         return obs
 
     def step(self, actions: np.ndarray) -> Step:
         obs, reward, terminated, truncated, _ = self.env.step(actions)  # ClipAction bounds the actions
+        self._check_finite("observation", obs)
+        self._check_finite("reward", reward)
         reset = self._done  # NEXT_STEP: the step after a done only resets
         self._done = terminated | truncated
         step = self.tracker.step(obs, self._raw.last_reward, terminated, truncated, reset)
         step.reward = np.asarray(reward, dtype=np.float32)  # what training sees (scaled, if configured)
         return step
+
+    def _check_finite(self, what: str, values: np.ndarray) -> None:
+        """A NaN or inf from the env would reach the network and be found only as a NaN loss (or
+        a NaN action sent back to the env): name the env instead. Microseconds per step."""
+        if np.issubdtype(values.dtype, np.floating) and not np.isfinite(values).all():
+            bad = np.flatnonzero(~np.isfinite(values.reshape(self.num_envs, -1)).all(axis=1))
+            raise ValueError(
+                f"env.id {self.env_id!r} returned a non-finite {what} (NaN or inf) in env "
+                f"{int(bad[0])} of {self.num_envs}: auxrl cannot learn from it. Fix the env, or wrap "
+                f"it to replace such values before they reach auxrl."
+            )
 
     def render(self) -> np.ndarray | None:
         frames = self.env.render()
@@ -139,7 +172,7 @@ class GymVecEnv(VecEnv):
 
 
 def _is_mujoco(env_id: str) -> bool:
-    entry = gym.spec(env_id).entry_point
+    entry = find_spec(env_id).entry_point
     return isinstance(entry, str) and entry.startswith("gymnasium.envs.mujoco")
 
 
@@ -160,7 +193,7 @@ def _mujoco_warning(message: str) -> None:
 
 def _make_kwargs(env_id: str) -> list[str]:
     """Keyword arguments ``gymnasium.make`` accepts for ``env_id`` (empty when they cannot be told)."""
-    spec = gym.spec(env_id)
+    spec = find_spec(env_id)
     try:
         creator = spec.entry_point
         if isinstance(creator, str):

@@ -9,6 +9,12 @@ from torch.distributions import Categorical, Normal
 
 from auxrl.models.torsos import layer_init
 
+# torch validates a distribution's parameters and every log_prob argument by default: on CUDA each
+# check is a host sync (two per PPO minibatch, one more per rollout step). The inputs are checked
+# where they come from instead: env observations and rewards are finite (auxrl/envs), losses and
+# gradients are checked before every optimizer step (auxrl/update.py).
+VALIDATE = False
+
 
 class CategoricalPolicy(nn.Module):
     """Discrete actions. Small output init (std 0.01) keeps the first policy near uniform."""
@@ -18,7 +24,7 @@ class CategoricalPolicy(nn.Module):
         self.logits = layer_init(nn.Linear(feature_dim, num_actions), std=0.01)
 
     def forward(self, features: torch.Tensor) -> Categorical:
-        return Categorical(logits=self.logits(features).float())
+        return Categorical(logits=self.logits(features).float(), validate_args=VALIDATE)
 
     @staticmethod
     def log_prob(dist: Categorical, actions: torch.Tensor) -> torch.Tensor:
@@ -43,7 +49,7 @@ class GaussianPolicy(nn.Module):
 
     def forward(self, features: torch.Tensor) -> Normal:
         mean = self.mean(features).float()
-        return Normal(mean, self.log_std.expand_as(mean).exp())
+        return Normal(mean, self.log_std.expand_as(mean).exp(), validate_args=VALIDATE)
 
     @staticmethod
     def log_prob(dist: Normal, actions: torch.Tensor) -> torch.Tensor:
