@@ -99,3 +99,24 @@ def test_fused_adam_steps_like_the_default_adam():
     for p, q in zip(a.parameters(), b.parameters(), strict=True):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
     plain.load_state_dict(fast.state_dict())  # checkpoints move between the two
+
+
+def test_hot_path_benchmark_times_every_change_against_a_git_ref(tmp_path):
+    # The benchmark itself (benchmarks/hot_path.py), on small shapes, with HEAD as "before":
+    # every component gets a before and an after row, and the report is written.
+    import json
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    import hot_path
+
+    overrides = ["env.num_envs=2", "ppo.num_steps=16", "ppo.num_minibatches=2", "aux.replay_size=64"]
+    argv = ["--baseline-ref", "HEAD", "--repeats", "1", "--warmup", "0", "--no-compile"]
+    assert hot_path.main([*argv, "--out-dir", str(tmp_path), *overrides]) == 0
+    (report,) = tmp_path.glob("hot-path-*.json")
+    rows = json.loads(report.read_text())["rows"]
+    by = {(r["component"], r["variant"]) for r in rows}
+    for component in ("adam step", "frame scaling", "replay windows per update"):
+        assert (component, "before") in by and (component, "after") in by
+    assert all(r["ms"] > 0 for r in rows)
