@@ -2,15 +2,32 @@
 
 The Python API (README, "Python API"): :func:`train` a config, :func:`load_agent` a trained run
 and :meth:`TrainedAgent.predict` actions with it; :func:`load_config` builds or inspects configs.
+
+The names below are imported on first use (PEP 562), so ``import auxrl.cli`` does not load torch
+before the command line runs: ``auxrl --help`` answers at once, and a Ctrl-C while torch loads
+ends the command quietly instead of with an import traceback.
 """
 
-from auxrl.api import train
-from auxrl.config import Config, load_config
-from auxrl.inference import TrainedAgent, load_agent
-from auxrl.tasks.base import AuxOutput, AuxTask, Needs, Sequences, TaskContext, TaskMismatch
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
+_WHERE = {
+    "train": "auxrl.api",
+    "Config": "auxrl.config",
+    "load_config": "auxrl.config",
+    "TrainedAgent": "auxrl.inference",
+    "load_agent": "auxrl.inference",
+    "AuxOutput": "auxrl.tasks.base",
+    "AuxTask": "auxrl.tasks.base",
+    "Needs": "auxrl.tasks.base",
+    "Sequences": "auxrl.tasks.base",
+    "TaskContext": "auxrl.tasks.base",
+    "TaskMismatch": "auxrl.tasks.base",
+}
 __all__ = [
     "AuxOutput",
     "AuxTask",
@@ -24,3 +41,21 @@ __all__ = [
     "load_config",
     "train",
 ]
+
+if TYPE_CHECKING:
+    from auxrl.api import train
+    from auxrl.config import Config, load_config
+    from auxrl.inference import TrainedAgent, load_agent
+    from auxrl.tasks.base import AuxOutput, AuxTask, Needs, Sequences, TaskContext, TaskMismatch
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module 'auxrl' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_WHERE[name]), name)
+    globals()[name] = value  # imported once
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*__all__, "__version__"})

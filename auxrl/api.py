@@ -5,24 +5,12 @@ README's "Python API" section has a runnable example (tests/test_readme.py runs 
 from __future__ import annotations
 
 import functools
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from auxrl import rundir
-from auxrl.config import Config, from_dict, load_config, to_dict
-
-
-def _override_texts(overrides: Sequence[str] | Mapping[str, Any] | None) -> list[str]:
-    if overrides is None:
-        return []
-    if isinstance(overrides, str):
-        raise TypeError(f"overrides: a list of key=value strings or a dict, not the string {overrides!r}")
-    if isinstance(overrides, Mapping):
-        # JSON is YAML: each value is read back exactly as given (numbers, bools, lists, strings).
-        return [f"{key}={json.dumps(value)}" for key, value in overrides.items()]
-    return list(overrides)
+from auxrl.config import Config, from_dict, load_config, override_texts, to_dict
 
 
 def train(
@@ -50,7 +38,7 @@ def train(
     """
     from auxrl.trainer import train as _train
 
-    texts = _override_texts(overrides)
+    texts = override_texts(overrides)
     if isinstance(config, Config):
         cfg = from_dict(to_dict(config), texts, follow=True)
     else:
@@ -58,7 +46,17 @@ def train(
     run = functools.partial(
         _train, cfg, device=device, progress=verbose, resume=resume, overwrite=overwrite, verbose=verbose
     )
-    if run_dir is None:  # made now: a run started in the same second gets another directory
-        with rundir.default_run_dir(cfg.name, cfg.seed) as default:
-            return run(default)
-    return run(run_dir)
+    try:
+        if run_dir is None:  # made now: a run started in the same second gets another directory
+            with rundir.default_run_dir(cfg.name, cfg.seed) as default:
+                return run(default)
+        return run(run_dir)
+    except ValueError as err:  # the run-directory messages name the command line's options
+        flags = [f for f in _FLAGS if f in str(err)]
+        if not flags:
+            raise
+        said = ", ".join(f"{f} is {_FLAGS[f]}" for f in flags)
+        raise type(err)(f"{err} (In Python: {said}.)") from None
+
+
+_FLAGS = {"--resume": "resume=True", "--overwrite": "overwrite=True", "--run-dir": "run_dir"}

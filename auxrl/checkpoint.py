@@ -17,8 +17,8 @@ from __future__ import annotations
 import math
 import os
 import random
+import secrets
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -36,7 +36,10 @@ _NOT_CHECKED = ("config", "spaces", "rng")
 def atomic_write(path: Path, write: Any) -> None:
     """Call ``write(file_object)`` on a temp file beside ``path``, then rename it over ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    # Not mkstemp: its files are private (0600). Mode 0666 less the umask (0644 usually), as any
+    # other file the run writes, lets teammates evaluate or resume a run on shared storage.
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)

@@ -56,6 +56,27 @@ def _resume_config(run_dir: Path) -> dict[str, Any]:
     return checkpoint.load(run_dir)["config"]
 
 
+def _check_resume_overrides(
+    saved: dict[str, Any], cfg: Config, overrides: list[str], seed: int | None
+) -> None:
+    """What a resumed run cannot change: its seed (one run, one seed), and heads it does not train
+    (resume applies overrides literally; a config file's ``aux.enabled: false`` stays off)."""
+    changed = [f"--seed {seed}"] if seed is not None and seed != saved.get("seed") else []
+    changed += [f"seed={cfg.seed}"] if cfg.seed != saved.get("seed") else []
+    if changed:
+        raise ConfigError(
+            f"{changed[0]}: a resumed run keeps its seed ({saved.get('seed')}); train another seed as a "
+            f"new run (another --run-dir)."
+        )
+    named = [t.split("=", 1)[0] for t in overrides if t.startswith("aux.tasks.") and "enabled=" not in t]
+    if named and not cfg.aux.enabled:
+        raise ConfigError(
+            f"{named[0]}: this run trains without auxiliary heads (aux.enabled=false) and a resumed run "
+            f"cannot add them (its checkpoint has none). Start a new run (model.init_from=RUN keeps "
+            f"this run's torso), or drop the override."
+        )
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from auxrl import rundir
 
@@ -71,12 +92,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             overrides.insert(0, args.config)  # argparse put the first override in CONFIG's slot
         run_dir = _resume_target(args.resume, args.run_dir)
         saved = _resume_config(run_dir)
-        if args.seed is not None and args.seed != saved.get("seed"):
-            raise ConfigError(
-                f"--seed {args.seed}: a resumed run keeps its seed ({saved.get('seed')}); train another "
-                f"seed as a new run (another --run-dir)."
-            )
         cfg = from_dict(saved, overrides)
+        _check_resume_overrides(saved, cfg, overrides, args.seed)
     else:
         if args.config is None:
             raise ConfigError(
@@ -84,7 +101,11 @@ def cmd_train(args: argparse.Namespace) -> int:
             )
         overrides = list(args.overrides) + ([f"seed={args.seed}"] if args.seed is not None else [])
         cfg = load_config(args.config, overrides)
-        if not args.run_dir:  # made now: a run started in the same second gets another directory
+        if args.run_dir == "":
+            raise ValueError(
+                "--run-dir is empty: give a directory, or leave the option out for runs/<name>__..."
+            )
+        if args.run_dir is None:  # made now: a run started in the same second gets another directory
             with rundir.default_run_dir(cfg.name, cfg.seed) as run_dir:
                 return _train_in(args, cfg, run_dir)
         run_dir = Path(args.run_dir)
@@ -116,6 +137,12 @@ def _train_in(args: argparse.Namespace, cfg: Config, run_dir: Path) -> int:
             raise ValueError(
                 f"{_describe(err)}. Nothing of the run is lost: fix that, then continue with "
                 f"`auxrl train --resume {run_dir}`."
+            ) from None
+        about = Path(err.filename).absolute() if err.filename else None
+        if about is not None and (about == run_dir.absolute() or run_dir.absolute() in about.parents):
+            raise ValueError(
+                f"--run-dir {run_dir}: {_describe(err)}. Give a --run-dir whose existing part is a "
+                f"folder you can write to."
             ) from None
         raise
     if not rank0:
@@ -155,8 +182,9 @@ def _launch(args: argparse.Namespace, cfg: Config, run_dir: Path) -> int:
     return 0
 
 
-def _check_writable(path: Path) -> None:
-    """Fail before playing any game when ``--video`` cannot be written (creates nothing)."""
+def _check_writable(path: Path, option: str) -> None:
+    """Fail before any work when an output file (``--video``, ``--out``) cannot be written there
+    (creates nothing)."""
     folder = path.parent
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent
@@ -167,7 +195,8 @@ def _check_writable(path: Path) -> None:
             pass
     except OSError as err:
         raise ValueError(
-            f"--video {path}: cannot write there ({_describe(err)}); give a writable path."
+            f"{option} {path}: cannot write there ({_describe(err)}); give a path in a folder you "
+            f"can write to."
         ) from None
 
 
@@ -207,8 +236,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
         )
     if not 0 <= args.seed <= 2**32 - 1:
         raise ValueError(f"--seed {args.seed}: must be an integer in [0, 2**32 - 1], e.g. --seed 12345.")
+    if args.video and Path(args.video).is_dir():  # a folder: the video is named after the run
+        run = Path(args.run).resolve()
+        args.video = str(Path(args.video) / f"{run.stem if run.is_file() else run.name}.mp4")
     if args.video:
-        _check_writable(Path(args.video))
+        _check_writable(Path(args.video), "--video")
     agent = load_agent(args.run, args.device)
     cfg = agent.config
     recorder, render = None, False
@@ -253,6 +285,8 @@ def cmd_plot(args: argparse.Namespace) -> int:
     def split(text: str | None) -> list[str] | None:
         return None if text is None else [part.strip() for part in text.split(",")]
 
+    if args.out:
+        _check_writable(Path(args.out), "--out")
     out = plot_runs(
         args.runs,
         args.out,
@@ -315,7 +349,8 @@ def make_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("config", nargs="?", help="config path or shipped config name")
-    p.add_argument("overrides", nargs="*", help="overrides such as ppo.lr=1e-4 env.num_envs=16")
+    # default=[]: argparse would otherwise call a "*" positional required in its usage error.
+    p.add_argument("overrides", nargs="*", default=[], help="overrides such as ppo.lr=1e-4 env.num_envs=16")
     p.add_argument(
         "--run-dir", help="where to write events, config and checkpoints (default: runs/NAME__SEED__TIME)"
     )
@@ -342,7 +377,11 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("run", metavar="RUN_DIR_OR_CHECKPOINT", help="a run directory or a checkpoint .pt file")
     p.add_argument("--episodes", type=int, default=10, help="games to play (default: 10)")
     p.add_argument("--deterministic", action="store_true", help="greedy actions instead of sampling")
-    p.add_argument("--video", metavar="PATH", help="record to an .mp4 (or .gif) file (plays one env)")
+    p.add_argument(
+        "--video",
+        metavar="PATH",
+        help="record to an .mp4 (or .gif) file, or into an existing folder as <run>.mp4 (plays one env)",
+    )
     p.add_argument(
         "--video-view",
         choices=["screen", "agent"],
@@ -362,7 +401,8 @@ def make_parser() -> argparse.ArgumentParser:
         "its type, default and help.",
     )
     p.add_argument("config", help=f"config path or shipped config name ({shipped})")
-    p.add_argument("overrides", nargs="*", help="overrides such as ppo.lr=1e-4 env.num_envs=16")
+    # default=[]: argparse would otherwise call a "*" positional required in its usage error.
+    p.add_argument("overrides", nargs="*", default=[], help="overrides such as ppo.lr=1e-4 env.num_envs=16")
     p.set_defaults(func=cmd_config)
 
     p = sub.add_parser("tasks", help="list the available auxiliary tasks")

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import math
 import types
 import typing
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union
@@ -415,6 +417,14 @@ def resolve_config_path(name_or_path: str) -> Path:
     shipped = shipped_configs_dir() / f"{path.stem}.yaml"
     if path.parent == Path(".") and shipped.is_file():
         return shipped
+    if path.is_dir():
+        run = (
+            f" (a run? continue it: auxrl train --resume {path})" if (path / "config.yaml").is_file() else ""
+        )
+        raise ConfigError(
+            f"{name_or_path!r} is a folder{run}, not a config file. Give a path to a YAML file or one "
+            f"of the shipped configs: {', '.join(shipped_config_names())}."
+        )
     raise ConfigError(
         f"No config file {name_or_path!r}. Give a path to a YAML file or one of the shipped "
         f"configs: {', '.join(shipped_config_names())}."
@@ -433,9 +443,7 @@ def parse_override(text: str) -> tuple[str, Any]:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
-    if isinstance(value, str):
-        value = _yaml_float(value)
-    return key, value
+    return key, _floats_in_yaml(value)  # in mappings and lists too: 'ppo={lr: 1e-3}'
 
 
 def _yaml_float(text: str) -> Any:
@@ -458,7 +466,9 @@ def flatten_dotted(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
-    """Set ``a.b.c`` in a nested dict, creating intermediate mappings."""
+    """Set ``a.b.c`` in a nested dict, creating intermediate mappings. A mapping given for a
+    mapping is merged into it (``ppo={total_steps: 5000}`` changes that key only; replacing
+    would silently drop the rest of the file's section for the built-in defaults)."""
     node = data
     parts = key.split(".")
     for i, part in enumerate(parts[:-1]):
@@ -468,7 +478,12 @@ def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
         if not isinstance(child, dict):
             raise ConfigError(f"Cannot set {key!r}: {'.'.join(parts[: i + 1])!r} is a value, not a section.")
         node = child
-    node[parts[-1]] = value
+    last = parts[-1]
+    if isinstance(value, dict) and isinstance(node.get(last), dict):
+        for sub, sub_value in value.items():
+            set_dotted(node[last], str(sub), sub_value)
+        return
+    node[last] = value
 
 
 def _floats_in_yaml(node: Any) -> Any:
@@ -554,13 +569,26 @@ def run_name_for_env(env_id: str) -> str:
     return env_id.rpartition(":")[2].removeprefix("ALE/").replace("/", "-")
 
 
-def load_config(name_or_path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Load a YAML config (path or shipped name), apply ``key=value`` overrides and validate.
+def override_texts(overrides: Sequence[str] | Mapping[str, Any] | None) -> list[str]:
+    """``["ppo.lr=3e-4"]`` or ``{"ppo.lr": 3e-4}`` (Python callers) as ``key=value`` strings."""
+    if overrides is None:
+        return []
+    if isinstance(overrides, str):
+        raise TypeError(f"overrides: a list of key=value strings or a dict, not the string {overrides!r}")
+    if isinstance(overrides, Mapping):
+        # JSON is YAML: each value is read back exactly as given (numbers, bools, lists, strings).
+        return [f"{key}={json.dumps(value)}" for key, value in overrides.items()]
+    return list(overrides)
 
-    Overrides are read as a user means them (:func:`follow_overrides`): configuring an auxiliary
-    task turns the heads on, and another ``env.id`` renames the run after it.
+
+def load_config(name_or_path: str | Path, overrides: Sequence[str] | Mapping[str, Any] | None = ()) -> Config:
+    """Load a YAML config (path or shipped name), apply overrides and validate.
+
+    ``overrides``: ``["ppo.lr=3e-4"]`` or ``{"ppo.lr": 3e-4}``. They are read as a user means them
+    (:func:`follow_overrides`): configuring an auxiliary task turns the heads on, and another
+    ``env.id`` renames the run after it.
     """
-    return from_dict(load_dict(name_or_path), overrides, follow=True)
+    return from_dict(load_dict(name_or_path), override_texts(overrides), follow=True)
 
 
 def save_config(cfg: Config, path: str | Path) -> None:

@@ -44,7 +44,8 @@ def evaluate(
     """Play ``episodes`` whole games (no episodic life, no reward clipping or scaling).
 
     Each env contributes at most ceil(episodes / num_envs) games, so short games are not
-    over-represented. Observations are normalised with the run's frozen statistics.
+    over-represented. ``seed`` seeds the envs and the sampled actions: a call repeats exactly.
+    Observations are normalised with the run's frozen statistics.
     ``on_step(obs, step, screen)`` sees every step (used to record video): ``screen`` is env 0's
     RGB screen before the step with ``render=True``, else None.
     """
@@ -55,7 +56,14 @@ def evaluate(
     counts = np.zeros(num_envs, dtype=np.int64)
     returns: list[float] = []
     lengths: list[int] = []
-    with make_envs(env_cfg, training=False, stats=agent.stats, render=render) as envs:
+    # The sampled actions are seeded too (the same seed plays the same games), from torch's
+    # generators forked for the call, so a caller's own random stream is left as it was.
+    cuda = [agent.device] if agent.device.type == "cuda" else []
+    with (
+        torch.random.fork_rng(devices=cuda),
+        make_envs(env_cfg, training=False, stats=agent.stats, render=render) as envs,
+    ):
+        torch.manual_seed(seed)
         obs = envs.reset(seed=seed)
         while len(returns) < episodes:
             screen = envs.render() if render else None

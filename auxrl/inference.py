@@ -77,7 +77,12 @@ def resolve_device(name: str | torch.device) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device {name!r}: PyTorch sees no CUDA device here. Use cpu or auto.")
-    return torch.device(name)
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise ValueError(
+            f"device {name!r}: not a device name torch knows; use auto, cpu, cuda or cuda:N."
+        ) from None
 
 
 def read_checkpoint(run_dir_or_checkpoint: str | Path, *keys: str) -> dict[str, Any]:

@@ -111,12 +111,35 @@ def _check_not_nested(run_dir: Path) -> None:
             f"Give a --run-dir outside it."
         )
     if run_dir.is_dir() and not _is_run(run_dir):
-        inner = next((p for p in sorted(run_dir.iterdir()) if p.is_dir() and _is_run(p)), None)
+        inner = _run_below(run_dir)
         if inner is not None:
             raise ValueError(
-                f"{run_dir} holds other runs ({inner.name}, ...): a run written beside them would "
-                f"mix into their TensorBoard view. Give a --run-dir of its own, e.g. {run_dir / 'new_run'}."
+                f"{run_dir} holds other runs ({inner.relative_to(run_dir)}, ...): a run written around "
+                f"them would mix into their TensorBoard view. Give a --run-dir of its own, e.g. "
+                f"{run_dir / 'new_run'}."
             )
+
+
+def _run_below(folder: Path, depth: int = 3, budget: int = 10_000) -> Path | None:
+    """A run directory up to ``depth`` levels below ``folder`` (``runs/<run>`` is two), looking
+    at no more than ``budget`` folders (``--run-dir ~`` must not walk the whole home)."""
+    level = [folder]
+    for _ in range(depth):
+        below = []
+        for parent in level:
+            try:
+                children = sorted(e.path for e in os.scandir(parent) if e.is_dir(follow_symlinks=False))
+            except OSError:
+                continue
+            for child in map(Path, children):
+                if _is_run(child):
+                    return child
+                below.append(child)
+                budget -= 1
+                if budget <= 0:
+                    return None
+        level = below
+    return None
 
 
 def new_default(name: str, seed: int, root: str | Path = "runs") -> Path:

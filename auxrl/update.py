@@ -160,9 +160,9 @@ def check_finite(terms: dict[str, torch.Tensor], step: int) -> None:
     bad = [n for n, ok in zip(names, finite.tolist(), strict=True) if not ok]
     raise NonFiniteError(
         f"{bad[0]} is {float(terms[bad[0]].detach()):g} in the update after env step {step:,} "
-        f"(non-finite: {', '.join(bad)}); nothing was applied and no checkpoint is written, so the "
-        f"last good checkpoint stays `latest`. Likely causes: a learning rate too high for this "
-        f"model (ppo.lr), a loss weight or coefficient too large (aux.tasks.<name>.weight, "
+        f"(non-finite: {', '.join(bad)}); nothing was applied and no checkpoint is written (the "
+        f"run's last checkpoint, if it has one, stays `latest`). Likely causes: a learning rate too "
+        f"high for this model (ppo.lr), a loss weight or coefficient too large (aux.tasks.<name>.weight, "
         f"ppo.vf_coef), or a custom head producing NaN. Lower it and resume with --resume."
     )
 

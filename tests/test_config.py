@@ -46,6 +46,16 @@ def test_overrides_types_and_nesting():
     assert parse_override("env.mode=null") == ("env.mode", None)
 
 
+def test_a_section_mapping_changes_only_the_keys_it_names():
+    base = load_config("cartpole")
+    cfg = load_config("cartpole", ["ppo={total_steps: 5000, lr: 1e-3}"])
+    assert cfg.ppo.total_steps == 5000 and cfg.ppo.lr == 1e-3
+    assert cfg.ppo.num_steps == base.ppo.num_steps != 128  # cartpole.yaml's, not the built-in default
+    # Python callers may give a dict, nested or dotted.
+    nested = load_config("cartpole", {"ppo": {"total_steps": 5000}})
+    assert nested == load_config("cartpole", {"ppo.total_steps": 5000})
+
+
 def test_weight_schedule_and_new_task_via_override():
     cfg = load_config(
         "cartpole",

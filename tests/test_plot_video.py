@@ -272,6 +272,11 @@ def test_eval_records_a_video(tmp_path, capsys):
     assert "agent input)" in capsys.readouterr().out
     assert iio.improps(agent_view, index=0).shape == (24 + 252, 252, 3)
 
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    assert main([*argv[:5], str(folder), "--video-view", "agent", "--device", "cpu"]) == 0
+    assert [p.name for p in folder.iterdir()] == ["run.mp4"]  # named after the run, inside the folder
+
 
 def test_eval_video_falls_back_to_the_agent_view_when_the_screen_cannot_render(tmp_path, capsys, monkeypatch):
     pytest.importorskip("imageio")

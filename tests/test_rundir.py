@@ -1,5 +1,6 @@
 """Run directories: never two runs mixed in one, a dead run restarts cleanly, one trainer at a time."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -160,6 +161,21 @@ def test_runs_are_not_nested(tmp_path, capsys):
     assert not (run / "sub").exists()
     assert train_cli(tmp_path) == 2  # around a run: its events would mix with the run's
     assert "holds other runs (run, ...)" in capsys.readouterr().err
+    deep = tmp_path / "project" / "runs" / "exp"
+    assert train_cli(deep) == 0
+    assert train_cli(tmp_path / "project") == 2  # runs/<run> below: two levels down
+    assert "holds other runs (runs/exp, ...)" in capsys.readouterr().err
+
+
+def test_checkpoints_get_the_permissions_of_any_new_file(tmp_path):
+    # Not mkstemp's private 0600: teammates on shared storage evaluate and resume runs.
+    old = os.umask(0o022)
+    try:
+        assert train_cli(tmp_path / "run") == 0
+    finally:
+        os.umask(old)
+    for path in (tmp_path / "run" / "checkpoints").iterdir():
+        assert path.stat().st_mode & 0o777 == 0o644, path
 
 
 def test_default_run_directories_of_the_same_second_differ(tmp_path, monkeypatch):

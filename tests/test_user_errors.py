@@ -151,6 +151,42 @@ def test_an_env_that_returns_nan_or_inf_is_named(tmp_path, monkeypatch, capsys, 
     assert f"returned a non-finite {what} (NaN or inf) in env 0 of 4" in line
 
 
+def test_a_resumed_run_keeps_its_seed_and_cannot_add_heads(finished_run, capsys):
+    before = snapshot(finished_run)
+    for argv, says in (
+        (["seed=7"], "seed=7: a resumed run keeps its seed (1)"),
+        (["--seed", "7"], "--seed 7: a resumed run keeps its seed (1)"),
+        (["aux.tasks.reward_prediction.weight=1"], "a resumed run cannot add them"),
+    ):
+        line = one_line_error(*run_cli(capsys, "train", "--resume", str(finished_run), *argv))
+        assert says in line
+    assert snapshot(finished_run) == before
+
+
+def test_paths_that_are_not_what_the_option_needs(tmp_path, finished_run, capsys):
+    (tmp_path / "file.txt").write_text("x")
+    line = one_line_error(*run_cli(capsys, "train", str(finished_run)))
+    assert "is a folder (a run? continue it: auxrl train --resume" in line
+    line = one_line_error(*run_cli(capsys, "train", "cartpole", *TINY, "--run-dir", ""))
+    assert "--run-dir is empty" in line
+    code, err = run_cli(capsys, "train", "cartpole", *TINY, "--run-dir", str(tmp_path / "file.txt" / "sub"))
+    line = one_line_error(code, err)
+    assert "Not a directory" in line and "Give a --run-dir whose existing part is a folder" in line
+    line = one_line_error(
+        *run_cli(capsys, "plot", str(finished_run), "--out", str(tmp_path / "file.txt" / "c.png")), "plot"
+    )
+    assert "--out" in line and "cannot write there" in line
+
+
+def test_python_callers_are_told_the_keyword_for_an_option(finished_run):
+    from auxrl import train
+
+    with pytest.raises(
+        ValueError, match=r"In Python: --resume is resume=True, --overwrite is overwrite=True"
+    ):
+        train("cartpole", TINY, run_dir=finished_run, verbose=False)
+
+
 def test_aux_task_option_typo_lists_every_key(tmp_path, capsys):
     code, err = run_cli(
         capsys,

@@ -135,6 +135,33 @@ def test_a_users_own_env_trains_and_evaluates_from_the_command_line(tmp_path, mo
     assert float(out.split("score ")[1].split()[0]) <= 40  # the registered 40-step limit holds
 
 
+def test_stochastic_eval_repeats_with_its_seed_and_leaves_the_callers_rng_alone(tmp_path):
+    from auxrl import load_agent
+    from auxrl.evaluate import evaluate
+
+    train(load_config("cartpole", TINY), tmp_path / "run", device="cpu", progress=False)
+    agent = load_agent(tmp_path / "run", device="cpu")
+    torch.manual_seed(0)
+    expected_next = torch.rand(1)
+    torch.manual_seed(0)
+    first = evaluate(agent, 6, num_envs=2, seed=3)
+    assert torch.equal(torch.rand(1), expected_next)  # the caller's generator was not advanced
+    assert evaluate(agent, 6, num_envs=2, seed=3).returns == first.returns
+    assert evaluate(agent, 6, num_envs=2, seed=4).returns != first.returns
+
+
+def test_the_command_line_loads_torch_only_when_a_command_runs():
+    # A Ctrl-C while torch loads then ends the command quietly (exit 130), and --help is quick.
+    import subprocess
+    import sys
+
+    code = "import sys, auxrl.cli; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+    assert sorted(auxrl.__all__) == sorted(n for n in dir(auxrl) if not n.startswith("_"))
+    assert all(getattr(auxrl, name) is not None for name in auxrl.__all__)
+
+
 def test_env_keys_only_where_they_apply(tmp_path, capsys):
     cfg = load_config("cartpole", TINY)
     train(cfg, tmp_path / "run", device="cpu", progress=False)

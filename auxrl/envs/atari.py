@@ -29,6 +29,7 @@ no-ops, envpool after them).
 from __future__ import annotations
 
 import os
+import warnings
 
 import numpy as np
 from ale_py import Action
@@ -56,7 +57,10 @@ def check_rom(env_id: str) -> str:
     from ale_py import roms
 
     name = rom_name(env_id)
-    if roms.get_rom_path(name) is None:
+    with warnings.catch_warnings():  # ale-py warns "Rom ... not supported": the error below says it
+        warnings.simplefilter("ignore", UserWarning)
+        path = roms.get_rom_path(name)
+    if path is None:
         raise ValueError(
             f"env.id {env_id!r}: ale-py has no ROM {name!r}. Use ALE/<Game>-v5 with the game's "
             f"CamelCase name, e.g. ALE/Breakout-v5, ALE/Pong-v5, ALE/MsPacman-v5."

@@ -31,7 +31,10 @@ def _import_path(path: str) -> Any:
     try:
         module = importlib.import_module(module_name)
     except ImportError as err:
-        raise ConfigError(f"Aux task {path!r}: cannot import {module_name!r} ({err}).") from None
+        raise ConfigError(
+            f"Aux task {path!r}: cannot import {module_name!r} ({err}). Install it or add its folder "
+            f"to PYTHONPATH (e.g. PYTHONPATH=. auxrl ...)."
+        ) from None
     try:
         return getattr(module, attr)
     except AttributeError:
