@@ -159,6 +159,9 @@ def launch(nproc: int, argv: list[str]) -> None:
     args = get_args_parser().parse_args(
         ["--standalone", f"--nproc-per-node={nproc}", "--module", "auxrl", *argv]
     )
+    # What the launcher sets for each worker anyway when it is unset, without its 4-line banner
+    # (auxrl's own thread setting, perf.threads, applies inside each worker).
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
     try:
         run(args)
     except SignalException as err:  # Ctrl-C or a kill: the workers were stopped; the last checkpoint resumes

@@ -271,7 +271,10 @@ def claim(run_dir: str | Path, start: Start) -> tuple[Claim, list[str]]:
             raise ValueError(f"{run_dir} now holds a run: continue it with --resume {run_dir}.")
         if start in ("restart", "overwrite"):
             if start == "restart" and found.checkpoints:  # another process got one in meanwhile
-                raise ValueError(f"{run_dir} now holds a checkpoint: continue it with --resume {run_dir}.")
+                raise ValueError(
+                    f"{run_dir}: another auxrl train wrote a checkpoint there while this one was starting; "
+                    f"continue from it with `auxrl train --resume {run_dir}` (run it again if you did)."
+                )
             for path in found.events:
                 path.unlink()
             (run_dir / CONFIG_FILE).unlink(missing_ok=True)
