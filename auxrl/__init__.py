@@ -50,9 +50,15 @@ if TYPE_CHECKING:
 
 
 def __getattr__(name: str) -> Any:
-    if name not in _WHERE:
-        raise AttributeError(f"module 'auxrl' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_WHERE[name]), name)
+    if name in _WHERE:
+        value = getattr(importlib.import_module(_WHERE[name]), name)
+    else:  # a submodule, e.g. auxrl.envs after a bare `import auxrl` (as the eager package gave)
+        try:
+            value = importlib.import_module(f"auxrl.{name}")
+        except ModuleNotFoundError as err:
+            if err.name != f"auxrl.{name}":
+                raise
+            raise AttributeError(f"module 'auxrl' has no attribute {name!r}") from None
     globals()[name] = value  # imported once
     return value
 

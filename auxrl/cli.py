@@ -68,8 +68,10 @@ def _check_resume_overrides(
             f"{changed[0]}: a resumed run keeps its seed ({saved.get('seed')}); train another seed as a "
             f"new run (another --run-dir)."
         )
-    named = [t.split("=", 1)[0] for t in overrides if t.startswith("aux.tasks.") and "enabled=" not in t]
-    if named and not cfg.aux.enabled:
+    from auxrl.curriculum import plan_stages
+
+    named = [t.split("=", 1)[0] for t in overrides if t.startswith("aux.tasks") and "enabled=" not in t]
+    if named and not any(stage.cfg.aux.enabled for stage in plan_stages(cfg)):  # heads of any stage are built
         raise ConfigError(
             f"{named[0]}: this run trains without auxiliary heads (aux.enabled=false) and a resumed run "
             f"cannot add them (its checkpoint has none). Start a new run (model.init_from=RUN keeps "
@@ -236,9 +238,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
         )
     if not 0 <= args.seed <= 2**32 - 1:
         raise ValueError(f"--seed {args.seed}: must be an integer in [0, 2**32 - 1], e.g. --seed 12345.")
-    if args.video and Path(args.video).is_dir():  # a folder: the video is named after the run
-        run = Path(args.run).resolve()
-        args.video = str(Path(args.video) / f"{run.stem if run.is_file() else run.name}.mp4")
+    if args.video and (Path(args.video).is_dir() or args.video.endswith(("/", os.sep))):
+        run = Path(args.run).resolve()  # a folder: the video is named after the run
+        if run.is_file():  # a checkpoint: its run's name when it sits in one
+            run = run.parent.parent if run.parent.name == "checkpoints" else run.with_suffix("")
+        args.video = str(Path(args.video) / f"{run.name}.mp4")
     if args.video:
         _check_writable(Path(args.video), "--video")
     agent = load_agent(args.run, args.device)

@@ -466,9 +466,7 @@ def flatten_dotted(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
-    """Set ``a.b.c`` in a nested dict, creating intermediate mappings. A mapping given for a
-    mapping is merged into it (``ppo={total_steps: 5000}`` changes that key only; replacing
-    would silently drop the rest of the file's section for the built-in defaults)."""
+    """Set ``a.b.c`` in a nested dict, creating intermediate mappings."""
     node = data
     parts = key.split(".")
     for i, part in enumerate(parts[:-1]):
@@ -478,12 +476,39 @@ def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
         if not isinstance(child, dict):
             raise ConfigError(f"Cannot set {key!r}: {'.'.join(parts[: i + 1])!r} is a value, not a section.")
         node = child
-    last = parts[-1]
-    if isinstance(value, dict) and isinstance(node.get(last), dict):
-        for sub, sub_value in value.items():
-            set_dotted(node[last], str(sub), sub_value)
-        return
-    node[last] = value
+    node[parts[-1]] = value
+
+
+def is_section(key: str) -> bool:
+    """Whether ``key`` names a config section (``ppo``, ``aux.balance``: a dataclass field), as
+    opposed to a value, including mapping values such as ``env.kwargs`` or ``aux.tasks``."""
+    node: Any = Config
+    for part in key.split("."):
+        if not (isinstance(node, type) and dataclasses.is_dataclass(node)):
+            return False
+        hints = typing.get_type_hints(node)
+        if part not in hints:
+            return False
+        node = hints[part]
+    return isinstance(node, type) and dataclasses.is_dataclass(node)
+
+
+def apply_override(data: dict[str, Any], key: str, value: Any) -> list[tuple[str, Any]]:
+    """Set ``key`` to ``value`` in ``data``; returns the (dotted key, value) pairs it set.
+
+    A mapping given for a section is applied key by key (``ppo={total_steps: 5000}`` is
+    ``ppo.total_steps=5000``: the section's other keys stay; replacing it would silently bring
+    back the built-in defaults). A mapping given for a value (``env.kwargs={}``,
+    ``aux.tasks={...}``, one task's settings) replaces it.
+    """
+    if isinstance(value, dict) and is_section(key):
+        return [
+            pair
+            for sub, sub_value in value.items()
+            for pair in apply_override(data, f"{key}.{sub}", sub_value)
+        ]
+    set_dotted(data, key, value)
+    return [(key, value)]
 
 
 def _floats_in_yaml(node: Any) -> Any:
@@ -530,9 +555,7 @@ def from_dict(
     file_env_id = data.get("env", {}).get("id") if isinstance(data.get("env"), dict) else None
     given = []
     for text in overrides:
-        key, value = parse_override(text)
-        set_dotted(data, key, value)
-        given.append((key, value))
+        given += apply_override(data, *parse_override(text))
     if follow:
         follow_overrides(data, given, file_env_id)
     cfg = build(Config, data)
@@ -551,7 +574,8 @@ def follow_overrides(data: dict[str, Any], given: list[tuple[str, Any]], file_en
     """
     keys = [key for key, _ in given]
     configures_task = any(
-        key.startswith("aux.tasks.") and not (key.endswith(".enabled") and value is False)
+        (key == "aux.tasks" and isinstance(value, dict) and bool(value))
+        or (key.startswith("aux.tasks.") and not (key.endswith(".enabled") and value is False))
         for key, value in given
     )
     aux = data.get("aux")

@@ -63,7 +63,10 @@ def evaluate(
         torch.random.fork_rng(devices=cuda),
         make_envs(env_cfg, training=False, stats=agent.stats, render=render) as envs,
     ):
-        torch.manual_seed(seed)
+        torch.default_generator.manual_seed(seed)  # not torch.manual_seed: it seeds every GPU
+        if cuda:
+            with torch.cuda.device(agent.device):
+                torch.cuda.manual_seed(seed)
         obs = envs.reset(seed=seed)
         while len(returns) < episodes:
             screen = envs.render() if render else None

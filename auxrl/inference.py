@@ -59,6 +59,8 @@ class TrainedAgent:
                 f"predict: observation of shape {array.shape}, but this agent takes {shape} (or a batch "
                 f"of shape (N, {', '.join(map(str, shape))}))."
             )
+        if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+            raise ValueError("predict: the observation holds NaN or inf; the agent cannot act on it.")
         if self.config.env.normalize_obs:
             array = self.stats.normalize_obs(array, self.config.env.clip_obs)
         dtype = torch.uint8 if self.observation_space.dtype == np.uint8 else torch.float32

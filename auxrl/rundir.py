@@ -98,7 +98,7 @@ def _written_by_auxrl(config: Path) -> bool:
 
 
 def _is_run(path: Path) -> bool:
-    return (path / MARKER).is_file()
+    return os.path.isfile(path / MARKER)  # False, not PermissionError, in a folder we cannot read
 
 
 def _check_not_nested(run_dir: Path) -> None:

@@ -54,6 +54,26 @@ def test_a_section_mapping_changes_only_the_keys_it_names():
     # Python callers may give a dict, nested or dotted.
     nested = load_config("cartpole", {"ppo": {"total_steps": 5000}})
     assert nested == load_config("cartpole", {"ppo.total_steps": 5000})
+    # ... and as the dotted form does: another env.id renames the run, a task turns the heads on.
+    assert load_config("cartpole", ["env={id: Acrobot-v1}"]).name == "Acrobot-v1"
+    assert load_config("cartpole", ["aux={tasks: {reward_prediction: {weight: 1}}}"]).aux.enabled
+    # A mapping *value* (not a section) is replaced: {} clears env.kwargs, a task is set anew.
+    cleared = load_config(
+        "curriculum_cartpole", ["curriculum.stages=[]", "env.kwargs={max_episode_steps: 50}"]
+    )
+    assert (
+        load_config(
+            "curriculum_cartpole",
+            ["curriculum.stages=[]", "env.kwargs={max_episode_steps: 50}", "env.kwargs={}"],
+        ).env.kwargs
+        == {}
+        != cleared.env.kwargs
+    )
+    swapped = load_config("breakout", ["aux.tasks.reward_prediction={type: next_state, weight: 0.1}"])
+    assert swapped.aux.tasks["reward_prediction"].params == {}
+    assert sorted(load_config("breakout", ["aux.tasks={next_state: {weight: 0.1}}"]).aux.tasks) == [
+        "next_state"
+    ]
 
 
 def test_weight_schedule_and_new_task_via_override():

@@ -101,14 +101,13 @@ def test_fused_adam_steps_like_the_default_adam():
     plain.load_state_dict(fast.state_dict())  # checkpoints move between the two
 
 
-def test_hot_path_benchmark_times_every_change_against_a_git_ref(tmp_path):
+def test_hot_path_benchmark_times_every_change_against_a_git_ref(tmp_path, monkeypatch):
     # The benchmark itself (benchmarks/hot_path.py), on small shapes, with HEAD as "before":
     # every component gets a before and an after row, and the report is written.
     import json
-    import sys
     from pathlib import Path
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent / "benchmarks"))
     import hot_path
 
     overrides = ["env.num_envs=2", "ppo.num_steps=16", "ppo.num_minibatches=2", "aux.replay_size=64"]

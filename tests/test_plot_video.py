@@ -276,6 +276,13 @@ def test_eval_records_a_video(tmp_path, capsys):
     folder.mkdir()
     assert main([*argv[:5], str(folder), "--video-view", "agent", "--device", "cpu"]) == 0
     assert [p.name for p in folder.iterdir()] == ["run.mp4"]  # named after the run, inside the folder
+    (checkpoint,) = (tmp_path / "run" / "checkpoints").glob("step_*.pt")
+    new_folder = f"{tmp_path / 'new'}/"  # a path ending in a separator is a folder, made if missing
+    assert (
+        main(["eval", str(checkpoint), "--episodes", "1", "--video", new_folder, "--video-view", "agent"])
+        == 0
+    )
+    assert [p.name for p in (tmp_path / "new").iterdir()] == ["run.mp4"]
 
 
 def test_eval_video_falls_back_to_the_agent_view_when_the_screen_cannot_render(tmp_path, capsys, monkeypatch):

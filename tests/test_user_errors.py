@@ -163,6 +163,22 @@ def test_a_resumed_run_keeps_its_seed_and_cannot_add_heads(finished_run, capsys)
     assert snapshot(finished_run) == before
 
 
+def test_a_resumed_curriculum_run_may_reweight_heads_a_later_stage_trains(tmp_path, capsys):
+    # The base config has no heads, a later stage turns them on: the checkpoint holds the head.
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "name: c\nenv: {id: CartPole-v1, num_envs: 4}\nmodel: {torso: mlp}\n"
+        "ppo: {total_steps: 512, num_steps: 64, num_minibatches: 2, update_epochs: 1}\n"
+        "aux: {enabled: false, tasks: {reward_prediction: {weight: 1.0}}}\n"
+        "curriculum: {stages: [{name: a, steps: 256}, {name: b, overrides: {aux.enabled: true}}]}\n"
+    )
+    run = tmp_path / "run"
+    assert main(["train", str(config), "--run-dir", str(run), "--no-progress"]) == 0
+    argv = ["train", "--resume", str(run), "aux.tasks.reward_prediction.weight=0.5", "ppo.total_steps=768"]
+    code, err = run_cli(capsys, *argv, "--no-progress")
+    assert code == 0, err
+
+
 def test_paths_that_are_not_what_the_option_needs(tmp_path, finished_run, capsys):
     (tmp_path / "file.txt").write_text("x")
     line = one_line_error(*run_cli(capsys, "train", str(finished_run)))

@@ -148,6 +148,8 @@ def test_stochastic_eval_repeats_with_its_seed_and_leaves_the_callers_rng_alone(
     assert torch.equal(torch.rand(1), expected_next)  # the caller's generator was not advanced
     assert evaluate(agent, 6, num_envs=2, seed=3).returns == first.returns
     assert evaluate(agent, 6, num_envs=2, seed=4).returns != first.returns
+    with pytest.raises(ValueError, match="NaN or inf"):
+        agent.predict(np.full(4, np.nan, dtype=np.float32))
 
 
 def test_the_command_line_loads_torch_only_when_a_command_runs():
@@ -158,6 +160,9 @@ def test_the_command_line_loads_torch_only_when_a_command_runs():
     code = "import sys, auxrl.cli; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+    code = "import auxrl; print(auxrl.envs.make_envs.__name__)"  # submodules still load on use
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "make_envs"
     assert sorted(auxrl.__all__) == sorted(n for n in dir(auxrl) if not n.startswith("_"))
     assert all(getattr(auxrl, name) is not None for name in auxrl.__all__)
 
