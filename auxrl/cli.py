@@ -123,7 +123,7 @@ def _train_in(args: argparse.Namespace, cfg: Config, run_dir: Path) -> int:
     if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
         return _launch(args, cfg, run_dir)
     rank0 = int(os.environ.get("RANK", "0")) == 0
-    if rank0:
+    if rank0 and _LAUNCHED not in os.environ:  # under --nproc the launcher said it already
         print(f"Run directory: {run_dir}  (tensorboard --logdir {run_dir})")
     try:
         result = train(
@@ -157,6 +157,9 @@ def _train_in(args: argparse.Namespace, cfg: Config, run_dir: Path) -> int:
     return 0
 
 
+_LAUNCHED = "AUXRL_NPROC_LAUNCHER"  # set for the workers that `auxrl train --nproc N` starts
+
+
 def _launch(args: argparse.Namespace, cfg: Config, run_dir: Path) -> int:
     """``--nproc N``: check the config and run directory once here, then run ``auxrl train`` in N
     workers through torch's launcher, all with the same (explicit) run directory."""
@@ -176,6 +179,7 @@ def _launch(args: argparse.Namespace, cfg: Config, run_dir: Path) -> int:
     child += ["--device", args.device] + (["--no-progress"] if args.no_progress else [])
     child += ["--overwrite"] if args.overwrite else []
     print(f"Run directory: {run_dir}  ({args.nproc} processes; tensorboard --logdir {run_dir})")
+    os.environ[_LAUNCHED] = "1"  # the workers inherit it
     try:
         launch(args.nproc, child)
     except WorkerFailed as err:
