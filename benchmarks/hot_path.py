@@ -40,7 +40,15 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from throughput import REPO_ROOT, cpu_model, device_name, device_slug, output_paths, use_checkout  # noqa: E402
+from throughput import (  # noqa: E402
+    REPO_ROOT,
+    command_section,
+    cpu_model,
+    device_name,
+    device_slug,
+    output_paths,
+    use_checkout,
+)
 
 use_checkout()
 
@@ -250,12 +258,7 @@ def markdown(meta: dict[str, Any], rows: list[Row]) -> str:
         "",
         *(f"- {k}: {v}" for k, v in meta.items() if k != "command"),
         "",
-        "## Command",
-        "",
-        "```",
-        meta["command"],
-        "```",
-        "",
+        *command_section(meta["command"]),
     ]
     return "\n".join(lines)
 

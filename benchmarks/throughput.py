@@ -504,14 +504,14 @@ def markdown_report(meta: dict[str, Any], rows: list[Row], ratio: dict[str, floa
         f"- versions: python {v['python']}, torch {v['torch']}, gymnasium {v['gymnasium']}, "
         f"ale-py {v['ale-py']}, auxrl {v['auxrl']}, stable-baselines3 {v['stable-baselines3']}",
         "",
-        "## Command",
-        "",
-        "```",
-        meta["command"],
-        "```",
-        "",
+        *command_section(meta["command"]),
     ]
     return "\n".join(parts)
+
+
+def command_section(command: str) -> list[str]:
+    """The report's last section: the command that produced it, as a code block."""
+    return ["## Command", "", "```", command, "```", ""]
 
 
 def output_paths(out_dir: Path, stem: str) -> tuple[Path, Path]:
