@@ -79,7 +79,7 @@ def contents(run_dir: Path) -> Contents:
         events=events,
         checkpoints=checkpoint.candidates(run_dir),
         broken=sorted((run_dir / checkpoint.CHECKPOINT_DIR).glob(f"*{checkpoint.CORRUPT_SUFFIX}")),
-        marked=(run_dir / MARKER).is_file(),
+        marked=_is_run(run_dir),
         older_run=config and bool(events) and _written_by_auxrl(run_dir / CONFIG_FILE),
     )
 
