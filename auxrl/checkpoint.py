@@ -10,12 +10,22 @@ Nothing non-finite is ever saved: :func:`save` refuses NaN/inf weights or optimi
 a diverged run keeps its last good checkpoint as ``latest``. :func:`load` reads the newest
 checkpoint that is intact; a truncated or corrupt one is reported, moved aside (renamed to
 ``<name>.corrupt``) and skipped.
+
+Loading never runs code: a checkpoint holds tensors and plain Python values only (gym spaces and
+RNG states are stored as data), and is read with ``torch.load(weights_only=True)``. A file that
+needs full unpickling (auxrl's checkpoints before format 2, or a crafted file) is refused with
+:class:`UnsafeCheckpoint`; :func:`convert` rewrites one the user trusts (``auxrl convert --trust``).
+
+Each checkpoint carries its run's id (``run_id``, kept in the run directory's marker, see
+auxrl/rundir.py): loading a run directory skips, with a warning, a checkpoint of another run that
+was copied in, and pruning counts and deletes the run's own checkpoints only.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import pickle
 import random
 import secrets
 import sys
@@ -29,6 +39,7 @@ import torch
 CHECKPOINT_DIR = "checkpoints"
 LATEST = "latest"
 CORRUPT_SUFFIX = ".corrupt"
+FORMAT = 2  # 2: loads with weights_only=True and names its run (1: pickled gym spaces and RNG states)
 # Entries that hold no training numbers (gym spaces have infinite bounds; configs are validated).
 _NOT_CHECKED = ("config", "spaces", "rng")
 
@@ -60,19 +71,48 @@ def remove_stale_tmp(run_dir: str | Path) -> list[Path]:
 
 
 def rng_state(device: torch.device | None = None) -> dict[str, Any]:
-    """Every RNG a run draws from; on CUDA (``device``) only the training device's generator, so
-    a run saved on an 8-GPU node resumes where fewer GPUs are visible. Without ``device``, no
-    CUDA state is saved (or, in :func:`set_rng_state`, restored)."""
+    """Every RNG a run draws from, as tensors and plain values; on CUDA (``device``) only the
+    training device's generator, so a run saved on an 8-GPU node resumes where fewer GPUs are
+    visible. Without ``device``, no CUDA state is saved (or, in :func:`set_rng_state`, restored)."""
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
     if device is not None and device.type == "cuda":
         state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
+    return plain_rng(state)
+
+
+def plain_rng(state: dict[str, Any]) -> dict[str, Any]:
+    """RNG states as :func:`torch.load` with ``weights_only=True`` reads them: numpy's state
+    tuple (which holds an ndarray) becomes a dict with its keys as a tensor."""
+    out = dict(state)
+    numpy_state = state["numpy"]
+    if isinstance(numpy_state, tuple):
+        name, keys, pos, has_gauss, gauss = numpy_state
+        out["numpy"] = {
+            "name": str(name),
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(gauss),
+        }
+    version, internal, gauss_next = state["python"]
+    out["python"] = (int(version), tuple(int(x) for x in internal), gauss_next)
+    return out
 
 
 def set_rng_state(state: dict[str, Any], device: torch.device | None = None) -> None:
     # The setters take CPU ByteTensors only; .cpu() also rescues states mapped onto a device.
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    numpy_state = state["numpy"]
+    if isinstance(numpy_state, dict):
+        numpy_state = (
+            numpy_state["name"],
+            numpy_state["keys"].numpy().astype(np.uint32),
+            numpy_state["pos"],
+            numpy_state["has_gauss"],
+            numpy_state["cached_gaussian"],
+        )
+    np.random.set_state(numpy_state)
     torch.set_rng_state(torch.as_tensor(state["torch"]).cpu())
     if device is None or device.type != "cuda" or "cuda" not in state:
         return  # a CPU run, or a CPU checkpoint resumed on CUDA: the CUDA generator keeps its seed
@@ -113,10 +153,13 @@ def first_non_finite(state: dict[str, Any]) -> str | None:
     return floats[0] if floats else None
 
 
-def save(run_dir: Path, state: dict[str, Any], step: int, keep: int = 3) -> Path:
+def save(run_dir: Path, state: dict[str, Any], step: int, keep: int = 3, run_id: str | None = None) -> Path:
     """Write ``state`` as ``checkpoints/step_<step>.pt``, point ``latest`` at it, prune old ones.
 
-    Raises ValueError, writing nothing, when ``state`` holds a NaN or infinite number.
+    The file also records :data:`FORMAT` and ``run_id`` (the run it belongs to). Pruning keeps the
+    newest ``keep`` checkpoints of that run: another run's checkpoint copied into the directory is
+    neither counted nor deleted. Raises ValueError, writing nothing, when ``state`` holds a NaN or
+    infinite number.
     """
     ckpt_dir = Path(run_dir) / CHECKPOINT_DIR
     bad = first_non_finite(state)
@@ -131,17 +174,42 @@ def save(run_dir: Path, state: dict[str, Any], step: int, keep: int = 3) -> Path
             f"learning rate (ppo.lr) or an auxiliary task's weight (aux.tasks.<name>.weight)."
         )
     path = ckpt_dir / f"step_{step:012d}.pt"
+    payload = {**state, "format": FORMAT, "run_id": run_id}
     try:
-        atomic_write(path, lambda f: torch.save(state, f))
+        atomic_write(path, lambda f: torch.save(payload, f))
     except OSError as err:  # e.g. a full disk: say which file could not be written
         err.filename = err.filename or str(path)
         raise
     atomic_write(ckpt_dir / LATEST, lambda f: f.write(path.name.encode()))
-    old = sorted(ckpt_dir.glob("step_*.pt"))[:-keep] if keep > 0 else []
-    for stale in old:
-        if stale != path:
-            stale.unlink(missing_ok=True)
+    if keep > 0:
+        own = [p for p in sorted(ckpt_dir.glob("step_*.pt")) if p == path or owner(p) == run_id]
+        for stale in own[:-keep]:
+            if stale != path:
+                stale.unlink(missing_ok=True)
     return path
+
+
+_owners: dict[tuple[str, int, int], str | None] = {}
+
+
+def owner(path: Path) -> str | None:
+    """The ``run_id`` a checkpoint file records; None when it has none or cannot be read safely.
+
+    Reads only the file's small pickled part (tensors are memory-mapped, not read), once per
+    version of the file.
+    """
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    key = (str(path), stat.st_mtime_ns, stat.st_size)
+    if key not in _owners:
+        try:
+            saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            _owners[key] = saved.get("run_id") if isinstance(saved, dict) else None
+        except Exception:  # unreadable, old format or crafted: not this run's
+            _owners[key] = None
+    return _owners[key]
 
 
 def candidates(run_dir: str | Path) -> list[Path]:
@@ -175,27 +243,43 @@ class UnreadableCheckpoint(ValueError):
     """A truncated or corrupt checkpoint file (a run directory's are moved aside and skipped)."""
 
 
+class UnsafeCheckpoint(ValueError):
+    """A file that only full unpickling could load, which may run code: never loaded."""
+
+
+def _convert_hint(path: Path) -> str:
+    return (
+        f"{path} cannot be loaded safely: it holds Python objects whose unpickling may run code (a "
+        f"checkpoint written by auxrl before checkpoint format {FORMAT}, or a file not written by "
+        f"auxrl). It was not loaded. If you trust where it came from, convert it once with "
+        f"`auxrl convert --trust {path}`."
+    )
+
+
 def _read(path: Path) -> dict[str, Any]:
-    # Checkpoints hold numpy RNG state and plain config dicts, so full unpickling is needed;
-    # only load checkpoints you trust (as with any torch.load of a pickle).
+    # weights_only=True: tensors and plain Python values only; nothing in the file can run code.
     try:
-        saved = torch.load(path, map_location="cpu", weights_only=False)
-    except ModuleNotFoundError as err:  # most likely intact, pickled by another install: keep it
-        raise ValueError(
-            f"{path} needs the Python module {err.name!r}, which this installation lacks (written "
-            f"with other versions of auxrl's dependencies, or damaged). Install the versions that "
-            f"wrote it, or move the file aside to use an older checkpoint."
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "weights only load failed" in str(err).lower():
+            raise UnsafeCheckpoint(_convert_hint(path)) from None
+        raise UnreadableCheckpoint(
+            f"{path} is not a readable checkpoint (corrupt: {_first_line(err)})"
         ) from None
     except MemoryError:
         raise
     except Exception as err:  # truncated zip, bad pickle, ...: all mean "not a usable file"
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UnreadableCheckpoint(
-            f"{path} is not a readable checkpoint (truncated or corrupt: {reason})"
+            f"{path} is not a readable checkpoint (truncated or corrupt: {_first_line(err)})"
         ) from None
     if not isinstance(saved, dict):
         raise ValueError(f"{path} is not an auxrl checkpoint (it holds a {type(saved).__name__})")
     return saved
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 def _move_aside(path: Path) -> str:
@@ -207,13 +291,18 @@ def _move_aside(path: Path) -> str:
 
 
 def load(
-    run_dir_or_file: str | Path, device: torch.device | str = "cpu", repair: bool = True
+    run_dir_or_file: str | Path,
+    device: torch.device | str = "cpu",
+    repair: bool = True,
+    run_id: str | None = None,
 ) -> dict[str, Any]:
     """A checkpoint file, or the newest intact checkpoint of a run directory.
 
     Broken files of a run directory are skipped with a warning naming them (and renamed to
     ``<name>.corrupt`` so they are not tried again); a broken file given by path is an error.
-    ``repair=False`` only reads: no warning, no rename.
+    With ``run_id`` (the run directory's id), a checkpoint of another run is skipped with a
+    warning and left in place. A file that could only be loaded by running code raises
+    :class:`UnsafeCheckpoint`. ``repair=False`` only reads: no warning, no rename.
     The model's weights are placed on ``device``; everything else (optimizer state, RNG states)
     stays on the CPU: ``optimizer.load_state_dict`` moves its state to the parameters' device,
     and RNG setters only take CPU tensors.
@@ -221,26 +310,85 @@ def load(
     path = Path(run_dir_or_file)
     if path.is_file():
         return _on_device(_read(path), device)
-    broken = []
+    broken, foreign = [], []
     for candidate in candidates(path):
         try:
             saved = _read(candidate)
         except UnreadableCheckpoint as err:
             broken.append(candidate.name)
             if repair:
-                print(
-                    f"auxrl: warning: {err}; {_move_aside(candidate)}, trying an older one.", file=sys.stderr
+                _warn(f"{err}; {_move_aside(candidate)}, trying an older one.")
+            continue
+        if run_id is not None and saved.get("run_id") != run_id:
+            foreign.append(candidate.name)
+            if repair:
+                _warn(
+                    f"ignoring {candidate}: it belongs to another run (run id {saved.get('run_id')}, env "
+                    f"{_env_id(saved)}), not to {path} (run id {run_id}); left in place, trying an older one."
                 )
             continue
-        if broken and repair:
-            print(f"auxrl: warning: using {candidate} instead of {', '.join(broken)}.", file=sys.stderr)
+        if (broken or foreign) and repair:
+            _warn(f"using {candidate} instead of {', '.join(broken + foreign)}.")
         return _on_device(saved, device)
-    if broken:
+    if broken or foreign:
+        what = [f"{', '.join(broken)} cannot be read"] if broken else []
+        what += [f"{', '.join(foreign)} belong(s) to another run (left in place)"] if foreign else []
+        move = ", after moving the other run's files out" if foreign else ""
         raise ValueError(
-            f"No intact checkpoint in {path}: {', '.join(broken)} cannot be read. Start the run again "
-            f"in a new --run-dir (or with --overwrite)."
+            f"No intact checkpoint of this run in {path}: {'; '.join(what)}. Start the run again in a "
+            f"new --run-dir (or with --overwrite{move})."
         )
     return _on_device(_read(find(path)), device)  # raises FileNotFoundError: no checkpoint at all
+
+
+_warned: set[str] = set()
+
+
+def _warn(message: str) -> None:
+    """A warning on stderr, once per process (resuming reads the run's checkpoints twice)."""
+    if message not in _warned:
+        _warned.add(message)
+        print(f"auxrl: warning: {message}", file=sys.stderr)
+
+
+def _env_id(saved: dict[str, Any]) -> str:
+    config = saved.get("config")
+    env = config.get("env") if isinstance(config, dict) else None
+    return str(env.get("id")) if isinstance(env, dict) else "unknown"
+
+
+def convert(path: Path, run_id: str | None) -> bool:
+    """Rewrite a checkpoint the user trusts in the current format (``auxrl convert --trust``).
+
+    Unpickles ``path`` fully, which runs any code it holds: only for files from a trusted source.
+    Gym spaces and RNG states become plain data; the file records ``run_id`` (its run directory's,
+    or a new one for a file outside a run). Written atomically over ``path``; nothing is lost.
+    Returns False when the file was already in the current format (left as it is).
+    """
+    try:
+        _read(path)
+        return False
+    except UnsafeCheckpoint:
+        pass
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=False)
+    except ModuleNotFoundError as err:  # pickled by another install: keep it, say what it needs
+        raise ValueError(
+            f"{path} needs the Python module {err.name!r}, which this installation lacks (written "
+            f"with other versions of auxrl's dependencies, or damaged): install it, then convert again."
+        ) from None
+    if not isinstance(saved, dict) or not isinstance(saved.get("model"), dict):
+        raise ValueError(f"{path} is not an auxrl checkpoint (no 'model' weights): nothing converted.")
+    from auxrl.envs.spaces import to_plain
+
+    if "spaces" in saved:
+        saved["spaces"] = [s if isinstance(s, dict) else to_plain(s) for s in saved["spaces"]]
+    if "rng" in saved:
+        saved["rng"] = plain_rng(saved["rng"])
+    saved["format"], saved["run_id"] = FORMAT, run_id
+    atomic_write(path, lambda f: torch.save(saved, f))
+    _read(path)  # the rewritten file loads safely, or this raises
+    return True
 
 
 def _on_device(saved: dict[str, Any], device: torch.device | str) -> dict[str, Any]:

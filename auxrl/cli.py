@@ -53,7 +53,7 @@ def _resume_config(run_dir: Path) -> dict[str, Any]:
     # Refuses what cannot be resumed, with the way forward; "restart": a dead run's config.yaml.
     if rundir.plan(run_dir, resume=True) == "restart":
         return load_dict(run_dir / "config.yaml")
-    return checkpoint.load(run_dir)["config"]
+    return checkpoint.load(run_dir, run_id=rundir.run_id(run_dir))["config"]
 
 
 def _check_resume_overrides(
@@ -162,7 +162,8 @@ _LAUNCHED = "AUXRL_NPROC_LAUNCHER"  # set for the workers that `auxrl train --np
 
 def _launch(args: argparse.Namespace, cfg: Config, run_dir: Path) -> int:
     """``--nproc N``: check the config and run directory once here, then run ``auxrl train`` in N
-    workers through torch's launcher, all with the same (explicit) run directory."""
+    workers through auxrl's launcher (``auxrl.distributed.launch``), all with the same (explicit)
+    run directory."""
     from auxrl import rundir
     from auxrl.distributed import WorkerFailed, check_gpus, launch
 
@@ -209,6 +210,7 @@ def _check_writable(path: Path, option: str) -> None:
 def _screen_available(cfg: Config) -> bool:
     """Whether this machine can render the env's game screen; says why not (and the fix) if not."""
     from auxrl.envs import make_envs
+    from auxrl.envs.gym import UserEnvError
 
     probe = build(type(cfg.env), {**vars(cfg.env), "num_envs": 1})
     try:
@@ -216,6 +218,8 @@ def _screen_available(cfg: Config) -> bool:
             envs.reset(seed=0)
             if envs.render() is None:
                 raise RuntimeError("the env returned no frame")
+    except UserEnvError:  # the env fails whether rendered or not: its error, not a note
+        raise
     except Exception as err:  # a missing renderer (pygame, OpenCV, OpenGL) must not stop the eval
         reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
         fix = (
@@ -288,13 +292,13 @@ def cmd_tasks(args: argparse.Namespace) -> int:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from auxrl.plot import plot_runs
+    from auxrl.plot import out_file, plot_runs
 
     def split(text: str | None) -> list[str] | None:
         return None if text is None else [part.strip() for part in text.split(",")]
 
     if args.out:
-        _check_writable(Path(args.out), "--out")
+        _check_writable(out_file(args.out), "--out")  # a folder: its curves.png
     out = plot_runs(
         args.runs,
         args.out,
@@ -304,6 +308,75 @@ def cmd_plot(args: argparse.Namespace) -> int:
         group_by=split(args.group_by),
     )
     print(f"Wrote {out}")
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    import uuid
+
+    from auxrl import checkpoint, rundir
+
+    if not args.trust:
+        raise ValueError(
+            "converting unpickles each file fully, which runs any code it holds: add --trust to confirm "
+            "that you trust where these checkpoints came from (e.g. `auxrl convert --trust RUN_DIR`)."
+        )
+    for given in map(Path, args.paths):
+        if given.is_file():
+            parent = given.parent.parent
+            in_run = given.parent.name == checkpoint.CHECKPOINT_DIR and (
+                (parent / rundir.MARKER).is_file() or (parent / rundir.CONFIG_FILE).is_file()
+            )
+            run, files = (parent if in_run else None), [given]
+        elif given.is_dir():
+            run, files = given, checkpoint.candidates(given)
+            if not files:
+                raise ValueError(
+                    f"{given}: no checkpoints/step_*.pt in it; give a run directory or a .pt file."
+                )
+        else:
+            raise ValueError(
+                f"{given}: no such file or directory; give a run directory or a checkpoint .pt file."
+            )
+        # A run's checkpoints take its id (a run from before ids gets one, in its marker), so that
+        # resume keeps taking them as the run's own; a loose file gets an id of its own.
+        run_id = rundir.run_id(run) if run is not None else None
+        if run is not None and run_id is None:
+            run_id = uuid.uuid4().hex
+            rundir.write_marker(run, run_id)
+        for path in files:
+            done = checkpoint.convert(path, run_id or uuid.uuid4().hex)
+            print(f"{path}: {'converted' if done else 'already in the safe format, left as it is'}")
+    return 0
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    from auxrl import probe
+
+    if not Path(args.run).exists():
+        raise ValueError(
+            f"{args.run}: no such run directory or checkpoint file; give what `auxrl train` wrote."
+        )
+    folder = probe.output_dir(args.run, args.out)
+    probe.check_writable(folder, "--out " if args.out else "")
+    settings = probe.ProbeSettings(epochs=args.epochs, patience=args.patience, lr=args.lr)
+    result = probe.probe(
+        args.run,
+        frames=args.frames,
+        policy=args.policy,
+        labels=args.label,
+        seed=args.seed,
+        num_envs=args.num_envs,
+        epsilon=args.epsilon,
+        device=args.device,
+        settings=settings,
+        log=lambda message: print(message, flush=True),
+    )
+    probe.print_report(result)
+    md, js = probe.write_outputs(result, folder)
+    print(
+        f"Wrote {md} and {js}; TensorBoard scalars probe/* at step {result.meta['global_step']:,} in {folder}"
+    )
     return 0
 
 
@@ -413,6 +486,72 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", default=[], help="overrides such as ppo.lr=1e-4 env.num_envs=16")
     p.set_defaults(func=cmd_config)
 
+    p = sub.add_parser(
+        "convert",
+        help="rewrite old checkpoints you trust in the safe format",
+        description="Checkpoints load without running code (torch.load weights_only=True). Files written "
+        "by auxrl before checkpoint format 2 hold pickled Python objects and are refused; this rewrites "
+        "them in place in the current format. It unpickles each file fully, which runs any code the "
+        "file holds: use it only on files whose source you trust.",
+    )
+    p.add_argument("paths", nargs="+", metavar="RUN_DIR_OR_CHECKPOINT", help="run directories or .pt files")
+    p.add_argument("--trust", action="store_true", help="confirm that you trust these files (required)")
+    p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser(
+        "probe",
+        help="linear probes of the frozen torso: which game state its features hold (AtariARI)",
+        description="Play frames (a random policy by default), label each with the game's state (the RAM "
+        "bytes AtariARI annotates for 24 Atari games, or numeric info entries with --label), split them "
+        "by episode 70/10/20 into train/valid/test, and train one linear classifier per variable on the "
+        "run's frozen torso features and on a randomly initialised torso of the same architecture. "
+        "Reports each variable's test F1 (weighted over classes), the mean per category and per game, "
+        "prints a table and writes probe.md, probe.json and TensorBoard scalars probe/... at the "
+        "checkpoint's step into the run directory (or beside a checkpoint file outside a run).",
+    )
+    p.add_argument("run", metavar="RUN_DIR_OR_CHECKPOINT", help="a run directory or a checkpoint .pt file")
+    p.add_argument(
+        "--frames",
+        type=int,
+        default=30_000,
+        help="frames to play and label (default: 30,000; about a minute on a 2-core CPU for Atari)",
+    )
+    p.add_argument(
+        "--policy",
+        choices=["random", "agent"],
+        default="random",
+        help="random: uniform random actions (default); agent: the run's agent samples its actions, "
+        "with a share --epsilon of random ones",
+    )
+    p.add_argument(
+        "--epsilon",
+        type=float,
+        default=0.2,
+        help="share of random actions with --policy agent (default: 0.2)",
+    )
+    p.add_argument(
+        "--label",
+        action="append",
+        metavar="info:KEY",
+        help="probe the env's numeric info[KEY] instead of Atari RAM (repeatable); needed for envs "
+        "AtariARI does not annotate. Integers with <= 256 values: classification and F1; else R^2",
+    )
+    p.add_argument("--num-envs", type=int, default=8, help="envs played at once (default: 8)")
+    p.add_argument(
+        "--seed", type=int, default=0, help="seeds the envs, actions, split, random torso (default: 0)"
+    )
+    p.add_argument("--epochs", type=int, default=40, help="most epochs of probe training (default: 40)")
+    p.add_argument(
+        "--patience",
+        type=int,
+        default=5,
+        help="stop after this many epochs without a better valid accuracy (default: 5)",
+    )
+    p.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate of the probes (default: 3e-3)")
+    p.add_argument("--out", metavar="DIR", help="write probe.md, probe.json and the scalars here instead")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help=DEVICE_HELP)
+    p.set_defaults(func=cmd_probe)
+
     p = sub.add_parser("tasks", help="list the available auxiliary tasks")
     p.set_defaults(func=cmd_tasks)
 
@@ -426,7 +565,10 @@ def make_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories written by auxrl train")
     p.add_argument(
-        "--out", default="curves.png", help="image to write: .png, .pdf or .svg (default: %(default)s)"
+        "--out",
+        default="curves.png",
+        help="image to write: .png, .pdf or .svg; an existing folder (or a path ending in /) gets "
+        "curves.png in it; the path written is printed (default: %(default)s)",
     )
     p.add_argument("--smoothing", type=float, default=0.9, help="EMA smoothing in [0, 1) (default: 0.9)")
     p.add_argument(

@@ -72,6 +72,10 @@ class EnvConfig:
     normalize_reward: bool = False
     clip_obs: float = 10.0
     clip_reward: float = 10.0
+    # State labels per step for auxiliary tasks (state_prediction; auxrl/envs/labels.py): ram (the
+    # AtariARI RAM variables of the game; Atari then runs through gymnasium's ALE env, slower than
+    # the native one) and/or info:KEY (a numeric entry of the env's info dict). []: none, no cost.
+    labels: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -113,6 +117,10 @@ class PPOConfig:
     vf_coef: float = 0.5
     max_grad_norm: float = 0.5
     target_kl: float | None = None
+    # RAD (Laskin et al. 2020): augment the minibatch frames PPO's loss sees (image observations
+    # only): none, shift (+-4 px random shift, replicate padding) or shift_intensity (plus SPR's
+    # x (1 + 0.05 clip(N(0,1), -2, 2)) brightness noise). Acting and stored frames stay unaugmented.
+    augment: Literal["none", "shift", "shift_intensity"] = "none"
 
 
 @dataclass
@@ -519,11 +527,40 @@ def _floats_in_yaml(node: Any) -> Any:
     return _yaml_float(node) if isinstance(node, str) else node
 
 
+class DuplicateKey(yaml.constructor.ConstructorError):
+    """A key given twice in one mapping of a YAML file (PyYAML would silently keep the last)."""
+
+    def __init__(self, key: Any, first: yaml.Mark, again: yaml.Mark) -> None:
+        super().__init__(problem=f"duplicate key {key!r}", problem_mark=again)
+        self.key, self.first_line, self.line = key, first.line + 1, again.line + 1
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping. Keys brought in by a
+    merge (``<<: *defaults``) may still be overridden: that is what merges are for."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, yaml.Mark] = {}
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node)
+            if key in seen:
+                raise DuplicateKey(key, seen[key], key_node.start_mark)
+            seen[key] = key_node.start_mark
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_dict(name_or_path: str | Path) -> dict[str, Any]:
     path = resolve_config_path(str(name_or_path))
     with open(path, encoding="utf-8") as f:
         try:
-            data = yaml.safe_load(f) or {}
+            data = yaml.load(f, Loader=_UniqueKeyLoader)  # a SafeLoader: plain data only
+        except DuplicateKey as err:
+            raise ConfigError(
+                f"{path}, line {err.line}: key {err.key!r} is given twice in one mapping (first at line "
+                f"{err.first_line}); YAML would silently keep the last one. Keep one of them."
+            ) from None
         except yaml.YAMLError as err:
             raise ConfigError(f"{path}: not valid YAML ({_yaml_problem(err)}).") from None
         except UnicodeDecodeError as err:
@@ -531,6 +568,12 @@ def load_dict(name_or_path: str | Path) -> dict[str, Any]:
                 f"{path}: not a UTF-8 YAML file (byte {err.object[err.start]:#04x} at position {err.start}); "
                 f"give a YAML config file."
             ) from None
+    if data is None:  # nothing but comments or blank lines
+        raise ConfigError(
+            f"{path}: the file is empty; a config is a YAML mapping of sections, e.g. `env: {{id: "
+            f"CartPole-v1}}` and `model: {{torso: mlp}}` (start from a shipped one: "
+            f"{', '.join(shipped_config_names())}; `auxrl config cartpole` prints one in full)."
+        )
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of config sections.")
     return _floats_in_yaml(data)
@@ -690,6 +733,12 @@ def validate(cfg: Config) -> None:
                 f"e.g. aux.tasks.my_{name}"
             )
     for i, stage in enumerate(cfg.curriculum.stages):
+        if stage == CurriculumStage():  # `- {}`: a stage that neither changes nor ends anything
+            raise ConfigError(
+                f"curriculum.stages[{i}] is empty: a stage needs `overrides` (the env.* / aux.* keys it "
+                f"changes, e.g. overrides: {{env.id: ALE/Pong-v5}}) and, unless it is the last, `steps` "
+                f"or `return_threshold` to end it."
+            )
         if stage.steps <= 0 and stage.return_threshold is None and i < len(cfg.curriculum.stages) - 1:
             raise ConfigError(f"curriculum.stages[{i}] never ends: give it `steps` or `return_threshold`.")
     _check_ranges(cfg)
@@ -756,6 +805,24 @@ def _check_ranges(cfg: Config) -> None:
             raise ConfigError(message)
 
 
+def _label_checks(e: EnvConfig) -> list[tuple[bool, str]]:
+    """``env.labels``: each entry ``ram`` (Atari ids) or ``info:KEY``, none twice."""
+    bad = [x for x in e.labels if x != "ram" and not (x.startswith("info:") and x[5:])]
+    return [
+        (
+            not bad,
+            f"env.labels: {bad[0] if bad else ''!r} is not a label; give ram (the AtariARI RAM "
+            f"variables, Atari ids) or info:KEY (a numeric entry of the env's info dict)",
+        ),
+        (
+            "ram" not in e.labels or is_atari_env_id(e.id),
+            f"env.labels=[ram] reads Atari RAM, but {e.id} is not an Atari id (ALE/<Game>-v5); label "
+            f"a numeric info entry with info:KEY instead",
+        ),
+        (len(set(e.labels)) == len(e.labels), f"env.labels {e.labels} lists a label twice"),
+    ]
+
+
 def _check_applicable(cfg: Config) -> None:
     """Keys that this env path or model would ignore are errors, not silent no-ops."""
     e, defaults = cfg.env, EnvConfig()
@@ -773,6 +840,12 @@ def _check_applicable(cfg: Config) -> None:
         (
             not cfg.model.separate_value or cfg.model.torso == "mlp",
             f"model.separate_value=true needs model.torso=mlp (got {cfg.model.torso!r})",
+        ),
+        *_label_checks(e),
+        (
+            cfg.ppo.augment == "none" or cfg.model.torso != "mlp",
+            f"ppo.augment={cfg.ppo.augment} shifts image frames, but model.torso=mlp takes vector "
+            f"observations; use ppo.augment=none (or an image env with nature_cnn / impala)",
         ),
     ]
     for ok, message in checks:

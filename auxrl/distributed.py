@@ -1,7 +1,7 @@
 """Training across processes, GPUs and machines with torch.distributed: one small interface.
 
 The trainer holds one :class:`Dist` and never tests ranks itself. ``Dist.from_env()`` reads the
-variables ``torchrun`` (or ``auxrl train --nproc N``, which calls the same launcher) sets; a
+variables ``torchrun`` (or :func:`launch`, auxrl's launcher behind ``auxrl train --nproc N``) sets; a
 plain process gets the single-process ``Dist``, whose methods do nothing, so the ordinary path
 has no process group and no extra work.
 
@@ -24,6 +24,14 @@ from __future__ import annotations
 
 import datetime
 import os
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -145,36 +153,193 @@ class Dist:
             torch_dist.destroy_process_group()
 
 
-def launch(nproc: int, argv: list[str]) -> None:
-    """Run ``python -m auxrl <argv>`` in ``nproc`` local workers with torch's own launcher (the
-    ``torch.distributed.run`` API behind ``torchrun --standalone``); returns when all are done.
+LAUNCHER_PID = "AUXRL_LAUNCHER_PID"  # set for the workers of launch(); auxrl/__main__.py reads it
+STOP_GRACE_S = 5.0  # how long stopped workers get before SIGKILL
+# What the launcher forwards to its workers (the signals torch's launcher forwarded).
+FORWARDED = tuple(
+    getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT") if hasattr(signal, name)
+)
+LOOPBACK = "127.0.0.1"
 
-    A worker that fails takes the others down (the launcher's rule); the error then names the
-    first failed rank and its exit code, and the run's last checkpoint resumes.
-    """
-    from torch.distributed.elastic.multiprocessing.api import SignalException
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.run import get_args_parser, run
 
-    args = get_args_parser().parse_args(
-        ["--standalone", f"--nproc-per-node={nproc}", "--module", "auxrl", *argv]
-    )
-    # What the launcher sets for each worker anyway when it is unset, without its 4-line banner
-    # (auxrl's own thread setting, perf.threads, applies inside each worker).
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
+def usable_cpus() -> int:
+    """The CPU cores this process may run on (its affinity on Linux, else all of the machine's)."""
     try:
-        run(args)
-    except SignalException as err:  # Ctrl-C or a kill: the workers were stopped; the last checkpoint resumes
-        from auxrl.stopping import Stopped
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # macOS, Windows
+        return os.cpu_count() or 1
 
-        raise Stopped(int(err.sigval)) from None
-    except ChildFailedError as err:
-        rank, failure = err.get_first_failure()
-        raise WorkerFailed(
-            f"worker rank {rank} of {nproc} exited with code {failure.exitcode} (its output is above); "
-            f"the other workers were stopped. Fix the cause, then continue from the last checkpoint "
-            f"with `auxrl train --resume RUN_DIR --nproc {nproc}`."
-        ) from None
+
+def loopback_interface() -> str:
+    """The name of the loopback interface (``lo`` on Linux, ``lo0`` on macOS and the BSDs)."""
+    try:
+        names = {name for _, name in socket.if_nameindex()}
+    except (AttributeError, OSError):
+        names = set()
+    for name in ("lo", "lo0"):
+        if name in names:
+            return name
+    return "lo0" if sys.platform == "darwin" else "lo"
+
+
+def launch(nproc: int, argv: list[str]) -> None:
+    """Run ``python -m auxrl <argv>`` in ``nproc`` local workers and supervise them; returns when
+    all are done.
+
+    auxrl's own small launcher for one machine (several machines: ``torchrun``). It hosts the
+    rendezvous store on 127.0.0.1 (a port the system picks), and the workers' gloo / NCCL sockets
+    use the loopback interface (``GLOO_SOCKET_IFNAME`` / ``NCCL_SOCKET_IFNAME``, unless set): nothing
+    listens on another interface. Each worker runs in its own session and gets ``RANK``,
+    ``LOCAL_RANK``, ``WORLD_SIZE``, ``LOCAL_WORLD_SIZE``, ``MASTER_ADDR`` / ``MASTER_PORT`` (the
+    store; ``TORCHELASTIC_USE_AGENT_STORE`` makes every rank a client of it) and
+    ``AUXRL_LAUNCHER_PID``, by which it dies with the launcher (``auxrl/__main__.py``).
+
+    A worker that fails takes the others down; the error then names the first failed rank and its
+    exit code, and the run's last checkpoint resumes. SIGINT, SIGTERM, SIGHUP or SIGQUIT to the
+    launcher is forwarded to every worker and raises :class:`~auxrl.stopping.Stopped`. Workers
+    still running when the launcher leaves, by any path it sees, get SIGTERM, then SIGKILL after
+    ``STOP_GRACE_S`` (at once on a second signal).
+    """
+    cpus = usable_cpus()
+    if nproc > cpus:
+        print(
+            f"auxrl: warning: --nproc {nproc} starts {nproc} processes but this machine gives auxrl "
+            f"{cpus} CPU core{'s' if cpus != 1 else ''}: they will share the cores and each run slower; "
+            f"use --nproc {cpus} or fewer (env.num_envs sets the envs per process).",
+            file=sys.stderr,
+        )
+    received: list[int] = []  # signals to the launcher, in order
+    previous = _catch(FORWARDED, received.append)
+    workers: list[subprocess.Popen] = []
+    stop_with: int = signal.SIGTERM
+    try:
+        store = _loopback_store()
+        env = {
+            **os.environ,
+            "WORLD_SIZE": str(nproc),
+            "LOCAL_WORLD_SIZE": str(nproc),
+            "GROUP_RANK": "0",
+            "MASTER_ADDR": LOOPBACK,
+            "MASTER_PORT": str(store.port),
+            "TORCHELASTIC_USE_AGENT_STORE": str(True),  # every rank connects to the store above
+            LAUNCHER_PID: str(os.getpid()),
+        }
+        # OMP_NUM_THREADS as torch's launcher set it (auxrl's own perf.threads applies in each worker).
+        for key, value in (
+            ("OMP_NUM_THREADS", "1"),
+            ("GLOO_SOCKET_IFNAME", loopback_interface()),
+            ("NCCL_SOCKET_IFNAME", loopback_interface()),
+        ):
+            env.setdefault(key, value)
+        exits: queue.Queue[tuple[int, int]] = queue.Queue()  # (rank, exit code) as each worker ends
+        for rank in range(nproc):
+            if received:
+                break
+            worker = subprocess.Popen(
+                [sys.executable, "-m", "auxrl", *argv],
+                env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank)},
+                start_new_session=True,  # a Ctrl-C in the terminal reaches the launcher, which forwards it
+            )
+            workers.append(worker)
+            threading.Thread(target=lambda w=worker, r=rank: exits.put((r, w.wait())), daemon=True).start()
+        failed, finished = None, 0
+        while not received and failed is None and finished < nproc:
+            try:
+                rank, code = exits.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            finished += code == 0
+            failed = (rank, code) if code != 0 else None
+        if received:  # Ctrl-C or a kill: the workers are stopped; the last checkpoint resumes
+            from auxrl.stopping import Stopped
+
+            stop_with = received[0]
+            _stop(workers, stop_with, received)
+            raise Stopped(stop_with)
+        if failed is not None:
+            _stop(workers, signal.SIGTERM, received)
+            rank, code = failed
+            raise WorkerFailed(
+                f"worker rank {rank} of {nproc} exited with code {code} (its output is above); "
+                f"the other workers were stopped. Fix the cause, then continue from the last checkpoint "
+                f"with `auxrl train --resume RUN_DIR --nproc {nproc}`."
+            )
+    except KeyboardInterrupt:  # Python's own Ctrl-C (launch() outside the main thread): pass it on
+        if not received:
+            stop_with = signal.SIGINT
+        raise
+    finally:
+        _stop(workers, stop_with, received)  # nothing left to stop on a normal end
+        for sig, handler in previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+
+
+def _loopback_store() -> torch_dist.TCPStore:
+    """The rendezvous store, listening on 127.0.0.1 only (its ``port`` picked by the system).
+
+    ``TCPStore(host, 0, is_master=True)`` listens on every interface; a socket bound here first
+    and handed over (``master_listen_fd``) keeps it on loopback."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        listener.bind((LOOPBACK, 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        store = torch_dist.TCPStore(
+            LOOPBACK,
+            port,
+            None,
+            True,
+            wait_for_workers=False,
+            multi_tenant=True,
+            master_listen_fd=listener.fileno(),
+        )
+    except BaseException:
+        listener.close()
+        raise
+    listener.detach()  # the store owns (and closes) the descriptor now
+    return store
+
+
+def _catch(signals: tuple[int, ...], record: Callable[[int], None]) -> dict[int, Any]:
+    """Record ``signals`` instead of their usual effect; returns the handlers they had. Only in the
+    main thread, and a signal the process was started with ignored stays ignored (as
+    :class:`~auxrl.stopping.StopSignals` does)."""
+    previous: dict[int, Any] = {}
+    if threading.current_thread() is not threading.main_thread():
+        return previous
+    for sig in signals:
+        if signal.getsignal(sig) is not signal.SIG_IGN:
+            previous[sig] = signal.signal(sig, lambda signum, frame: record(signum))
+    return previous
+
+
+def _stop(workers: list[subprocess.Popen], sig: int, received: list[int]) -> None:
+    """Send ``sig`` to the workers still running (each with its process group: its env
+    subprocesses too), wait up to ``STOP_GRACE_S`` (less on another signal), then SIGKILL."""
+    live = [w for w in workers if w.returncode is None]
+    for worker in live:
+        _signal(worker, sig)
+    deadline, seen = time.monotonic() + STOP_GRACE_S, len(received)
+    while any(w.returncode is None for w in live) and time.monotonic() < deadline and len(received) == seen:
+        time.sleep(0.02)
+    for worker in live:
+        if worker.returncode is None:
+            _signal(worker, signal.SIGKILL)
+    for worker in live:
+        try:
+            worker.wait(STOP_GRACE_S)
+        except subprocess.TimeoutExpired:  # stuck in the kernel (a wedged GPU): nothing more to do
+            print(f"auxrl: warning: worker pid {worker.pid} did not end after SIGKILL.", file=sys.stderr)
+
+
+def _signal(worker: subprocess.Popen, sig: int) -> None:
+    try:
+        if hasattr(os, "killpg"):
+            os.killpg(worker.pid, sig)  # the worker leads its own process group (its own session)
+        else:
+            worker.send_signal(sig)
+    except (ProcessLookupError, PermissionError):  # ended (and reaped) meanwhile
+        pass
 
 
 class WorkerFailed(RuntimeError):

@@ -10,9 +10,10 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from auxrl import checkpoint
+from auxrl import checkpoint, rundir
 from auxrl.config import Config, build
 from auxrl.envs.normalize import NormStats
+from auxrl.envs.spaces import from_plain
 from auxrl.models.agent import Agent, build_agent
 
 
@@ -90,14 +91,15 @@ def resolve_device(name: str | torch.device) -> torch.device:
 def read_checkpoint(run_dir_or_checkpoint: str | Path, *keys: str) -> dict[str, Any]:
     """``checkpoint.load``, refusing a file that lacks the entries ``keys`` (a .pt not written by
     ``auxrl train``)."""
-    saved = checkpoint.load(run_dir_or_checkpoint)
+    path = Path(run_dir_or_checkpoint)
+    # A run directory: its own newest checkpoint (not one copied in from another run).
+    saved = checkpoint.load(path, run_id=None if path.is_file() else rundir.run_id(path))
     missing = [
         key
         for key in keys
         if key not in saved or key in ("config", "model") and not isinstance(saved[key], dict)
     ]
     if missing:
-        path = Path(run_dir_or_checkpoint)
         name = path if path.is_file() else checkpoint.find(path)
         raise ValueError(
             f"{name} is not an auxrl checkpoint (it lacks {', '.join(map(repr, missing))}): give a run "
@@ -117,7 +119,7 @@ def load_agent(run_dir_or_checkpoint: str | Path, device: str | torch.device = "
     # On the CPU: the weights go to dev once, below.
     saved = read_checkpoint(run_dir_or_checkpoint, "config", "spaces", "model")
     cfg = build(Config, saved["config"])
-    obs_space, action_space = saved["spaces"]
+    obs_space, action_space = (from_plain(space) for space in saved["spaces"])
     model = build_agent(
         cfg.model.torso, cfg.model.hidden_sizes, obs_space, action_space, cfg.model.separate_value
     )

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import os
 import sys
+import tempfile
 import time
 from collections import deque
 from pathlib import Path
@@ -18,6 +20,62 @@ class Mirror(Protocol):
     def log(self, values: dict[str, float], step: int) -> None: ...
 
     def close(self) -> None: ...
+
+
+EVENT_GLOB = "events.out.tfevents.*"
+PURGE_TMP = ".auxrl-purge-"  # prefix of a rewrite in progress (no "tfevents": readers skip it)
+RECORD_OVERHEAD = 16  # bytes around each record of an event file: length, its CRC, the data's CRC
+
+
+def purge_events(run_dir: str | Path, purge_step: int) -> int:
+    """Drop the summaries logged at ``purge_step`` or later from the event files of ``run_dir``
+    (those a resumed run logs again), each file rewritten atomically (a temp file, then
+    ``os.replace``); file-version and session events stay. Returns the number dropped.
+
+    TensorBoard's own reader hides them already (SummaryWriter's ``purge_step``), but the raw
+    files keep them, and other readers (tbparse, ``event_file_loader``) would see every such
+    step twice. A rewrite left over by a kill is removed first.
+    """
+    from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
+    from tensorboard.compat.proto.event_pb2 import Event
+    from tensorboard.summary.writer.record_writer import RecordWriter
+
+    run_dir = Path(run_dir)
+    for stale in run_dir.glob(f"{PURGE_TMP}*"):
+        stale.unlink(missing_ok=True)
+    dropped = 0
+    for path in sorted(run_dir.glob(EVENT_GLOB)):
+        if not path.is_file():
+            continue
+        records = list(RawEventFileLoader(str(path)).Load())  # up to a truncated or corrupt record
+        kept = []
+        for record in records:
+            event = Event.FromString(record)
+            if not (event.HasField("summary") and event.step >= purge_step):
+                kept.append(record)
+        if len(kept) == len(records):
+            continue
+        # What the reader stopped at (a record cut short by a kill) is kept as it was.
+        read = sum(RECORD_OVERHEAD + len(record) for record in records)
+        with open(path, "rb") as f:
+            f.seek(read)
+            rest = f.read()
+        fd, tmp = tempfile.mkstemp(prefix=PURGE_TMP, dir=run_dir)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                writer = RecordWriter(f)
+                for record in kept:
+                    writer.write(record)
+                f.write(rest)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, path.stat().st_mode)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        dropped += len(records) - len(kept)
+    return dropped
 
 
 class Logger:
@@ -39,6 +97,8 @@ class Logger:
         # no empty event file behind.
         if self._writer is None:
             log_dir, flush_secs, purge_step = self._args
+            if purge_step is not None:  # resumed: the events a crash left past the checkpoint go
+                purge_events(log_dir, purge_step)
             self._writer = SummaryWriter(log_dir, flush_secs=flush_secs, purge_step=purge_step)
         return self._writer
 

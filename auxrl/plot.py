@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import re
 import warnings
 from dataclasses import dataclass
@@ -251,6 +252,19 @@ def _last_per_step(steps: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, n
     return steps[keep], values[keep]
 
 
+DEFAULT_OUT = "curves.png"
+
+
+def out_file(out: str | Path) -> Path:
+    """The image ``--out`` names: ``DIR/curves.png`` for a folder (an existing one, or a path ending
+    in ``/``), ``NAME.png`` for a name without a suffix, else the path itself."""
+    text = str(out)
+    if text.endswith(("/", os.sep)) or Path(text).is_dir():
+        return Path(text) / DEFAULT_OUT
+    path = Path(text)
+    return path if path.suffix else path.with_name(path.name + ".png")  # what savefig would write
+
+
 def plot_runs(
     run_dirs: list[str],
     out: str,
@@ -259,7 +273,8 @@ def plot_runs(
     labels: list[str] | None = None,
     group_by: list[str] | None = None,
 ) -> Path:
-    """Plot ``tag`` against env steps for each run into ``out`` (a .png, .pdf or .svg); returns its path.
+    """Plot ``tag`` against env steps for each run into ``out`` (a .png, .pdf or .svg, or a folder
+    to write ``curves.png`` into: see :func:`out_file`); returns the path written.
 
     ``labels``: one per run (runs sharing a label are averaged); ``group_by``: config keys that
     define the groups (``name``, ``env.id``, dotted keys; ``run``: no grouping). Without either,
@@ -346,9 +361,7 @@ def plot_runs(
     if notes:
         ax.text(0.01, 0.01, "\n".join(notes), transform=ax.transAxes, fontsize=7, va="bottom")
     fig.tight_layout()
-    out_path = Path(out)
-    if not out_path.suffix:  # what savefig would write: a PNG, named so
-        out_path = out_path.with_name(out_path.name + ".png")
+    out_path = out_file(out)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_path, dpi=120)
     return out_path

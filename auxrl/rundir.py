@@ -18,6 +18,8 @@ Nothing is created or deleted until the run has started up (config, envs, model 
 all fine, see :func:`claim`), so a start-up error leaves the directory as it was, or absent.
 While a run trains it holds an advisory lock on its directory (``flock``, released by the OS
 even on ``kill -9``), so a second ``auxrl train`` there is refused instead of mixing in.
+The marker holds the run's id, which every checkpoint of the run records (auxrl/checkpoint.py):
+a checkpoint of another run copied into the directory is never resumed from nor counted.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import itertools
 import os
 import shutil
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -95,6 +98,26 @@ def _written_by_auxrl(config: Path) -> bool:
         return False
     sections = {"name", "seed", "env", "model", "ppo", "aux", "curriculum", "log"}
     return isinstance(data, dict) and sections <= set(data)
+
+
+def run_id(run_dir: str | Path) -> str | None:
+    """The id in a run directory's marker; None for no marker, or a marker written before ids."""
+    try:
+        text = (Path(run_dir) / MARKER).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "run_id" and value.strip():
+            return value.strip()
+    return None
+
+
+def write_marker(run_dir: Path, run: str) -> None:
+    (run_dir / MARKER).write_text(
+        f"auxrl run directory (config.yaml, TensorBoard events, checkpoints/)\nrun_id: {run}\n",
+        encoding="utf-8",
+    )
 
 
 def _is_run(path: Path) -> bool:
@@ -226,6 +249,7 @@ class Claim:
 
     path: Path
     fd: int | None
+    run_id: str = ""  # written into every checkpoint of the run
 
     def release(self) -> None:
         if self.fd is not None:
@@ -256,9 +280,11 @@ def _lock(run_dir: Path) -> int | None:
     return fd
 
 
-def claim(run_dir: str | Path, start: Start) -> tuple[Claim, list[str]]:
+def claim(run_dir: str | Path, start: Start, resumed_id: str | None = None) -> tuple[Claim, list[str]]:
     """Create and lock ``run_dir``, then clear what ``start`` replaces; returns notes for the user.
 
+    A new run gets a new id; a resumed one keeps the marker's, or (a run from before ids, or a
+    lost marker) takes ``resumed_id``, the id of the checkpoint it resumes from.
     Stale checkpoint temp files (a kill during a write) are removed in every case.
     """
     run_dir = Path(run_dir)
@@ -286,7 +312,11 @@ def claim(run_dir: str | Path, start: Start) -> tuple[Claim, list[str]]:
                 f"{' and checkpoints' if start == 'overwrite' else ''} and {len(found.events)} "
                 f"TensorBoard file(s))."
             )
-        (run_dir / MARKER).write_text("auxrl run directory (config.yaml, TensorBoard events, checkpoints/)\n")
+        if start == "resume":
+            held.run_id = run_id(run_dir) or resumed_id or uuid.uuid4().hex
+        else:
+            held.run_id = uuid.uuid4().hex
+        write_marker(run_dir, held.run_id)
         stale = checkpoint.remove_stale_tmp(run_dir)
         if stale:
             notes.append(f"Removed {len(stale)} unfinished checkpoint write(s) of a killed process.")

@@ -31,6 +31,8 @@ from auxrl.config import AuxConfig, AuxTaskConfig, Config, ConfigError, flatten_
 from auxrl.curriculum import Stage, plan_stages
 from auxrl.distributed import Dist, weights_checksum
 from auxrl.envs import NormStats, VecEnv, make_envs
+from auxrl.envs.labels import label_spec
+from auxrl.envs.spaces import to_plain
 from auxrl.inference import resolve_device
 from auxrl.logger import Logger, NullLogger, Progress
 from auxrl.models.agent import Agent, build_agent, freeze, load_pretrained
@@ -38,7 +40,7 @@ from auxrl.perf import autocast, check_bf16, set_torch_threads, torch_threads, t
 from auxrl.ppo.loss import explained_variance
 from auxrl.ppo.rollout import RolloutStorage
 from auxrl.stopping import StopRequested, StopSignals
-from auxrl.tasks.base import AuxTask, TaskContext
+from auxrl.tasks.base import AuxTask, PPOHeads, TaskContext
 from auxrl.tasks.combine import AuxTasks
 from auxrl.tasks.registry import enabled_tasks, resolve
 from auxrl.update import ppo_update
@@ -113,8 +115,11 @@ def build_model(cfg: Config, stages: list[Stage], obs_space: gym.Space, action_s
     agent = build_agent(
         cfg.model.torso, cfg.model.hidden_sizes, obs_space, action_space, cfg.model.separate_value
     )
-    ctx = TaskContext(obs_space, action_space, agent.torso.feature_dim, agent.torso)
+    heads = PPOHeads(agent.policy, agent.value)  # for tasks that train them (augment_consistency)
+    ctx = TaskContext(obs_space, action_space, agent.torso.feature_dim, agent.torso, ppo_heads=heads)
     for stage in stages:
+        labels = label_spec(stage.cfg.env)  # env.labels: known from the config, before any step
+        ctx = dataclasses.replace(ctx, label_names=labels.names, label_kinds=labels.kinds)
         for name, (cls, task_cfg) in load_tasks(stage.cfg.aux).items():
             if name in agent.heads:  # enabled in an earlier stage (reserved names: config.validate)
                 continue
@@ -136,8 +141,8 @@ def load_tasks(aux: AuxConfig) -> dict[str, tuple[type[AuxTask], Any]]:
         except Exception as err:  # the plugin's own code raised while importing
             raise ConfigError(
                 f"aux.tasks.{name}: loading {spec.type or name!r} raised {type(err).__name__}: {err}. "
-                f"Fix that module (importing it in Python shows the traceback) or disable the task "
-                f"(aux.tasks.{name}.enabled=false)."
+                f"Fix that module (importing it in Python shows the traceback), or take the task out "
+                f"of the config (a disabled task is still imported)."
             ) from err
         own = [f.name for f in dataclasses.fields(cls.Config)]
         for key in spec.params:
@@ -211,6 +216,8 @@ def collect_rollout(envs: VecEnv, agent: Agent, storage: RolloutStorage, on_epis
     """
     num_steps = storage.num_steps
     storage.obs[0].copy_(storage.next_obs)
+    if storage.labels is not None:  # env.labels: each obs's state labels, alongside it
+        storage.labels[0].copy_(storage.next_labels)
 
     def receive(env: VecEnv, t: int, sl: slice) -> None:
         step = env.recv()
@@ -224,6 +231,9 @@ def collect_rollout(envs: VecEnv, agent: Agent, storage: RolloutStorage, on_epis
         storage.valid[t, sl] = flags[3].bool()
         slot = storage.obs[t + 1, sl] if t + 1 < num_steps else storage.next_obs[sl]
         slot.copy_(torch.from_numpy(step.obs), non_blocking=True)
+        if storage.labels is not None:
+            labels = storage.labels[t + 1, sl] if t + 1 < num_steps else storage.next_labels[sl]
+            labels.copy_(torch.from_numpy(step.labels), non_blocking=True)
         if len(step.episode_returns):
             on_episodes(step.episode_returns, step.episode_lengths, (t + 1) * storage.num_envs)
 
@@ -311,7 +321,8 @@ def _train(
     if main:  # rank 0 alone reads the run directory (plans it, picks and repairs the checkpoint) ...
         start = rundir.plan(run_dir, resume=resume, overwrite=overwrite)
         # On the CPU: load_state_dict moves weights and optimizer state to the model's device.
-        saved = checkpoint.load(run_dir) if start == "resume" else None
+        # Only this run's own checkpoints (a copied-in one of another run is skipped, with a warning).
+        saved = checkpoint.load(run_dir, run_id=rundir.run_id(run_dir)) if start == "resume" else None
     # ... and sends what it loaded: every rank resumes from that very checkpoint, also where the
     # others see no run directory (a node-local disk) or an older view of it (a network file system).
     start, saved = dist.share((start, saved))
@@ -389,7 +400,8 @@ def _train(
 
         # The directory is created, locked and cleared only now: a start-up error above leaves it as it
         # was (or absent), and a failed resume leaves the run's own config.yaml in place.
-        claimed, notes = rundir.claim(run_dir, start) if main else (None, [])
+        resumed_id = saved.get("run_id") if saved is not None else None
+        claimed, notes = rundir.claim(run_dir, start, resumed_id) if main else (None, [])
         for note in notes:
             say(note)
         mirror = None  # first: a W&B that cannot start (not logged in) leaves no config.yaml behind
@@ -443,12 +455,13 @@ def _train(
                 "aux_rng": session.aux.rng_state() if session.aux else None,
                 "aux_minibatches_done": session.aux.minibatches_done if session.aux else 0,
                 "config": to_dict(cfg),
-                "spaces": spaces,
+                "spaces": [to_plain(space) for space in spaces],
                 "normalization": norm_stats.state_dict(),
                 **extra,
             },
             state.global_step,
             cfg.log.keep_checkpoints,
+            run_id=claimed.run_id,
         )
 
     session = _Session(
@@ -611,12 +624,14 @@ def _run_stage(cfg: Config, stage: Stage, envs: VecEnv, session: _Session) -> st
         tuple(envs.single_action_space.shape),
         torch.long if isinstance(envs.single_action_space, gym.spaces.Discrete) else torch.float32,
         dev,
+        num_labels=len(envs.label_names),
     )
     dist = session.dist
     # Several processes: a stream per rank, re-derived from the step on resume (see distributed.py).
     offset = 1000 * dist.rank + state.global_step if dist.enabled else 0
     aux_seed = derived_seed(cfg.seed, stage.index, offset)
-    aux = AuxTasks(stage_tasks(agent, stage), scfg.aux, storage, aux_seed)
+    warn = None if dist.is_main else _silent  # several processes: one says it
+    aux = AuxTasks(stage_tasks(agent, stage), scfg.aux, storage, aux_seed, env_id=scfg.env.id, warn=warn)
     session.aux = aux
     session.balancer.cfg = scfg.aux.balance  # a stage may change the method (its state carries over)
     aux.minibatches_done, session.resume_aux_minibatches = session.resume_aux_minibatches, 0
@@ -636,6 +651,8 @@ def _run_stage(cfg: Config, stage: Stage, envs: VecEnv, session: _Session) -> st
     # Env j of rank r is seeded with seed + r * num_envs + j (plus the stage and step offsets).
     reset_seed = derived_seed(cfg.seed, 1000 * stage.index, state.global_step, dist.rank * envs.num_envs)
     storage.next_obs.copy_(torch.from_numpy(envs.reset(seed=reset_seed)))
+    if storage.next_labels is not None:
+        storage.next_labels.copy_(torch.from_numpy(envs.reset_labels))
     window = cfg.log.return_window
     finished: list[tuple[float, float, int]] = []  # (return, length, rollout step) of this process
 

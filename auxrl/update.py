@@ -2,11 +2,13 @@
 
 Per minibatch, in order:
 
-1. PPO's loss on the minibatch, and its gradient on the torso, policy and value parameters.
+1. PPO's loss on the minibatch (its frames augmented first with ``ppo.augment``, as RAD does), and
+   its gradient on the torso, policy and value parameters.
 2. That gradient clipped to ``ppo.max_grad_norm``: PPO's step is CleanRL's step, whatever the
    heads do (a large head gradient in a shared clip would silently lower PPO's learning rate).
 3. Each active auxiliary task: its own sampled batch through the shared torso, its weighted
-   loss, and that loss's gradient on the torso and the task's own head. Every task encodes its
+   loss, and that loss's gradient on the torso and the task's own head (plus the PPO heads for a
+   task that trains them, e.g. augment_consistency: then added to PPO's). Every task encodes its
    own frames, so its graph is disjoint from PPO's and one backward per loss costs no more
    than one backward of the sum.
 4. The balancer (``aux.balance``, auxrl/balance.py) turns each task's torso gradient into what
@@ -25,12 +27,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from auxrl.augment import augment
 from auxrl.balance import Balancer, cosine
 from auxrl.config import AuxConfig, PPOConfig
 from auxrl.distributed import Dist
 from auxrl.ppo.loss import PPOLoss, ppo_loss
 from auxrl.ppo.rollout import RolloutStorage
-from auxrl.tasks.combine import AuxTasks
+from auxrl.tasks.combine import AuxTasks, PPOSamples
 
 # Terms checked for NaN/inf before every optimizer step (losses and gradient norms).
 GUARDED = ("loss", "_norm", "ratio", "entropy", "total")
@@ -46,7 +49,9 @@ class LearnerParams:
 
     torso: list[nn.Parameter]
     ppo_heads: list[nn.Parameter]  # policy and value
-    tasks: dict[str, list[nn.Parameter]]  # each aux task's own parameters
+    # Each aux task's own parameters, then those of other modules its loss trains (the PPO heads
+    # for augment_consistency: AuxTask.shared_parameters); the torso is never among them.
+    tasks: dict[str, list[nn.Parameter]]
 
     @classmethod
     def of(cls, agent: nn.Module, task_names: list[str]) -> LearnerParams:
@@ -55,10 +60,18 @@ class LearnerParams:
         def trainable(module: nn.Module) -> list[nn.Parameter]:
             return [p for p in module.parameters() if p.requires_grad and id(p) not in shared]
 
+        def owned(task: nn.Module) -> list[nn.Parameter]:
+            out, seen = [], set(shared)  # frozen ones (model.freeze) left out, each parameter once
+            for p in [*task.parameters(), *getattr(task, "shared_parameters", list)()]:
+                if p.requires_grad and id(p) not in seen:
+                    seen.add(id(p))
+                    out.append(p)
+            return out
+
         return cls(
             [p for p in agent.torso.parameters() if p.requires_grad],
             trainable(agent.heads["policy"]) + trainable(agent.heads["value"]),
-            {name: trainable(agent.heads[name]) for name in task_names},
+            {name: owned(agent.heads[name]) for name in task_names},
         )
 
     @property
@@ -66,13 +79,14 @@ class LearnerParams:
         return self.torso + self.ppo_heads
 
 
-def _grads(loss: torch.Tensor, params: list[nn.Parameter]) -> list[torch.Tensor]:
-    """d loss / d params (zeros where a parameter is not used)."""
+def _grads(loss: torch.Tensor, params: list[nn.Parameter], retain: bool = False) -> list[torch.Tensor]:
+    """d loss / d params (zeros where a parameter is not used). ``retain``: keep the graph for a
+    later loss that shares it (tasks on PPO's minibatch features)."""
     if not params:
         return []
     if not loss.requires_grad:  # e.g. a task whose loss does not depend on any parameter
         return [torch.zeros_like(p) for p in params]
-    grads = torch.autograd.grad(loss, params, allow_unused=True)
+    grads = torch.autograd.grad(loss, params, allow_unused=True, retain_graph=retain)
     return [g if g is not None else torch.zeros_like(p) for g, p in zip(grads, params, strict=True)]
 
 
@@ -106,6 +120,7 @@ def set_gradients(
     max_grad_norm: float,
     aux_max_grad_norm: float | None,
     dist: Dist | None = None,
+    shared_graph: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Steps 1-4 above: fill ``p.grad`` of every parameter that gets one; returns diagnostics.
 
@@ -118,8 +133,13 @@ def set_gradients(
     ``scale`` (what the balancer multiplied it by) and ``head_grad_norm``.
     """
     n_torso = len(params.torso)
-    ppo_grads = _grads(ppo_total, params.ppo)
-    task_grads = {name: _grads(loss, params.torso + params.tasks[name]) for name, loss in aux_losses.items()}
+    # shared_graph: some task losses are taken on PPO's own forward pass (Needs.minibatch).
+    ppo_grads = _grads(ppo_total, params.ppo, retain=shared_graph)
+    # Several tasks may share that pass too: every backward keeps the graph (it goes with the step).
+    task_grads = {
+        name: _grads(loss, params.torso + params.tasks[name], retain=shared_graph)
+        for name, loss in aux_losses.items()
+    }
     if dist is not None:
         dist.average_([*ppo_grads, *(g for grads in task_grads.values() for g in grads)])
     grad_norm, clip = _clip_(ppo_grads, max_grad_norm, ppo_total.device)
@@ -178,6 +198,14 @@ def _ppo_terms(loss: PPOLoss) -> dict[str, torch.Tensor]:
     }
 
 
+def _augment_generator(device: torch.device) -> torch.Generator:
+    """A generator on ``device`` seeded from torch's default CPU generator: that one is seeded by
+    the run's seed and saved in checkpoints, so a resumed run continues the same stream."""
+    generator = torch.Generator(device=device)
+    generator.manual_seed(int(torch.randint(0, 2**62, ())))
+    return generator
+
+
 def ppo_update(
     p: PPOConfig,
     aux_cfg: AuxConfig,
@@ -205,13 +233,22 @@ def ppo_update(
     count = 0  # minibatches so far
     minibatches = p.update_epochs * p.num_minibatches
     first = aux.minibatches_done if aux is not None else 0
+    split = 0  # tasks that learn from PPO's minibatch take its first `split` samples' features
     if params is not None and aux is not None:
         runs = sum((first + i) % aux_cfg.every == 0 for i in range(minibatches))
         aux.draw(runs, active)  # every window of this update at once
+        split = aux.minibatch_size(active)
+    # ppo.augment (RAD): the minibatch's frames are augmented for the loss only (the rollout keeps
+    # the frames the policy acted on, whose log-probs are the old ones). One seed per update from
+    # torch's CPU stream (checkpointed); with "none" nothing is drawn.
+    augment_rng = _augment_generator(storage.device) if p.augment != "none" else None
     for _epoch in range(p.update_epochs):
         for batch in storage.minibatches(p.num_minibatches):
             with_aux = params is not None and aux is not None and (first + count) % aux_cfg.every == 0
-            pi, new_values, _ = agent(batch.obs)  # one torso pass for policy and value
+            obs = batch.obs if augment_rng is None else augment(batch.obs, p.augment, augment_rng)
+            # One torso pass for policy and value (and the Needs.minibatch tasks: their first
+            # `split` samples in a graph of their own, so their backward runs through those only).
+            pi, new_values, features = agent(obs, split=split if with_aux else 0)
             loss = ppo_loss(
                 p, batch, agent.policy.log_prob(pi, batch.actions), agent.policy.entropy(pi), new_values
             )
@@ -219,7 +256,8 @@ def ppo_update(
             terms = _ppo_terms(loss)
             if with_aux:
                 assert params is not None and aux is not None
-                aux_out = aux.losses(agent.torso, active)
+                shared = PPOSamples(storage, batch.index[:split], features[:split]) if split else None
+                aux_out = aux.losses(agent.torso, active, shared)
                 weighted = {name: weights[name] * out.loss for name, out in aux_out.items()}
                 for name, out in aux_out.items():
                     terms[f"aux/{name}/loss"] = out.loss
@@ -227,7 +265,14 @@ def ppo_update(
                         terms[f"aux/{name}/{key}"] = torch.as_tensor(value, device=storage.device)
                 terms.update(
                     set_gradients(
-                        loss.total, weighted, params, balancer, p.max_grad_norm, aux_cfg.max_grad_norm, dist
+                        loss.total,
+                        weighted,
+                        params,
+                        balancer,
+                        p.max_grad_norm,
+                        aux_cfg.max_grad_norm,
+                        dist,
+                        shared_graph=split > 0,
                     )
                 )
                 terms["losses/total"] = loss.total + sum(weighted.values())

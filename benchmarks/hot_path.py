@@ -286,7 +286,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     device = torch.device(args.device)
-    cfg = load_config(args.config, ["aux.enabled=true", *args.overrides])
+    # The tasks from the replay, as when these changes were made (reward_prediction's and
+    # next_state's default source now is PPO's minibatch, which draws no replay windows).
+    replay = [f"aux.tasks.{task}.source=replay" for task in ("reward_prediction", "next_state")]
+    cfg = load_config(args.config, ["aux.enabled=true", *replay, *args.overrides])
     batch = cfg.env.num_envs * cfg.ppo.num_steps // cfg.ppo.num_minibatches
     rows = [
         *adam_rows(cfg, device, args.repeats, args.warmup),

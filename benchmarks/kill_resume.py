@@ -4,6 +4,12 @@ With ``--signal INT`` (a Ctrl-C) or ``--signal TERM`` (a scheduler's stop) inste
 the same trials check the clean stop: the update in progress finishes, a checkpoint is saved,
 and the resumed run continues the one curve.
 
+With ``--nproc N`` each trial trains with N processes (``auxrl train --nproc N``) and the signal
+goes to the launcher alone, as a scheduler or the OOM killer would send it. After a SIGKILL,
+which the launcher cannot pass on, each trial also checks that its workers do not outlive it
+(``auxrl/__main__.py``): every process it had started (and any carrying its
+``AUXRL_LAUNCHER_PID``) must be gone within ``--orphan-timeout`` seconds; the table shows when.
+
 Each trial starts ``auxrl train cartpole`` (small, a checkpoint every update) in a fresh run
 directory, kills it with SIGKILL at one of these moments, then brings the run to its end the
 way a user would (``auxrl train --resume RUN_DIR``; when that finds nothing to resume, the
@@ -24,6 +30,7 @@ kept checkpoints). The moment is classified from what the directory held when th
     python benchmarks/kill_resume.py                 # 20 trials, prints a table and X/20
     python benchmarks/kill_resume.py --trials 5 --seed 1 --work-dir /tmp/kills --keep
     python benchmarks/kill_resume.py --signal INT     # Ctrl-C instead of kill -9
+    python benchmarks/kill_resume.py --nproc 2        # kill -9 the launcher of a 2-process run
 """
 
 from __future__ import annotations
@@ -69,10 +76,64 @@ class Trial:
     recovery: str = ""
     final_step: int | None = None
     problems: str = ""
+    orphans_gone: float | None = None  # --nproc: seconds from the kill until no worker was alive
+
+
+NPROC = 1  # processes per run (--nproc)
 
 
 def auxrl(*args: str) -> list[str]:
-    return [sys.executable, "-m", "auxrl.cli", *args]
+    nproc = ["--nproc", str(NPROC)] if NPROC > 1 and args[0] == "train" else []
+    return [sys.executable, "-m", "auxrl.cli", *args, *nproc]
+
+
+def rollout() -> int:
+    """Env steps per update, all processes together."""
+    return ROLLOUT * NPROC
+
+
+def workers_of(launcher: int) -> list:
+    """Every process of ``launcher``'s tree, and any that carries its AUXRL_LAUNCHER_PID (a worker
+    the launcher was starting when it died)."""
+    import psutil
+
+    try:
+        found = {p.pid: p for p in psutil.Process(launcher).children(recursive=True)}
+    except psutil.NoSuchProcess:
+        found = {}
+    mark = f"AUXRL_LAUNCHER_PID={launcher}"
+    for proc in psutil.process_iter(["environ"]):
+        env = proc.info.get("environ") or {}
+        if f"AUXRL_LAUNCHER_PID={env.get('AUXRL_LAUNCHER_PID')}" == mark:
+            found.setdefault(proc.pid, proc)
+    return list(found.values())
+
+
+def alive(procs: list) -> list:
+    import psutil
+
+    left = []
+    for proc in procs:
+        try:
+            if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
+                left.append(proc)
+        except psutil.NoSuchProcess:
+            pass
+    return left
+
+
+def wait_orphans(launcher: int, before: list, timeout: float) -> float | None:
+    """Seconds from now until none of the launcher's workers is alive (None: still alive after
+    ``timeout``; those are then killed)."""
+    start = time.monotonic()
+    procs = {p.pid: p for p in before + workers_of(launcher)}
+    while alive(list(procs.values())):
+        if time.monotonic() - start > timeout:
+            for proc in alive(list(procs.values())):
+                proc.kill()
+            return None
+        time.sleep(0.005)
+    return time.monotonic() - start
 
 
 def kill_when(
@@ -82,9 +143,12 @@ def kill_when(
     rng: random.Random,
     duration: float,
     sig: int = signal.SIGKILL,
+    trial: Trial | None = None,
+    orphan_timeout: float = 10.0,
 ) -> float:
     """Send ``sig`` to ``proc`` at the moment ``aim`` asks for, wait for it to end; returns seconds
-    since the start."""
+    since the start. With several processes and SIGKILL, also waits until no worker is alive
+    (``trial.orphans_gone``)."""
     start = time.monotonic()
     ckpts = run / "checkpoints"
     if aim == "startup":
@@ -108,9 +172,14 @@ def kill_when(
         while not (run / "config.yaml").exists() and proc.poll() is None:
             time.sleep(0.001)
         time.sleep(rng.uniform(0.0, duration))
+    watch = NPROC > 1 and sig == signal.SIGKILL
+    before = workers_of(proc.pid) if watch else []
     proc.send_signal(sig)
     proc.wait()
-    return time.monotonic() - start
+    killed = time.monotonic() - start
+    if watch and trial is not None:
+        trial.orphans_gone = wait_orphans(proc.pid, before, orphan_timeout)
+    return killed
 
 
 def _listdir(path: Path) -> list[str]:
@@ -154,7 +223,7 @@ def check(run: Path) -> tuple[int | None, list[str]]:
         problems.append(f"final step {final}")
     acc = EventAccumulator(str(run), size_guidance={"scalars": 0})
     acc.Reload()
-    expected = list(range(ROLLOUT, TOTAL + 1, ROLLOUT))
+    expected = list(range(rollout(), TOTAL + 1, rollout()))
     for tag in UPDATE_TAGS:
         steps = [e.step for e in acc.Scalars(tag)]
         if steps != expected:
@@ -187,7 +256,20 @@ def main() -> int:
     parser.add_argument(
         "--signal", choices=["KILL", "INT", "TERM"], default="KILL", help="how training is stopped"
     )
+    parser.add_argument(
+        "--nproc", type=int, default=1, help="train with N processes; the signal goes to their launcher"
+    )
+    parser.add_argument(
+        "--orphan-timeout",
+        type=float,
+        default=10.0,
+        help="--nproc with SIGKILL: seconds the workers may outlive their launcher (default: 10)",
+    )
     args = parser.parse_args()
+    global NPROC
+    NPROC = args.nproc
+    if args.nproc < 1 or TOTAL % (ROLLOUT * args.nproc):
+        parser.error(f"--nproc {args.nproc}: {TOTAL} steps must be whole updates of {ROLLOUT} x N steps")
     sig = getattr(signal, f"SIG{args.signal}")
     rng = random.Random(args.seed)
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="auxrl_kills_"))
@@ -212,7 +294,7 @@ def main() -> int:
         run, log = work / f"run{i:02d}", work / f"trial{i:02d}.log"
         with open(log, "w") as out:
             proc = subprocess.Popen(auxrl(*TRAIN, "--run-dir", str(run)), stdout=out, stderr=out)
-            trial.killed_at = kill_when(proc, run, trial.aim, rng, duration, sig)
+            trial.killed_at = kill_when(proc, run, trial.aim, rng, duration, sig, trial, args.orphan_timeout)
         trial.moment = moment(run)
         trial.recovery, code = recover(run, log)
         if code != 0:
@@ -220,11 +302,15 @@ def main() -> int:
         else:
             trial.final_step, problems = check(run)
             trial.problems = "; ".join(problems)
+        if NPROC > 1 and sig == signal.SIGKILL and trial.orphans_gone is None:
+            orphans = f"workers alive {args.orphan_timeout:g} s after the launcher's kill"
+            trial.problems = "; ".join(filter(None, [orphans, trial.problems]))
         trials.append(trial)
         status = "ok" if not trial.problems else f"FAILED: {trial.problems}"
+        gone = "" if trial.orphans_gone is None else f"workers gone after {trial.orphans_gone:.3f}s  "
         print(
             f"{i:2d} {trial.aim:<16} killed at {trial.killed_at:5.2f}s  {trial.moment:<42} "
-            f"{trial.recovery:<34} final {trial.final_step}  {status}",
+            f"{gone}{trial.recovery:<34} final {trial.final_step}  {status}",
             flush=True,
         )
         if not args.keep and not trial.problems:
@@ -236,6 +322,14 @@ def main() -> int:
         f"\n{passed}/{len(trials)} passed ({early} killed before the first checkpoint, {writes} during a "
         f"checkpoint write)"
     )
+    if NPROC > 1 and sig == signal.SIGKILL:
+        times = [t.orphans_gone for t in trials if t.orphans_gone is not None]
+        slowest = f"{max(times):.3f}" if times else "n/a"
+        print(
+            f"{len(times)}/{len(trials)} trials: no worker alive {slowest} s after the launcher's SIGKILL "
+            f"(at most; limit {args.orphan_timeout:g} s), "
+            f"{sum(not t.problems for t in trials)}/{len(trials)} resumed OK ({NPROC} processes)"
+        )
     if not args.keep:
         shutil.rmtree(work / "timing", ignore_errors=True)
     return 0 if passed == len(trials) else 1

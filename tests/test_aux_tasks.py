@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -216,7 +218,7 @@ def test_pixel_control_rejects_vector_observations():
 def test_reward_prediction_learns_the_reward_sign():
     torch.manual_seed(0)
     torso = TinyConv()
-    task = make_task(RewardPrediction, torso, IMAGE_SPACE, gym.spaces.Discrete(3))
+    task = make_task(RewardPrediction, torso, IMAGE_SPACE, gym.spaces.Discrete(3), source="replay")
     assert task.needs.sequence_length == 3 and task.needs.rewarding_fraction == 0.5
     batch = 24
     obs = torch.randint(0, 30, (batch, 4, 4, 84, 84), dtype=torch.uint8)  # noise
@@ -234,7 +236,7 @@ def test_reward_prediction_learns_the_reward_sign():
 
 def test_reward_prediction_on_vectors_and_empty_mask():
     torso = MLP(8, [32, 32])
-    task = make_task(RewardPrediction, torso, VECTOR_SPACE, gym.spaces.Box(-1, 1, (2,)))
+    task = make_task(RewardPrediction, torso, VECTOR_SPACE, gym.spaces.Box(-1, 1, (2,)), source="replay")
     obs, actions, rewards = torch.randn(5, 4, 8), torch.zeros(5, 3, 2), torch.ones(5, 3)
     assert task.loss(sequences(obs, actions, rewards), torso).loss.item() > 0
     # Every window's frames straddle an episode end (transition 1 ends it): nothing to learn.
@@ -242,6 +244,42 @@ def test_reward_prediction_on_vectors_and_empty_mask():
     done[:, 1] = True
     out = task.loss(sequences(obs, actions, rewards, done=done), torso)
     assert out.loss.item() == 0.0 and out.metrics["accuracy"].item() == 0.0
+
+
+def test_reward_prediction_on_ppo_minibatch_features_learns_and_weights_the_skew():
+    """source=minibatch: one observation per sample, PPO's features given (no torso pass of its
+    own); rewarding samples share rewarding_fraction of the loss however few they are."""
+    torch.manual_seed(0)
+    torso = TinyConv()
+    task = make_task(RewardPrediction, torso, IMAGE_SPACE, gym.spaces.Discrete(3))
+    assert task.needs.minibatch and task.needs.sequence_length == 1
+    batch = 32
+    obs = torch.randint(0, 30, (batch, 2, 4, 84, 84), dtype=torch.uint8)
+    rewards = torch.zeros(batch, 1)
+    obs[:4, 0, -1, 10:30, 10:30] = 255  # 4 of 32 rewarding: positive
+    rewards[:4, 0] = 1.0
+    seq = sequences(obs, torch.zeros(batch, 1, dtype=torch.long), rewards)
+
+    def never(_: torch.Tensor) -> torch.Tensor:
+        raise AssertionError("the task encoded frames although PPO's features were given")
+
+    seq.features = torso(obs[:, 0])
+    out = task.loss(seq, never)
+    # Near-uniform logits at init: the loss is ~ln 3 whatever the weights, and the weights sum to 1.
+    assert out.loss.item() == pytest.approx(math.log(3), abs=0.05)
+    weights_positive = 0.5 / 4  # each rewarding sample's weight: 0.5 of the loss over 4 samples
+    logits = task.head(seq.features)
+    ce = torch.nn.functional.cross_entropy(logits, torch.tensor([1] * 4 + [0] * 28), reduction="none")
+    expected = weights_positive * ce[:4].sum() + 0.5 / 28 * ce[4:].sum()
+    assert out.loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    opt = torch.optim.Adam([*task.parameters(), *torso.parameters()], lr=1e-3)
+    for _ in range(60):
+        seq.features = torso(obs[:, 0])
+        out = task.loss(seq, never)
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+    assert out.metrics["accuracy"].item() == pytest.approx(1.0)
 
 
 def test_pixel_control_learns_action_dependent_change():

@@ -196,8 +196,8 @@ class _FromAModuleThatWillBeGone:
 
 
 def test_a_checkpoint_needing_a_missing_module_is_kept_and_named(tmp_path, monkeypatch):
-    """Intact but pickled by another install (a class this one lacks): an error naming the module;
-    the file is not taken for a corrupt one and moved aside."""
+    """Intact but pickled with a class this install lacks: refused as unsafe (never unpickled),
+    not taken for a corrupt file and moved aside; `convert --trust` names the missing module."""
     import sys
     import types
 
@@ -208,10 +208,12 @@ def test_a_checkpoint_needing_a_missing_module_is_kept_and_named(tmp_path, monke
     run = tmp_path / "run"
     train(load_config("cartpole", TINY + ["ppo.total_steps=512"]), run, device="cpu", progress=False)
     path = checkpoint.find(run)
-    saved = torch.load(path, weights_only=False)
+    saved = torch.load(path, weights_only=True)
     saved["extra"] = _FromAModuleThatWillBeGone()
     torch.save(saved, path)
     monkeypatch.delitem(sys.modules, "auxrl_gone_module")
-    with pytest.raises(ValueError, match="needs the Python module 'auxrl_gone_module'"):
+    with pytest.raises(checkpoint.UnsafeCheckpoint, match="auxrl convert --trust"):
         checkpoint.load(run)
+    with pytest.raises(ValueError, match="needs the Python module 'auxrl_gone_module'"):
+        checkpoint.convert(path, "some-run")
     assert path.is_file() and not list(run.glob("checkpoints/*.corrupt"))

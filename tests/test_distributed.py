@@ -1,10 +1,14 @@
-"""Two processes on the CPU (gloo): identical weights, every rank's games logged, resume, failure."""
+"""Two processes on the CPU (gloo): identical weights, every rank's games logged, resume, failure;
+the launcher of ``--nproc``: loopback only, and no worker outlives it."""
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -39,15 +43,23 @@ class FailingTask(AuxTask):
         return AuxOutput(F.cross_entropy(self.head(features), seq.actions[:, 0].long()))
 
 
-def _train(*args: str, fail_after: int = 0) -> subprocess.CompletedProcess:
-    env = {
+def _env(fail_after: int = 0) -> dict[str, str]:
+    return {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
         "OMP_NUM_THREADS": "1",
         "AUXRL_TEST_FAIL_AFTER": str(fail_after),
     }
-    cmd = [sys.executable, "-m", "auxrl", "train", *args, "--nproc", "2", "--no-progress", "--device", "cpu"]
-    return subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+def _cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "auxrl", "train", *args, "--nproc", "2", "--no-progress", "--device", "cpu"]
+
+
+def _train(*args: str, fail_after: int = 0) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        _cmd(*args), env=_env(fail_after), cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
 
 
 TASK = [
@@ -206,3 +218,171 @@ def test_each_local_rank_gets_its_own_gpu(monkeypatch):
     monkeypatch.delenv("LOCAL_WORLD_SIZE")
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     assert local_gpu(3) == 0
+
+
+# The launcher of --nproc (auxrl.distributed.launch): loopback only, no orphans, the CPU warning.
+
+LONG_RUN = ["cartpole", "ppo.total_steps=1024000", "log.checkpoint_every=512"]  # 512 steps per update
+GONE_WITHIN = 5.0  # seconds from the launcher's SIGKILL until no worker is alive (measured: ~0.02 s)
+
+
+def _start_long_run(run: Path, log: Path):
+    """A --nproc 2 run far from its end, once both workers trained an update (the process group is
+    up, a checkpoint exists); returns the launcher and its workers (psutil processes)."""
+    psutil = pytest.importorskip("psutil")
+    with open(log, "w") as out:
+        launcher = subprocess.Popen(
+            _cmd(*LONG_RUN, "--run-dir", str(run)), env=_env(), cwd=ROOT, stdout=out, stderr=out
+        )
+    deadline = time.monotonic() + 300
+    while not list((run / "checkpoints").glob("step_*.pt")):
+        if launcher.poll() is not None or time.monotonic() > deadline:
+            launcher.kill()
+            raise AssertionError(f"no checkpoint (exit {launcher.poll()}): {log.read_text()[-3000:]}")
+        time.sleep(0.05)
+    workers = psutil.Process(launcher.pid).children(recursive=True)
+    assert len([w for w in workers if w.ppid() == launcher.pid]) == 2
+    return launcher, workers
+
+
+def _alive(procs) -> list:
+    import psutil
+
+    alive = []
+    for proc in procs:
+        try:
+            if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
+                alive.append(proc)
+        except psutil.NoSuchProcess:
+            pass
+    return alive
+
+
+def _wait_gone(procs, within: float) -> float | None:
+    """Seconds until none of ``procs`` is alive, or None if some still are after ``within``."""
+    start = time.monotonic()
+    while _alive(procs):
+        if time.monotonic() - start > within:
+            return None
+        time.sleep(0.01)
+    return time.monotonic() - start
+
+
+def _kill_all(procs) -> None:
+    for proc in _alive(procs):
+        proc.kill()
+
+
+def test_killing_the_launcher_kills_its_workers_and_the_run_resumes(tmp_path):
+    run = tmp_path / "run"
+    launcher, workers = _start_long_run(run, tmp_path / "log")
+    try:
+        launcher.kill()  # SIGKILL: the launcher cannot clean up; the workers must go by themselves
+        launcher.wait()
+        gone = _wait_gone(workers, GONE_WITHIN)
+    finally:
+        _kill_all(workers)
+    assert gone is not None, f"workers alive {GONE_WITHIN} s after the launcher's SIGKILL: {_alive(workers)}"
+    step = checkpoint.load(run)["state"]["global_step"]
+    assert 0 < step < 1024000
+    resumed = _train("--resume", str(run), f"ppo.total_steps={step + 1024}")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert checkpoint.load(run)["state"]["global_step"] == step + 1024
+
+
+_STAND_IN_WORKER = (
+    "import os, sys, time\n"
+    "sys.platform = 'darwin'  # no PR_SET_PDEATHSIG: the watchdog thread alone, as on macOS\n"
+    "from auxrl.__main__ import follow_launcher\n"
+    "follow_launcher(os.getppid())\n"
+    "print('ready', flush=True)\n"
+    "time.sleep(60)\n"
+)
+
+
+def test_the_watchdog_alone_stops_a_worker_whose_launcher_died(tmp_path):
+    psutil = pytest.importorskip("psutil")
+    launcher = subprocess.Popen(  # a stand-in launcher: starts one worker, says its pid, waits
+        [
+            sys.executable,
+            "-c",
+            "import subprocess, sys, time\n"
+            f"w = subprocess.Popen([sys.executable, '-c', {_STAND_IN_WORKER!r}], start_new_session=True)\n"
+            "print(w.pid, flush=True)\n"
+            "time.sleep(60)\n",
+        ],
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    worker = psutil.Process(int(launcher.stdout.readline()))
+    try:
+        assert launcher.stdout.readline().strip() == "ready"  # the worker's watchdog runs
+        launcher.kill()
+        launcher.wait()
+        gone = _wait_gone([worker], 3.0)  # polls every 0.5 s
+    finally:
+        _kill_all([worker])
+    assert gone is not None
+    assert f"its launcher (pid {launcher.pid}) is gone" in launcher.stderr.read()
+
+
+def test_a_worker_whose_launcher_is_gone_before_it_starts_stops_at_once():
+    # The race: the launcher died before PR_SET_PDEATHSIG took hold (1: not this child's parent).
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from auxrl.__main__ import follow_launcher\nfollow_launcher(1)\nprint('ran')",
+        ],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        start_new_session=True,
+    )
+    assert done.returncode == -signal.SIGKILL and "ran" not in done.stdout
+
+
+def test_a_multi_process_run_listens_on_loopback_only_and_stops_on_sigterm(tmp_path):
+    import psutil
+
+    launcher, workers = _start_long_run(tmp_path / "run", tmp_path / "log")
+    try:
+        procs = [psutil.Process(launcher.pid), *workers]
+        sockets = [(proc.pid, conn) for proc in procs for conn in proc.net_connections(kind="tcp")]
+        listening = [(pid, conn.laddr) for pid, conn in sockets if conn.status == psutil.CONN_LISTEN]
+        assert any(pid == launcher.pid for pid, _ in listening)  # the rendezvous store
+        assert all(_loopback(addr.ip) for _, addr in listening), listening
+        assert all(_loopback(conn.laddr.ip) for _, conn in sockets), sockets  # gloo's pairs too
+        launcher.send_signal(signal.SIGTERM)  # forwarded to the workers; 128 + 15
+        assert launcher.wait(60) == 143
+        assert _wait_gone(workers, 1.0) is not None  # the launcher waited for them
+    finally:
+        launcher.kill()
+        _kill_all(workers)
+
+
+def _loopback(ip: str) -> bool:
+    addr = ipaddress.ip_address(ip.split("%")[0])
+    return addr.is_loopback or bool(getattr(addr, "ipv4_mapped", None) and addr.ipv4_mapped.is_loopback)
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs CPU affinity (Linux)")
+def test_more_processes_than_cpu_cores_warns_and_runs(tmp_path):
+    one_core = min(os.sched_getaffinity(0))
+    done = subprocess.run(  # --nproc 2 on one core
+        _cmd("cartpole", "ppo.total_steps=512", "--run-dir", str(tmp_path / "run")),
+        env=_env(),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        preexec_fn=lambda: os.sched_setaffinity(0, {one_core}),
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    warnings = [line for line in done.stderr.splitlines() if line.startswith("auxrl: warning:")]
+    assert len(warnings) == 1, done.stderr
+    assert "--nproc 2" in warnings[0] and "1 CPU core" in warnings[0] and "--nproc 1 or fewer" in warnings[0]
+    assert checkpoint.load(tmp_path / "run")["state"]["global_step"] == 512

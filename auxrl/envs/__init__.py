@@ -21,10 +21,12 @@ def make_envs(
     clipping and scaling, updates of the observation statistics) so evaluation plays whole games.
     ``stats``: the run's normalisation statistics (gymnasium path; a fresh set when None).
     ``render=True``: :meth:`VecEnv.render` returns the game screen; Atari then runs through
-    gymnasium's ALE env, since the native vector env cannot render.
+    gymnasium's ALE env, since the native vector env cannot render. So does Atari with
+    ``env.labels`` when training (each step's labels are in :attr:`Step.labels`).
     """
     if is_atari_id(cfg.id):
-        if cfg.mode is not None or cfg.difficulty is not None or render:
+        # env.labels (training only) read each env's RAM or info: the native vector env has neither.
+        if cfg.mode is not None or cfg.difficulty is not None or render or (training and cfg.labels):
             from auxrl.envs.atari_modes import AtariModesVecEnv  # the native env has no modes
 
             return AtariModesVecEnv(cfg, training=training, render=render)

@@ -7,7 +7,9 @@ sets ``env.mode`` or ``env.difficulty`` runs each game in a gymnasium ``AtariEnv
 the stack), rewards, episodic life and episode statistics match the native path, except that a
 lost life is not followed by FIRE and random no-ops (the native path does that, as envpool);
 it is slower (Python per-env wrappers). Evaluation videos of the game screen also play here
-(``render=True``): gymnasium's env renders the RGB screen, the native vector env cannot.
+(``render=True``): gymnasium's env renders the RGB screen, the native vector env cannot. So do
+state labels (``env.labels``, training only): the RAM is read from each env's ``ale.getRAM()``
+after its step or reset (auxrl/envs/labels.py), which the native vector env does not expose.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from gymnasium.wrappers import AtariPreprocessing, FrameStackObservation
 from auxrl.config import EnvConfig
 from auxrl.envs.base import EpisodeTracker, Step, VecEnv
 from auxrl.envs.gym import close_vector_env, vector_kwargs
+from auxrl.envs.labels import LabelReader, LabelSpec, RamLabels, label_spec
 
 gym.register_envs(ale_py)
 
@@ -36,7 +39,9 @@ class FireOnReset(gym.Wrapper):
         return obs, info
 
 
-def _make_one(cfg: EnvConfig, render: bool = False):
+def _make_one(cfg: EnvConfig, render: bool = False, ram: tuple[int, ...] = ()):
+    """``ram``: RAM bytes put in each step's and reset's info (env.labels=[ram])."""
+
     def thunk() -> gym.Env:
         env = gym.make(
             cfg.id,
@@ -51,7 +56,8 @@ def _make_one(cfg: EnvConfig, render: bool = False):
         env = AtariPreprocessing(env, noop_max=cfg.noop_max, frame_skip=cfg.frameskip, screen_size=84)
         if cfg.fire_reset:
             env = FireOnReset(env)
-        return FrameStackObservation(env, cfg.frame_stack)
+        env = FrameStackObservation(env, cfg.frame_stack)
+        return RamLabels(env, ram) if ram else env  # outermost: read once the step or reset is done
 
     return thunk
 
@@ -80,8 +86,11 @@ class AtariModesVecEnv(VecEnv):
                 'needs OpenCV: pip install "auxrl[atari-modes]"'
             ) from None
         check_mode(cfg)
+        spec = label_spec(cfg) if training else LabelSpec()  # env.labels: read for training only
+        self.label_names = spec.names
+        self._labels = LabelReader(spec, cfg.num_envs, cfg.id) if len(spec) else None
         vector = gym.vector.AsyncVectorEnv if cfg.vector_mode == "async" else gym.vector.SyncVectorEnv
-        envs = [_make_one(cfg, render) for _ in range(cfg.num_envs)]
+        envs = [_make_one(cfg, render, spec.ram_indices) for _ in range(cfg.num_envs)]
         self.env = vector(envs, **vector_kwargs(cfg.vector_mode))
         self.episodic_life = cfg.episodic_life and training
         self.reward_clip = cfg.reward_clip and training
@@ -97,6 +106,8 @@ class AtariModesVecEnv(VecEnv):
         self.tracker = EpisodeTracker(self.num_envs)
         self._done[:] = False
         self._lives = np.asarray(info["lives"], dtype=np.int64)
+        if self._labels is not None:
+            self.reset_labels = self._labels.read(info)
         return obs
 
     def step(self, actions: np.ndarray) -> Step:
@@ -109,7 +120,10 @@ class AtariModesVecEnv(VecEnv):
         life_lost = (lives < self._lives) & ~reset
         self._lives = lives
         terminated = np.asarray(terminated, dtype=bool) | (self.episodic_life & life_lost)
-        return self.tracker.step(obs, reward, terminated, truncated, reset, self.reward_clip)
+        step = self.tracker.step(obs, reward, terminated, truncated, reset, self.reward_clip)
+        if self._labels is not None:  # a reset step's info is the reset's: the new game's
+            step.labels = self._labels.read(info, reset)
+        return step
 
     def render(self) -> np.ndarray | None:
         frames = self.env.render()  # the full-colour screen of each env (render=True only)

@@ -29,6 +29,8 @@ class Step:
     # Real episodes (unclipped score over all lives) that ended and were reset at this step.
     episode_returns: np.ndarray = field(default_factory=lambda: np.zeros(0))
     episode_lengths: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    # float32 [num_envs, K]: the state labels (env.labels) of ``obs``; None without labels.
+    labels: np.ndarray | None = None
 
 
 class EpisodeTracker:
@@ -84,6 +86,10 @@ class VecEnv:
     num_envs: int
     single_observation_space: gym.Space
     single_action_space: gym.Space
+    # env.labels (auxrl/envs/labels.py): the labels' names, and those of the observations the
+    # last reset() returned (float32 [num_envs, K]; None without labels). Each Step has its own.
+    label_names: tuple[str, ...] = ()
+    reset_labels: np.ndarray | None = None
 
     def reset(self, seed: int | None = None) -> np.ndarray:
         raise NotImplementedError

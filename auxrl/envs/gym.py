@@ -19,6 +19,7 @@ import numpy as np
 
 from auxrl.config import EnvConfig
 from auxrl.envs.base import EpisodeTracker, Step, VecEnv
+from auxrl.envs.labels import LabelReader, LabelSpec, label_spec
 from auxrl.envs.normalize import NormStats, wrap
 
 
@@ -59,6 +60,10 @@ def vector_kwargs(mode: str) -> dict[str, Any]:
     return kwargs
 
 
+class UserEnvError(ValueError):
+    """The user's env (its module, or its constructor) raised: one line naming it and the error."""
+
+
 def find_spec(env_id: str) -> gym.envs.registration.EnvSpec:
     """gymnasium's registration of ``env_id``; a ``module:Env-v0`` id imports ``module`` first
     (as ``gymnasium.make`` does), so an env registered by the user's own package trains from the
@@ -72,6 +77,11 @@ def find_spec(env_id: str) -> gym.envs.registration.EnvSpec:
                 f"env.id {env_id!r}: cannot import {module!r} ({err}). Install it or add its folder to "
                 f"PYTHONPATH; importing it must register {name!r} (gymnasium.register)."
             ) from None
+        except Exception as err:  # the user's module itself raised while it was imported
+            raise UserEnvError(
+                f"env.id {env_id!r}: importing {module!r} raised {raised(err)}. Fix that module "
+                f"(`python -c 'import {module}'` shows the traceback)."
+            ) from err
     try:
         return gym.spec(name)
     except gym.error.Error as err:
@@ -113,6 +123,8 @@ class GymVecEnv(VecEnv):
                 **kwargs,
             )
         except TypeError as err:
+            if not cfg.kwargs and _is_users(cfg.id):  # no kwargs to blame: the env's own code
+                raise _construction_failed(cfg.id, err) from err
             unknown = [k for k in cfg.kwargs if k not in (valid := _make_kwargs(cfg.id))]
             if not unknown or not valid:
                 raise ValueError(
@@ -126,6 +138,10 @@ class GymVecEnv(VecEnv):
         except gym.error.DependencyNotInstalled as err:
             fix = 'pip install "auxrl[mujoco]"' if mujoco else "install what it names"
             raise ImportError(f"{cfg.id}: {str(err).strip().splitlines()[0]} ({fix}).") from None
+        except Exception as err:
+            if not _is_users(cfg.id):  # gymnasium's own envs: a bug, with its traceback
+                raise
+            raise _construction_failed(cfg.id, err) from err
         self.stats = stats if stats is not None else NormStats()
         self.env, self._raw = wrap(env, cfg, self.stats, training)
         self.num_envs = cfg.num_envs
@@ -134,22 +150,29 @@ class GymVecEnv(VecEnv):
         self.single_action_space = self.env.single_action_space
         self.tracker = EpisodeTracker(cfg.num_envs)
         self._done = np.zeros(cfg.num_envs, dtype=bool)
+        spec = label_spec(cfg) if training else LabelSpec()  # env.labels: read for training only
+        self.label_names = spec.names
+        self._labels = LabelReader(spec, cfg.num_envs, cfg.id) if len(spec) else None
 
     def reset(self, seed: int | None = None) -> np.ndarray:
-        obs, _ = self.env.reset(seed=seed)
+        obs, info = self.env.reset(seed=seed)
         self._check_finite("observation", obs)
+        if self._labels is not None:
+            self.reset_labels = self._labels.read(info)
         self.tracker = EpisodeTracker(self.num_envs)
         self._done[:] = False
         return obs
 
     def step(self, actions: np.ndarray) -> Step:
-        obs, reward, terminated, truncated, _ = self.env.step(actions)  # ClipAction bounds the actions
+        obs, reward, terminated, truncated, info = self.env.step(actions)  # ClipAction bounds the actions
         self._check_finite("observation", obs)
         self._check_finite("reward", reward)
         reset = self._done  # NEXT_STEP: the step after a done only resets
         self._done = terminated | truncated
         step = self.tracker.step(obs, self._raw.last_reward, terminated, truncated, reset)
         step.reward = np.asarray(reward, dtype=np.float32)  # what training sees (scaled, if configured)
+        if self._labels is not None:  # a reset step's info is the reset's: the new episode's
+            step.labels = self._labels.read(info, reset)
         return step
 
     def _check_finite(self, what: str, values: np.ndarray) -> None:
@@ -169,6 +192,28 @@ class GymVecEnv(VecEnv):
 
     def close(self) -> None:
         close_vector_env(self.env)
+
+
+def raised(err: BaseException) -> str:
+    """``RuntimeError: its message`` on one line (the message's first line)."""
+    message = (str(err).strip().splitlines() or [""])[0]
+    return f"{type(err).__name__}: {message}" if message else type(err).__name__
+
+
+def _is_users(env_id: str) -> bool:
+    """Whether ``env_id`` is the user's (or a third party's) env rather than one of gymnasium's:
+    an error raised while it is made is then reported as the env's, on one line."""
+    entry = find_spec(env_id).entry_point
+    return ":" in env_id or not (isinstance(entry, str) and entry.startswith("gymnasium."))
+
+
+def _construction_failed(env_id: str, err: BaseException) -> UserEnvError:
+    module, _, name = env_id.rpartition(":")
+    make = f"import {module}; gymnasium.make({name!r})" if module else f"gymnasium.make({name!r})"
+    return UserEnvError(
+        f"env.id {env_id!r}: making the env raised {raised(err)}. Fix the env (in Python, `{make}` "
+        f"shows the traceback)."
+    )
 
 
 def _is_mujoco(env_id: str) -> bool:

@@ -6,7 +6,8 @@ torso.
 
 Per step t the storage holds ``obs_t``, the action and its log-prob, ``V(obs_t)``, and what the
 env returned for that action: reward, ``terminated``, ``truncated`` and ``valid`` (False for the
-NEXT_STEP reset steps, which are not transitions and are masked out of every loss).
+NEXT_STEP reset steps, which are not transitions and are masked out of every loss). With
+``env.labels``, ``labels[t]`` are the state labels of ``obs_t`` (auxrl/envs/labels.py).
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ class Batch:
     advantages: torch.Tensor
     returns: torch.Tensor
     valid: torch.Tensor
+    index: torch.Tensor | None = None  # flat indices into the [num_steps * num_envs] rollout
 
 
 class RolloutStorage:
@@ -72,6 +74,7 @@ class RolloutStorage:
         action_shape: tuple[int, ...],
         action_dtype: torch.dtype,
         device: torch.device,
+        num_labels: int = 0,
     ) -> None:
         self.num_steps, self.num_envs, self.device = num_steps, num_envs, device
         tn = (num_steps, num_envs)
@@ -87,6 +90,9 @@ class RolloutStorage:
         self.returns = torch.zeros(tn, device=device)
         # The observation after the last step (bootstrap input, and next_obs for aux tasks).
         self.next_obs = torch.zeros((num_envs,) + obs_shape, dtype=obs_dtype, device=device)
+        # env.labels: the state labels of obs (and of next_obs), float32; None without labels.
+        self.labels = torch.zeros(tn + (num_labels,), device=device) if num_labels else None
+        self.next_labels = torch.zeros((num_envs, num_labels), device=device) if num_labels else None
 
     def finish(self, next_value: torch.Tensor, gamma: float, gae_lambda: float) -> None:
         self.advantages, self.returns = compute_gae(
@@ -114,4 +120,4 @@ class RolloutStorage:
         )
         perm = torch.randperm(size, device=self.device, generator=generator)
         for idx in perm.chunk(num_minibatches):
-            yield Batch(**{k: v[idx] for k, v in vars(flat).items()})
+            yield Batch(**{k: v[idx] for k, v in vars(flat).items() if k != "index"}, index=idx)

@@ -10,9 +10,15 @@ An auxiliary task is one ``nn.Module`` (its head plus its loss) in one file:
   recent experience, optionally reward-skewed, or the current rollout only);
 - ``loss(seq, encode)``: a scalar loss and optional metrics, from :class:`Sequences` and the
   shared torso ``encode`` (call it on observations to get features with gradients);
-- optionally ``after_update()``, called after every optimizer step (e.g. EMA targets), and
+- optionally ``after_update()``, called after every optimizer step (e.g. EMA targets),
   ``on_torso_loaded()``, called when the torso changed without the task seeing it
-  (``model.init_from`` replaced its weights, or the task joins in a later curriculum stage).
+  (``model.init_from`` replaced its weights, or the task joins in a later curriculum stage), and
+  ``check_data(rewards, terminated)``: why this env's data gives the task nothing to learn, if
+  it does (a one-line warning is printed, naming the task and the env).
+
+A task that regularises PPO's own heads (e.g. ``augment_consistency``, DrAC) reads them from
+``ctx.ppo_heads`` (:class:`PPOHeads`: ``ppo_heads(obs, encode) -> (pi, V)``) and lists their
+parameters in ``shared_parameters()``: its loss's gradient then reaches them too, added to PPO's.
 
 The learner samples the sequences, calls ``loss``, and takes the gradient of ``weight * loss``:
 on the task's own parameters it is clipped to ``aux.max_grad_norm``; on the shared torso it goes
@@ -23,7 +29,7 @@ or the learner.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import ClassVar
 
 import gymnasium as gym
@@ -35,6 +41,29 @@ class TaskMismatch(ValueError):
     """An auxiliary task that cannot work with the configured environment or model."""
 
 
+@dataclass(frozen=True)
+class PPOHeads:
+    """The agent's policy and value heads, for tasks that train them (see ``shared_parameters``).
+
+    They belong to the agent (saved as ``heads.policy`` / ``heads.value``): a task keeps this
+    object as a plain attribute, never registers the modules as its own submodules.
+    """
+
+    policy: nn.Module  # features -> action distribution (log_prob / entropy / mode helpers)
+    value: nn.Module  # features -> V(s), or obs -> V(s) when ``value.reads_observation``
+
+    def __call__(
+        self, obs: torch.Tensor, encode: Callable[[torch.Tensor], torch.Tensor]
+    ) -> tuple[torch.distributions.Distribution, torch.Tensor]:
+        """(pi(.|obs), V(obs)) through the shared torso ``encode``, with gradients."""
+        features = encode(obs)
+        value = self.value(obs) if getattr(self.value, "reads_observation", False) else self.value(features)
+        return self.policy(features), value
+
+    def parameters(self) -> list[nn.Parameter]:
+        return [*self.policy.parameters(), *self.value.parameters()]
+
+
 @dataclass
 class TaskContext:
     """What a task may know about the run when it is built."""
@@ -43,6 +72,11 @@ class TaskContext:
     action_space: gym.Space  # one env's action space
     feature_dim: int  # size of the torso's output
     torso: nn.Module  # the shared torso (read it, e.g. to copy it; never train it directly)
+    ppo_heads: PPOHeads | None = None  # the agent's policy and value heads (None: not given)
+    # env.labels (auxrl/envs/labels.py): each state label's name and kind, "byte" (a RAM byte,
+    # 0..255) or "real"; they arrive in Sequences.labels in this order. Empty: no labels.
+    label_names: tuple[str, ...] = ()
+    label_kinds: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -52,6 +86,11 @@ class Needs:
     sequence_length: int = 1  # consecutive transitions per sample (obs has one more)
     replay: bool = True  # sample from the replay of recent experience (else: current rollout)
     rewarding_fraction: float | None = None  # share of samples whose last reward is non-zero
+    # Learn from PPO's own minibatch: one transition per sample (sequence_length 1), the first
+    # samples of each PPO minibatch, whose torso features PPO's forward pass already computed
+    # (Sequences.features). No torso forward of the task's own; its backward runs through those
+    # samples only. replay and rewarding_fraction do not apply.
+    minibatch: bool = False
 
 
 @dataclass
@@ -70,6 +109,30 @@ class Sequences:
     truncated: torch.Tensor  # [B, L] bool
     valid: torch.Tensor  # [B, L] bool: a real transition (not a NEXT_STEP reset step)
     in_episode: torch.Tensor = field(init=False)  # [B, L] bool
+    # The learner's seeded sampling stream (checkpointed), for a task's own random draws such as
+    # augmentations; None (e.g. a hand-made batch): torch's default generator.
+    generator: torch.Generator | None = field(default=None, repr=False)
+    # [B, L+1, K] float32: the state labels of each obs (env.labels; NaN where an env gave none),
+    # in the order of TaskContext.label_names; None without labels.
+    labels: torch.Tensor | None = None
+    # [B, F]: the torso features of obs[:, 0] with gradients, when the learner already has them
+    # (Needs.minibatch: PPO's forward pass); None: encode obs[:, 0] yourself (see first_features).
+    features: torch.Tensor | None = None
+
+    def first(self, count: int) -> Sequences:
+        """The first ``count`` samples (all of them when there are fewer)."""
+        if count >= self.obs.shape[0]:
+            return self
+        cut = {
+            f.name: v[:count] if isinstance(v := getattr(self, f.name), torch.Tensor) else v
+            for f in fields(self)
+            if f.init
+        }
+        return Sequences(**cut)
+
+    def first_features(self, encode: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """The torso features of ``obs[:, 0]``: PPO's (no second pass) where given, else encoded."""
+        return self.features if self.features is not None else encode(self.obs[:, 0])
 
     def __post_init__(self) -> None:
         done = self.terminated | self.truncated
@@ -115,6 +178,23 @@ class AuxTask(nn.Module):
 
     def after_update(self) -> None:
         """Called after each optimizer step."""
+
+    def shared_parameters(self) -> list[nn.Parameter]:
+        """Parameters of other modules of the agent that this task's loss also trains (default
+        none), e.g. ``ctx.ppo_heads.parameters()``. Their gradient of ``weight * loss`` is clipped
+        with the task's own (``aux.max_grad_norm``) and added to their owner's. The shared torso
+        is never listed here: every task's gradient on it goes through the balancer."""
+        return []
+
+    def check_data(self, rewards: torch.Tensor, terminated: torch.Tensor) -> str | None:
+        """Why the env's data gives this task nothing to learn, or None (the default: no check).
+
+        Called after each of a stage's first rollouts (see ``auxrl.tasks.combine.CHECK_ROLLOUTS``)
+        until it returns a reason, with every real transition seen so far (1-D, training rewards
+        and terminated flags). The reason is a clause such as ``"every reward ... was 1"``: the
+        learner prints it once as a warning naming the task and the env, and trains on.
+        """
+        return None
 
     def on_torso_loaded(self) -> None:
         """Called when the shared torso changed without this task (``model.init_from``, or the

@@ -2,12 +2,55 @@
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import torch
 
 from auxrl.config import AuxConfig, WeightSchedule
 from auxrl.ppo.rollout import RolloutStorage
-from auxrl.tasks.base import AuxOutput, AuxTask, Encoder
+from auxrl.tasks.base import AuxOutput, AuxTask, Encoder, Sequences
 from auxrl.tasks.replay import Replay
+
+CHECK_ROLLOUTS = 10  # a stage's first rollouts are shown to each task's check_data()
+
+
+def _warn(message: str) -> None:
+    print(f"auxrl: warning: {message}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class PPOSamples:
+    """The first samples of a PPO minibatch as one-transition windows, for ``Needs.minibatch``
+    tasks: ``index`` (flat ``t * num_envs + env`` indices into the rollout) and ``features``,
+    the torso features PPO's forward pass computed for them (with gradients)."""
+
+    storage: RolloutStorage
+    index: torch.Tensor
+    features: torch.Tensor
+
+    def sequences(self) -> Sequences:
+        st = self.storage
+        t, env = self.index // st.num_envs, self.index % st.num_envs
+        last = t == st.num_steps - 1  # the observation after the last step is next_obs
+        after = (t + 1).clamp(max=st.num_steps - 1)
+
+        def pair(steps: torch.Tensor, tail: torch.Tensor) -> torch.Tensor:
+            following = torch.where(last.view(-1, *[1] * (tail.dim() - 1)), tail[env], steps[after, env])
+            return torch.stack([steps[t, env], following], 1)
+
+        labels = getattr(st, "labels", None)
+        return Sequences(
+            obs=pair(st.obs, st.next_obs),
+            actions=st.actions[t, env].unsqueeze(1),
+            rewards=st.rewards[t, env].unsqueeze(1),
+            terminated=st.terminated[t, env].unsqueeze(1),
+            truncated=st.truncated[t, env].unsqueeze(1),
+            valid=st.valid[t, env].unsqueeze(1),
+            labels=pair(labels, st.next_labels) if labels is not None else None,
+            features=self.features,
+        )
 
 
 def scheduled_weight(weight: float | WeightSchedule, step: int) -> float:
@@ -21,8 +64,21 @@ def scheduled_weight(weight: float | WeightSchedule, step: int) -> float:
 class AuxTasks:
     """The tasks of one stage: what to sample for each, and each one's current weight."""
 
-    def __init__(self, tasks: dict[str, AuxTask], aux: AuxConfig, storage: RolloutStorage, seed: int) -> None:
+    def __init__(
+        self,
+        tasks: dict[str, AuxTask],
+        aux: AuxConfig,
+        storage: RolloutStorage,
+        seed: int,
+        env_id: str | None = None,
+        warn: Callable[[str], None] | None = None,
+    ) -> None:
         self.tasks = tasks
+        self.env_id = env_id  # named in the warnings of check_data
+        self.warn = warn or _warn  # several processes: the trainer's prints on rank 0 only
+        # Tasks that look at the data (AuxTask.check_data), until they have found a reason.
+        self._to_check = [n for n, t in tasks.items() if type(t).check_data is not AuxTask.check_data]
+        self._checks_left = CHECK_ROLLOUTS
         self.batch_sizes = {name: aux.tasks[name].batch_size or aux.batch_size for name in tasks}
         # The configured weight, or the task's documented default where none is given.
         self.weights = {
@@ -45,6 +101,25 @@ class AuxTasks:
     def add_rollout(self, storage: RolloutStorage) -> None:
         if self.replay is not None:
             self.replay.add(storage)
+            self._check_data()
+
+    def _check_data(self) -> None:
+        """Show each task the transitions of the stage so far (its first rollouts only); warn once
+        for a task that says they give it nothing to learn."""
+        if not self._to_check or self._checks_left <= 0:
+            return
+        self._checks_left -= 1
+        assert self.replay is not None
+        valid = self.replay.stored("valid")
+        rewards, terminated = self.replay.stored("rewards")[valid], self.replay.stored("terminated")[valid]
+        for name in list(self._to_check):
+            reason = self.tasks[name].check_data(rewards, terminated)
+            if reason:
+                self._to_check.remove(name)
+                self.warn(
+                    f"aux task {name!r} has nothing to learn on {self.env_id or 'this env'}: {reason}. "
+                    f"Drop the task (aux.tasks.{name}.enabled=false): it only costs time here."
+                )
 
     def current_weights(self, step: int) -> dict[str, float]:
         return {name: scheduled_weight(w, step) for name, w in self.weights.items()}
@@ -59,6 +134,8 @@ class AuxTasks:
         self._drawn = {}
         for name in self.tasks if names is None else names:
             needs = self.tasks[name].needs
+            if needs.minibatch:  # takes PPO's minibatch samples, nothing to draw
+                continue
             start, env = self.replay.draw(
                 self.batch_sizes[name] * minibatches,
                 needs.sequence_length,
@@ -69,19 +146,38 @@ class AuxTasks:
             self._drawn[name] = (start.split(self.batch_sizes[name]), env.split(self.batch_sizes[name]))
         self._minibatch = 0
 
-    def losses(self, encode: Encoder, names: list[str] | None = None) -> dict[str, AuxOutput]:
-        """Each task's loss on its windows for the current minibatch (see :meth:`draw`)."""
+    def minibatch_size(self, names: list[str] | None = None) -> int:
+        """How many of each PPO minibatch's first samples the ``Needs.minibatch`` tasks among
+        ``names`` learn from (the largest of their batch sizes; 0: no such task)."""
+        chosen = self.tasks if names is None else names
+        return max((self.batch_sizes[n] for n in chosen if self.tasks[n].needs.minibatch), default=0)
+
+    def losses(
+        self, encode: Encoder, names: list[str] | None = None, minibatch: PPOSamples | None = None
+    ) -> dict[str, AuxOutput]:
+        """Each task's loss on its windows for the current minibatch (see :meth:`draw`); the
+        ``Needs.minibatch`` tasks on ``minibatch``, the first samples of PPO's minibatch."""
         out = {}
         i = self._minibatch
+        shared = minibatch.sequences() if minibatch is not None else None
         for name in self.tasks if names is None else names:
             task = self.tasks[name]
+            if task.needs.minibatch:
+                if shared is None:
+                    raise RuntimeError(f"aux task {name!r} learns from PPO's minibatch, but none was given")
+                seq = shared.first(self.batch_sizes[name])
+                seq.generator = self.generator
+                out[name] = task.loss(seq, encode)
+                continue
             assert self.replay is not None
             if name not in self._drawn or i >= len(self._drawn[name][0]):
                 raise RuntimeError(
                     f"aux task {name!r}: no windows drawn for minibatch {i}; call draw() first"
                 )
             start, env = self._drawn[name][0][i], self._drawn[name][1][i]
-            out[name] = task.loss(self.replay.gather(start, env, task.needs.sequence_length), encode)
+            seq = self.replay.gather(start, env, task.needs.sequence_length)
+            seq.generator = self.generator  # a task's own draws (augmentations): the seeded stream
+            out[name] = task.loss(seq, encode)
         self._minibatch += 1
         return out
 

@@ -13,6 +13,8 @@ BUILTINS = {
     "reward_prediction": "auxrl.tasks.reward_prediction:RewardPrediction",
     "pixel_control": "auxrl.tasks.pixel_control:PixelControl",
     "next_state": "auxrl.tasks.next_state:NextStatePrediction",
+    "state_prediction": "auxrl.tasks.state_prediction:StatePrediction",
+    "augment_consistency": "auxrl.tasks.augment_consistency:AugmentConsistency",
 }
 ENTRY_POINT_GROUP = "auxrl.aux_tasks"
 
@@ -21,7 +23,17 @@ def _entry_points() -> dict[str, importlib.metadata.EntryPoint]:
     return {ep.name: ep for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
 
 
-def _import_path(path: str) -> Any:
+def _plugin_failed(type_name: str, what: str, err: Exception) -> ConfigError:
+    """A plugin's own code raised while it was imported: one line naming it, not a traceback."""
+    message = (str(err).strip().splitlines() or [""])[0]
+    return ConfigError(
+        f"Aux task {type_name!r}: importing {what} raised {type(err).__name__}"
+        f"{f': {message}' if message else ''}. Fix that module (importing it in Python shows the "
+        f"traceback), or take the task out of the config (a disabled task is still imported)."
+    )
+
+
+def _import_path(path: str, plugin: bool = True) -> Any:
     module_name, _, attr = path.partition(":")
     if not attr:
         raise ConfigError(
@@ -35,6 +47,10 @@ def _import_path(path: str) -> Any:
             f"Aux task {path!r}: cannot import {module_name!r} ({err}). Install it or add its folder "
             f"to PYTHONPATH (e.g. PYTHONPATH=. auxrl ...)."
         ) from None
+    except Exception as err:
+        if not plugin:  # auxrl's own tasks: a bug, with its traceback
+            raise
+        raise _plugin_failed(path, repr(module_name), err) from err
     try:
         return getattr(module, attr)
     except AttributeError:
@@ -44,9 +60,16 @@ def _import_path(path: str) -> Any:
 def resolve(type_name: str) -> type[AuxTask]:
     """A task class from a built-in name, an entry-point name or an import path."""
     if type_name in BUILTINS:
-        cls = _import_path(BUILTINS[type_name])
+        cls = _import_path(BUILTINS[type_name], plugin=False)
     elif type_name in (eps := _entry_points()):
-        cls = eps[type_name].load()
+        ep = eps[type_name]
+        try:
+            cls = ep.load()
+        except Exception as err:  # ImportError included: the package's module, or what it imports
+            dist = f" of {ep.dist.name}" if getattr(ep, "dist", None) is not None else ""
+            raise _plugin_failed(
+                type_name, f"its entry point{dist} ({ENTRY_POINT_GROUP}: {ep.value})", err
+            ) from err
     else:
         cls = _import_path(type_name)
     if not (isinstance(cls, type) and issubclass(cls, AuxTask)):

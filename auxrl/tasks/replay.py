@@ -35,6 +35,7 @@ class Replay:
         self.terminated = like(storage.terminated)
         self.truncated = like(storage.truncated)
         self.valid = like(storage.valid)
+        self.labels = like(storage.labels) if storage.labels is not None else None  # env.labels
         self.head = 0  # next physical row to write (holds the obs after the newest step)
         self.size = 0  # steps stored
 
@@ -44,10 +45,18 @@ class Replay:
         rows = (self.head + torch.arange(t, device=self.device)) % self.rows
         for name in ("obs", "actions", "rewards", "terminated", "truncated", "valid"):
             getattr(self, name)[rows] = getattr(storage, name)
+        if self.labels is not None:
+            self.labels[rows] = storage.labels
         self.head = (self.head + t) % self.rows
         # The next rollout's first obs is this next_obs, and it will be written to this row.
         self.obs[self.head] = storage.next_obs
+        if self.labels is not None:
+            self.labels[self.head] = storage.next_labels
         self.size = min(self.size + t, self.capacity)
+
+    def stored(self, name: str) -> torch.Tensor:
+        """Every stored step of ``rewards``, ``terminated``, ... oldest first: ``[size, num_envs]``."""
+        return getattr(self, name)[self._rows(torch.arange(self.size, device=self.device))]
 
     def _rows(self, logical: torch.Tensor) -> torch.Tensor:
         """Logical index (0 = oldest stored step, ``size`` = the obs after the newest) -> row."""
@@ -111,6 +120,7 @@ class Replay:
             terminated=self.terminated[tr, envs],
             truncated=self.truncated[tr, envs],
             valid=self.valid[tr, envs],
+            labels=self.labels[rows, envs] if self.labels is not None else None,
         )
 
     def sample(

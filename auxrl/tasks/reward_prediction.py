@@ -1,10 +1,17 @@
 """Reward prediction (UNREAL, Jaderberg et al. 2016, arXiv 1611.05397).
 
-From three consecutive observations, classify the sign of the reward that follows them. Rewards
-are sparse, so the windows are drawn from the replay with a share ``rewarding_fraction`` that end
-in a reward (UNREAL's skewed sampling); without it the head would learn "always zero". The task
-shapes the torso toward features that tell rewarding states apart, which is the point: its
-accuracy on skewed samples is not a calibrated predictor of the real reward rate.
+Classify the sign of the reward that follows an observation. Rewards are sparse, so rewarding
+samples are given a share ``rewarding_fraction`` of the loss (UNREAL's skewed sampling); without
+it the head would learn "always zero". The task shapes the torso toward features that tell
+rewarding states apart, which is the point: its accuracy on skewed samples is not a calibrated
+predictor of the real reward rate. Two sources (``source``):
+
+* ``minibatch`` (default): the first ``batch_size`` samples of each PPO minibatch, on the torso
+  features PPO's forward pass already computed (no torso pass of its own). The observation is a
+  stack of the last frames, so it carries the history UNREAL's three frames give; the skew is a
+  weighting: rewarding samples share ``rewarding_fraction`` of the loss, the others the rest.
+* ``replay``: UNREAL's form: three consecutive observations from the replay, drawn so that a share
+  ``rewarding_fraction`` end in a reward, encoded by the task (a torso pass of its own).
 """
 
 from __future__ import annotations
@@ -32,8 +39,12 @@ def reward_class(rewards: torch.Tensor) -> torch.Tensor:
 class RewardPredictionConfig:
     rewarding_fraction: float = 0.5  # share of samples whose reward is non-zero (UNREAL: 0.5)
     hidden: int = 128
+    # minibatch: PPO's minibatch and its torso features (cheap); replay: UNREAL's 3-frame windows
+    source: str = "minibatch"
 
     def __post_init__(self) -> None:
+        if self.source not in ("minibatch", "replay"):
+            raise ConfigError(f"reward_prediction: source must be minibatch or replay, not {self.source!r}.")
         if not 0.0 <= self.rewarding_fraction <= 1.0:
             raise ConfigError("reward_prediction: rewarding_fraction must be in [0, 1].")
         if self.hidden < 1:
@@ -52,15 +63,34 @@ class RewardPrediction(AuxTask):
 
     def __init__(self, cfg: RewardPredictionConfig, ctx: TaskContext) -> None:
         super().__init__(cfg, ctx)
-        # Instance attribute: the skew comes from the config.
-        self.needs = Needs(sequence_length=FRAMES, replay=True, rewarding_fraction=cfg.rewarding_fraction)
+        # Instance attribute: the source and the skew come from the config.
+        if cfg.source == "minibatch":
+            self.frames, self.needs = 1, Needs(minibatch=True)
+        else:
+            self.frames = FRAMES
+            self.needs = Needs(sequence_length=FRAMES, replay=True, rewarding_fraction=cfg.rewarding_fraction)
         self.head = nn.Sequential(
-            layer_init(nn.Linear(FRAMES * ctx.feature_dim, cfg.hidden)),
+            layer_init(nn.Linear(self.frames * ctx.feature_dim, cfg.hidden)),
             nn.ReLU(),
             layer_init(nn.Linear(cfg.hidden, 3), std=0.01),  # start near uniform
         )
 
+    def check_data(self, rewards: torch.Tensor, terminated: torch.Tensor) -> str | None:
+        # One and the same non-zero reward on every step, the steps that end an episode included
+        # (CartPole's +1): the class never changes. Only zeros so far is sparse, not constant.
+        if rewards.numel() == 0 or not bool(terminated.any()):
+            return None
+        low, high = rewards.min().item(), rewards.max().item()
+        if low != high or low == 0:
+            return None
+        return (
+            f"every reward of its first {rewards.numel():,} steps, episode ends included, was "
+            f"{low:g}, so the class it predicts never changes"
+        )
+
     def loss(self, seq: Sequences, encode: Encoder) -> AuxOutput:
+        if self.needs.minibatch:
+            return self._minibatch_loss(seq, encode)
         batch = seq.obs.shape[0]
         # obs[:, 0..2] are the frames; obs[:, 3] (after the predicted reward) is not used.
         features = encode(seq.obs[:, :FRAMES].flatten(0, 1)).reshape(batch, -1)
@@ -74,3 +104,20 @@ class RewardPrediction(AuxTask):
         loss = (F.cross_entropy(logits, target, reduction="none") * mask).sum() / count
         correct = (logits.argmax(-1) == target).float()
         return AuxOutput(loss, {"accuracy": ((correct * mask).sum() / count).detach()})
+
+    def _minibatch_loss(self, seq: Sequences, encode: Encoder) -> AuxOutput:
+        """One observation per sample (its frame stack), the skew as a weighting (no host sync)."""
+        logits = self.head(seq.first_features(encode))
+        target = reward_class(seq.rewards[:, 0])
+        real = seq.in_episode[:, 0]  # a real transition: its reward is the game's
+        rewarding = real & (target != ZERO)
+        zero = real & (target == ZERO)
+        n_rewarding, n_zero = rewarding.sum(), zero.sum()
+        f = self.cfg.rewarding_fraction
+        skewed = torch.where(rewarding, f / n_rewarding.clamp(min=1), (1 - f) / n_zero.clamp(min=1))
+        plain = 1.0 / real.sum().clamp(min=1)
+        # Both kinds present: each gets its share; only one kind: a plain mean over real samples.
+        weight = torch.where((n_rewarding > 0) & (n_zero > 0), skewed, plain) * real
+        loss = (F.cross_entropy(logits, target, reduction="none") * weight).sum()
+        correct = (logits.argmax(-1) == target).float()
+        return AuxOutput(loss, {"accuracy": (correct * weight).sum().detach()})
