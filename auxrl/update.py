@@ -246,9 +246,16 @@ def ppo_update(
         for batch in storage.minibatches(p.num_minibatches):
             with_aux = params is not None and aux is not None and (first + count) % aux_cfg.every == 0
             obs = batch.obs if augment_rng is None else augment(batch.obs, p.augment, augment_rng)
-            # One torso pass for policy and value (and the Needs.minibatch tasks: their first
-            # `split` samples in a graph of their own, so their backward runs through those only).
-            pi, new_values, features = agent(obs, split=split if with_aux else 0)
+            task_features = None  # of the first `split` samples, for the Needs.minibatch tasks
+            if with_aux and 0 < split < obs.shape[0]:
+                # Their own torso pass (a tensor of their own, not a slice of the joined features:
+                # a slice would send zero gradients back through the whole batch), so a task's
+                # backward runs through those samples only; PPO's heads see the joined features.
+                task_features = agent.torso(obs[:split])
+                pi, new_values = agent.ppo_heads(torch.cat([task_features, agent.torso(obs[split:])]), obs)
+            else:
+                pi, new_values, features = agent(obs)  # one torso pass for policy and value
+                task_features = features[:split] if with_aux and split else None
             loss = ppo_loss(
                 p, batch, agent.policy.log_prob(pi, batch.actions), agent.policy.entropy(pi), new_values
             )
@@ -256,7 +263,9 @@ def ppo_update(
             terms = _ppo_terms(loss)
             if with_aux:
                 assert params is not None and aux is not None
-                shared = PPOSamples(storage, batch.index[:split], features[:split]) if split else None
+                shared = (
+                    None if task_features is None else PPOSamples(storage, batch.index[:split], task_features)
+                )
                 aux_out = aux.losses(agent.torso, active, shared)
                 weighted = {name: weights[name] * out.loss for name, out in aux_out.items()}
                 for name, out in aux_out.items():

@@ -49,6 +49,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling modules, also when imported by tests
 
 import atari100k_analysis as analysis  # noqa: E402
@@ -68,7 +70,20 @@ VARIANTS: dict[str, tuple[str, ...]] = {
     # The heads' compute traded for their signal (aux losses on every k-th PPO minibatch only):
     # the same learning with fewer CPU-seconds? Throughput: benchmarks/throughput.py all_heads/everyK.
     **{f"norm_every{k}": ("aux.enabled=true", "aux.balance.method=norm", f"aux.every={k}") for k in (2, 4)},
+    # Issue 25's candidates (2026-12-04), each alone on PPO unless named otherwise. The heads as
+    # configured now: reward_prediction (scale-free head) and next_state on PPO's minibatch.
+    "heads_now": ("aux.enabled=true",),
+    "rad": ("aux.enabled=false", "ppo.augment=shift"),  # augmentation of PPO's inputs (RAD)
+    "drac": ("aux.enabled=true", "aux.tasks={augment_consistency: {}}"),  # DrAC's consistency loss
+    "spr": ("aux.enabled=true", "aux.tasks={next_state: {mode: spr}}"),  # SPR-style latent prediction
+    # The AtariARI RAM variables as labels; the RAM is read through gymnasium's ALE env, so its
+    # baseline is PPO alone on that same env path (no_aux_ram).
+    "state_prediction": ("aux.enabled=true", "env.labels=[ram]", "aux.tasks={state_prediction: {}}"),
+    "no_aux_ram": ("aux.enabled=false", "env.labels=[ram]"),
 }
+# The screening of issue 25's candidates: --phase screen --variants ... (same games and seeds).
+CANDIDATES = ("no_aux", "heads_now", "rad", "drac", "spr", "state_prediction", "no_aux_ram")
+PROBE_FRAMES = 10_000  # auxrl probe on every final checkpoint of an AtariARI game (~1 min of CPU)
 # Games where PPO learns something within 100k steps (the pilot: MsPacman 307 -> 640; Breakout
 # stays at the random score), so the screening can tell the methods apart.
 SCREEN_GAMES = ("MsPacman", "Seaquest")
@@ -85,7 +100,7 @@ EVAL_EPISODES = 10
 # ~8.5 CPU-minutes without heads in the pilot; with heads assumed ~1.7x).
 DEFAULT_SECONDS = {"no_aux": 540.0, "heads": 900.0}
 
-Status = Literal["done", "eval", "resume", "fresh"]
+Status = Literal["done", "probe", "eval", "resume", "fresh"]
 
 
 @dataclass(frozen=True)
@@ -177,7 +192,24 @@ def run_status(
         return "done" if scored.get("step", 0) >= total_steps else "fresh"
     if step < total_steps:
         return "resume"
-    return "done" if scored.get("step") == step else "eval"
+    if scored.get("step") != step:
+        return "eval"
+    return "probe" if wants_probe(run_dir, step) else "done"
+
+
+def wants_probe(run_dir: Path, step: int) -> bool:
+    """A scored final checkpoint of an AtariARI game whose ``probe.json`` is missing or older."""
+    from auxrl.envs.atari_ram import game_of
+
+    config = run_dir / "config.yaml"
+    game = run_dir.name.split("__")[0]
+    if game_of(f"ALE/{game}-v5") is None or not config.is_file():
+        return False
+    try:
+        probed = json.loads((run_dir / "probe.json").read_text()).get("global_step")
+    except (OSError, ValueError):
+        probed = None
+    return probed != step
 
 
 def parse_eval_output(text: str) -> dict[str, float]:
@@ -239,6 +271,12 @@ def eval_command(run_dir: Path, device: str) -> list[str]:
         "--device",
         device,
     ]
+
+
+def probe_command(run_dir: Path, device: str) -> list[str]:
+    """``auxrl probe`` of the run's final checkpoint: random-agent frames, the AtariARI variables."""
+    cli = [sys.executable, "-m", "auxrl.cli", "probe", str(run_dir)]
+    return [*cli, "--frames", str(PROBE_FRAMES), "--seed", "0", "--device", device]
 
 
 def child_env(threads: int) -> dict[str, str]:
@@ -345,7 +383,7 @@ class Job:
 
     spec: RunSpec
     run_dir: Path
-    stage: Literal["train", "eval"]
+    stage: Literal["train", "eval", "probe"]
     proc: subprocess.Popen
     log: Path
     fresh: bool = False  # trained from scratch in this session: its time counts for the ETA
@@ -377,9 +415,11 @@ class Runner:
         statuses = {s: run_status(self.runs_dir / s.name, self.steps) for s in specs}
         todo = [s for s in specs if statuses[s] != "done"]
         self.total, self.done = len(specs), len(specs) - len(todo)
-        counts = {k: sum(v == k for v in statuses.values()) for k in ("done", "eval", "resume", "fresh")}
+        kinds = ("done", "probe", "eval", "resume", "fresh")
+        counts = {k: sum(v == k for v in statuses.values()) for k in kinds}
         print(
-            f"[atari100k] {self.total} runs: {counts['done']} done, {counts['eval']} to score, "
+            f"[atari100k] {self.total} runs: {counts['done']} done, {counts['probe']} to probe, "
+            f"{counts['eval']} to score, "
             f"{counts['resume']} to resume, {counts['fresh']} to start; {self.jobs} at a time. "
             f"ETA {self._eta(todo)}",
             flush=True,
@@ -416,6 +456,8 @@ class Runner:
             return None
         if status == "eval":
             return self._spawn(spec, run_dir, "eval", eval_command(run_dir, self.device))
+        if status == "probe":
+            return self._spawn(spec, run_dir, "probe", probe_command(run_dir, self.device))
         if status == "fresh" and run_dir.exists():
             print(f"[atari100k] {spec.name}: no checkpoint in its directory; starting it again", flush=True)
             shutil.rmtree(run_dir)
@@ -429,7 +471,7 @@ class Runner:
         return job
 
     def _spawn(
-        self, spec: RunSpec, run_dir: Path, stage: Literal["train", "eval"], command: list[str]
+        self, spec: RunSpec, run_dir: Path, stage: Literal["train", "eval", "probe"], command: list[str]
     ) -> Job:
         log = self.logs_dir / f"{spec.name}.{stage}.log"
         proc = start_child(command, log, self.threads, self.pass_fds, append=stage == "train")
@@ -448,6 +490,10 @@ class Runner:
             follow = self._spawn(job.spec, job.run_dir, "eval", eval_command(job.run_dir, self.device))
             follow.run_started, follow.fresh = job.run_started, job.fresh
             return follow
+        if job.stage == "probe":  # probe.json written by auxrl probe; the run is done
+            self.done += 1
+            print(f"[atari100k] {self.done}/{self.total} done: {name} probed", flush=True)
+            return None
         try:
             result = parse_eval_output(job.log.read_text())
         except ValueError as err:
@@ -472,6 +518,9 @@ class Runner:
             f"in {seconds / 60:.1f} min; ETA {self._eta(todo)}",
             flush=True,
         )
+        if wants_probe(job.run_dir, result["step"]):  # counted done already: the score is in
+            self.done -= 1
+            return self._spawn(job.spec, job.run_dir, "probe", probe_command(job.run_dir, self.device))
         return None
 
     def _fail(self, job: Job, why: str) -> None:
@@ -658,7 +707,76 @@ def analyze(out: Path, suite: dict[str, Any], device: str, reps: int, plots: boo
         "jobs": suite.get("jobs", "?"),
         "rliable": _version("rliable"),
     }
-    return analysis.write_results(out, meta, phases, written, best)
+    results = analysis.write_results(out, meta, phases, written, best)
+    probes = {name: probe_summary(out / "runs", a, reps) for name, a in phases.items()}
+    if any(probes.values()):  # the probes of the final checkpoints beside the returns
+        with results.open("a") as f:
+            f.write("\n" + probe_markdown(probes))
+        data = json.loads((out / "results.json").read_text())
+        data["probe"] = probes
+        write_json(out / "results.json", data)
+    return results
+
+
+def probe_summary(runs_dir: Path, a: analysis.PhaseAnalysis, reps: int) -> dict[str, Any]:
+    """Mean probe F1 (``auxrl probe``: AtariARI categories, then games) of every variant's final
+    checkpoints and of their random-torso floors, with 95% stratified-bootstrap intervals, over the
+    games where every planned run of the phase has been probed (a matched block, as for returns)."""
+    found: dict[tuple[str, str, int], dict[str, Any]] = {}
+    for game, variant, seed in a.planned:
+        try:
+            found[(game, variant, seed)] = json.loads(
+                (runs_dir / f"{game}__{variant}__{seed}" / "probe.json").read_text()
+            )["summary"]
+        except (OSError, ValueError, KeyError):
+            continue
+    games = [g for g in a.games if all(k in found for k in a.planned if k[0] == g)]
+    if not games:
+        return {}
+    seeds = sorted({s for g, _, s in a.planned if g == games[0]})
+    library, metrics = analysis._rliable()
+
+    def matrix(variant: str, key: str) -> np.ndarray:  # [seeds, games]
+        return np.array([[float(found[(g, variant, s)][key] or 0.0) for g in games] for s in seeds])
+
+    out: dict[str, Any] = {"games": games, "seeds": seeds}
+    for key, label in (("f1_mean", "trained"), ("random_f1_mean", "random_floor")):
+        scores = {v: matrix(v, key) for v in a.variants}
+        with analysis.seeded_numpy(0):
+            points, intervals = library.get_interval_estimates(
+                scores, lambda x: np.array([metrics.aggregate_mean(x)]), reps=reps
+            )
+        out[label] = {
+            v: (float(points[v][0]), float(intervals[v][0, 0]), float(intervals[v][1, 0])) for v in scores
+        }
+    return out
+
+
+def probe_markdown(probes: dict[str, dict[str, Any]]) -> str:
+    lines = [
+        "## Probe F1 of the final checkpoints",
+        "",
+        f"`auxrl probe RUN --frames {PROBE_FRAMES} --seed 0` on every scored final checkpoint of an "
+        "AtariARI game: linear probes of the frozen torso for the game's RAM variables (random-agent "
+        "frames), weighted F1 averaged per category, then over categories; the random floor is the "
+        "same architecture untrained. Mean over the matched games and seeds; 95% stratified-bootstrap "
+        "intervals. A variant trained on the RAM labels (state_prediction) probes well by construction.",
+        "",
+    ]
+    for phase, probe in probes.items():
+        if not probe:
+            continue
+        lines += [
+            f"{phase}: {', '.join(probe['games'])} x seeds {', '.join(map(str, probe['seeds']))}",
+            "",
+            "| variant | probe F1 (trained) | random-torso floor |",
+            "|---|--:|--:|",
+        ]
+        for variant, (mean, low, high) in probe["trained"].items():
+            floor = "{:.3f} [{:.3f}, {:.3f}]".format(*probe["random_floor"][variant])
+            lines.append(f"| {variant} | {mean:.3f} [{low:.3f}, {high:.3f}] | {floor} |")
+        lines.append("")
+    return "\n".join(lines)
 
 
 def _plots(out: Path, phase: str, a: analysis.PhaseAnalysis, reps: int) -> list[str]:

@@ -33,16 +33,31 @@ import torch
 
 REPO = Path(__file__).resolve().parent.parent
 HEADS = ("reward_prediction", "pixel_control", "next_state")
-# reward_prediction in UNREAL's replay form, as every run before the minibatch source measured.
-HEADS_ON = ["aux.enabled=true", "aux.tasks.reward_prediction.source=replay"]
+# The heads as every run before 2026-12-04 had them: reward_prediction in UNREAL's replay form on
+# raw features, next_state from the replay.
+HEADS_ON = [
+    "aux.enabled=true",
+    "aux.tasks.reward_prediction.source=replay",
+    "aux.tasks.reward_prediction.scale_free=false",
+    "aux.tasks.next_state.source=replay",
+]
+
+
+def _only(head: str, *extra: str) -> list[str]:
+    return [*HEADS_ON, *extra, *(f"aux.tasks.{h}.enabled=false" for h in HEADS if h != head)]
+
+
 VARIANTS = {
     "heads": HEADS_ON,
     "no_aux": ["aux.enabled=false"],
     # One head at a time: which one grows the features.
-    **{
-        f"only_{head}": [*HEADS_ON, *(f"aux.tasks.{h}.enabled=false" for h in HEADS if h != head)]
-        for head in HEADS
-    },
+    **{f"only_{head}": _only(head) for head in HEADS},
+    # The fix: reward_prediction's head reads layer-normalised features (tasks/base.py: scale_free).
+    "only_reward_prediction_scale_free": _only(
+        "reward_prediction", "aux.tasks.reward_prediction.scale_free=true"
+    ),
+    # Today's defaults: scale-free reward_prediction, and it and next_state on PPO's minibatch features.
+    "heads_now": ["aux.enabled=true"],
 }
 
 

@@ -59,6 +59,12 @@ BALANCE_METHODS = ("none", "norm", "cosine", "pcgrad", "olaux")
 BALANCE = {f"all_heads/{m}": [f"aux.balance.method={m}"] for m in BALANCE_METHODS}
 # All heads on every k-th PPO minibatch only (aux.every): the heads' compute traded for signal.
 BALANCE.update({f"all_heads/every{k}": [f"aux.every={k}"] for k in (2, 4)})
+# All heads with every task encoding its own replay windows, as before 2026-12-04 (the default
+# now: reward_prediction and next_state learn from PPO's minibatch and its torso features).
+BALANCE["all_heads/replay"] = [
+    "aux.tasks.reward_prediction.source=replay",
+    "aux.tasks.next_state.source=replay",
+]
 TRAINING_VARIANTS = ("ppo", *HEADS, "all_heads", *BALANCE, *FAST_PATH)
 ALL_VARIANTS = ("env_only", *TRAINING_VARIANTS, "sb3")
 SPS_TAG = "charts/SPS"

@@ -44,8 +44,11 @@ def test_plan_is_seed_major_with_no_aux_first():
     assert set(suite.FINAL_GAMES) <= set(analysis.ATARI_100K_GAMES) and len(suite.FINAL_GAMES) >= 6
 
 
-def fake_run(run_dir: Path, step: int | None = None, eval_step: int | None = None) -> Path:
-    """A run directory with an (empty) checkpoint file at ``step`` and an eval.json for ``eval_step``."""
+def fake_run(
+    run_dir: Path, step: int | None = None, eval_step: int | None = None, probe_step: int | None = None
+) -> Path:
+    """A run directory with an (empty) checkpoint file at ``step``, an eval.json for ``eval_step``
+    and a probe.json for ``probe_step``."""
     run_dir.mkdir(parents=True)
     (run_dir / "config.yaml").write_text("name: no_aux\n")
     if step is not None:
@@ -54,6 +57,8 @@ def fake_run(run_dir: Path, step: int | None = None, eval_step: int | None = Non
         (run_dir / "checkpoints" / "latest").write_text(f"step_{step:012d}.pt")
     if eval_step is not None:
         (run_dir / "eval.json").write_text(json.dumps({"score": 12.0, "step": eval_step}))
+    if probe_step is not None:
+        (run_dir / "probe.json").write_text(json.dumps({"global_step": probe_step, "summary": {}}))
     return run_dir
 
 
@@ -90,15 +95,18 @@ def test_runner_starts_resumes_scores_skips_and_cleans(tmp_path, monkeypatch):
     monkeypatch.setattr(runner, "_spawn", lambda spec, run_dir, stage, cmd: spawned.append((stage, cmd)) or
                         suite.Job(spec, run_dir, stage, proc=None, log=tmp_path / "log"))  # fmt: skip
     runs = suite.plan_runs("screen", ["Breakout"], [101, 102, 103], ["no_aux", "heads"])
-    fake_run(tmp_path / "runs" / runs[0].name, 4096, 4096)  # done
+    fake_run(tmp_path / "runs" / runs[0].name, 4096, 4096, 4096)  # done (scored, probed)
     fake_run(tmp_path / "runs" / runs[1].name, 4096)  # trained, not scored
     fake_run(tmp_path / "runs" / runs[2].name, 2048)  # interrupted
     leftover = fake_run(tmp_path / "runs" / runs[3].name)  # killed before its first checkpoint
+    fake_run(tmp_path / "runs" / runs[4].name, 4096, 4096)  # scored, not probed (Breakout: AtariARI)
     for spec in runs:
         runner._start(spec)
     assert runner.done == 1
     stages = [stage for stage, _ in spawned]
-    assert stages == ["eval", "train", "train", "train", "train"]
+    assert stages == ["eval", "train", "train", "probe", "train"]
+    probe = spawned[3][1]
+    assert probe[probe.index("probe") + 1].endswith(runs[4].name) and "--frames" in probe
     resume, fresh = spawned[1][1], spawned[2][1]
     assert resume[resume.index("--resume") + 1].endswith(runs[2].name) and "--no-progress" in resume
     assert "--run-dir" in fresh and "seed=102" in fresh and "aux.enabled=true" in fresh

@@ -268,7 +268,7 @@ def test_reward_prediction_on_ppo_minibatch_features_learns_and_weights_the_skew
     # Near-uniform logits at init: the loss is ~ln 3 whatever the weights, and the weights sum to 1.
     assert out.loss.item() == pytest.approx(math.log(3), abs=0.05)
     weights_positive = 0.5 / 4  # each rewarding sample's weight: 0.5 of the loss over 4 samples
-    logits = task.head(seq.features)
+    logits = task.head(torch.nn.functional.layer_norm(seq.features, (torso.feature_dim,)))  # scale_free
     ce = torch.nn.functional.cross_entropy(logits, torch.tensor([1] * 4 + [0] * 28), reduction="none")
     expected = weights_positive * ce[:4].sum() + 0.5 / 28 * ce[4:].sum()
     assert out.loss.item() == pytest.approx(expected.item(), rel=1e-5)
@@ -280,6 +280,32 @@ def test_reward_prediction_on_ppo_minibatch_features_learns_and_weights_the_skew
         out.loss.backward()
         opt.step()
     assert out.metrics["accuracy"].item() == pytest.approx(1.0)
+
+
+def test_scale_free_heads_give_no_gradient_along_the_features_scale():
+    """reward_prediction and state_prediction read layer-normalised features: their loss does not
+    change when the features grow, so its gradient on them is orthogonal to the features."""
+    torch.manual_seed(0)
+    torso = TinyConv()
+    task = make_task(RewardPrediction, torso, IMAGE_SPACE, gym.spaces.Discrete(3))
+    obs = torch.randint(0, 255, (16, 2, 4, 84, 84), dtype=torch.uint8)
+    rewards = (torch.arange(16) % 3 == 0).float().view(16, 1)
+    seq = sequences(obs, torch.zeros(16, 1, dtype=torch.long), rewards)
+    features = torso(obs[:, 0]).detach().requires_grad_(True)
+    seq.features = features
+
+    def scale_cosine(grad: torch.Tensor) -> float:  # per sample: d loss / d (the features' scale)
+        return torch.nn.functional.cosine_similarity(grad, features, dim=-1).abs().max().item()
+
+    (grad,) = torch.autograd.grad(task.loss(seq, torso).loss, features)
+    assert scale_cosine(grad) < 0.01  # 0 but for layer norm's epsilon
+    seq.features = features * 3.0
+    scaled = task.loss(seq, torso).loss.item()
+    seq.features = features
+    assert scaled == pytest.approx(task.loss(seq, torso).loss.item(), rel=1e-4)
+    raw = make_task(RewardPrediction, torso, IMAGE_SPACE, gym.spaces.Discrete(3), scale_free=False)
+    (grad,) = torch.autograd.grad(raw.loss(seq, torso).loss, features)
+    assert scale_cosine(grad) > 0.05
 
 
 def test_pixel_control_learns_action_dependent_change():

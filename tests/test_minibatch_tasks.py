@@ -36,18 +36,61 @@ def test_ppo_samples_are_one_transition_each_with_the_following_observation():
     assert seq.first(2).obs.shape[0] == 2 and seq.first(2).features.shape == (2, 8)
 
 
-def test_split_forward_equals_one_pass_and_confines_the_backward():
+def test_ppo_heads_on_a_split_pass_equal_one_pass():
+    """The update's torso pass in two parts (the tasks' samples first, as a tensor of their own)
+    gives PPO the same policy and value as one pass."""
     torch.manual_seed(0)
     space = gym.spaces.Box(0, 255, (4, 84, 84), "uint8")
     agent = build_agent("nature_cnn", [], space, gym.spaces.Discrete(4))
     obs = torch.randint(0, 255, (12, 4, 84, 84), dtype=torch.uint8)
     pi, value, features = agent(obs)
-    pi2, value2, features2 = agent(obs, split=5)
-    assert torch.allclose(features, features2, atol=1e-5) and torch.allclose(value, value2, atol=1e-5)
+    first = agent.torso(obs[:5])
+    pi2, value2 = agent.ppo_heads(torch.cat([first, agent.torso(obs[5:])]), obs)
+    assert torch.allclose(first, features[:5], atol=1e-5) and torch.allclose(value, value2, atol=1e-5)
     assert torch.allclose(pi.logits, pi2.logits, atol=1e-5)
-    # A loss on the first 5 features only: the same torso gradient as encoding those 5 alone.
-    first = list(agent.torso.parameters())
-    grads = torch.autograd.grad(features2[:5].square().sum(), first)
-    alone = torch.autograd.grad(agent.torso(obs[:5]).square().sum(), first)
-    for g, a in zip(grads, alone, strict=True):
-        assert torch.allclose(g, a, rtol=1e-4, atol=1e-6)
+
+
+def test_an_update_with_minibatch_tasks_runs_no_extra_torso_pass(monkeypatch):
+    """reward_prediction and next_state on PPO's minibatch: per minibatch the torso runs on the
+    tasks' samples and on the rest, and nowhere else (next_state's target is its own EMA copy)."""
+    from auxrl.balance import Balancer
+    from auxrl.config import load_config
+    from auxrl.curriculum import plan_stages
+    from auxrl.tasks.combine import AuxTasks
+    from auxrl.trainer import build_model
+    from auxrl.update import ppo_update
+
+    torch.manual_seed(0)
+    cfg = load_config(
+        "atari100k",
+        ["aux.tasks.pixel_control.enabled=false", "ppo.num_steps=8", "env.num_envs=4", "aux.batch_size=6"],
+    )
+    space = gym.spaces.Box(0, 255, (4, 84, 84), "uint8")
+    agent = build_model(cfg, plan_stages(cfg), space, gym.spaces.Discrete(4))
+    storage = RolloutStorage(8, 4, (4, 84, 84), torch.uint8, (), torch.long, torch.device("cpu"))
+    storage.obs.random_(0, 256)
+    storage.next_obs.random_(0, 256)
+    storage.rewards[::3] = 1.0
+    tasks = {n: h for n, h in agent.heads.items() if n in ("reward_prediction", "next_state")}
+    assert all(t.needs.minibatch for t in tasks.values())
+    aux = AuxTasks(tasks, cfg.aux, storage, seed=0)
+    aux.add_rollout(storage)
+    batches: list[int] = []
+    agent.torso.register_forward_hook(lambda module, args, out: batches.append(args[0].shape[0]))
+    optimizer = torch.optim.Adam(agent.parameters(), lr=1e-4)
+    weights = {n: 1.0 for n in tasks}
+    out = ppo_update(
+        cfg.ppo,
+        cfg.aux,
+        agent,
+        optimizer,
+        storage,
+        aux,
+        weights,
+        Balancer(cfg.aux.balance),
+        list(agent.parameters()),
+        step=32,
+    )
+    minibatches = cfg.ppo.update_epochs * cfg.ppo.num_minibatches
+    assert batches == [6, 32 // cfg.ppo.num_minibatches - 6] * minibatches
+    assert torch.isfinite(out["aux/reward_prediction/loss"]) and torch.isfinite(out["aux/next_state/loss"])

@@ -46,20 +46,18 @@ class Agent(nn.Module):
         return self.heads["value"]
 
     def forward(
-        self, obs: torch.Tensor, split: int = 0
+        self, obs: torch.Tensor
     ) -> tuple[torch.distributions.Distribution, torch.Tensor, torch.Tensor]:
-        """One torso pass -> (action distribution, value, features).
+        """One torso pass -> (action distribution, value, features)."""
+        features = self.torso(obs)
+        return (*self.ppo_heads(features, obs), features)
 
-        ``split``: the first ``split`` samples go through the torso as a batch of their own, so a
-        loss on their features alone (an auxiliary task on PPO's minibatch) backpropagates
-        through those samples only, not the whole batch.
-        """
-        if 0 < split < obs.shape[0]:
-            features = torch.cat([self.torso(obs[:split]), self.torso(obs[split:])])
-        else:
-            features = self.torso(obs)
+    def ppo_heads(
+        self, features: torch.Tensor, obs: torch.Tensor
+    ) -> tuple[torch.distributions.Distribution, torch.Tensor]:
+        """(action distribution, value) from the torso's ``features`` of ``obs``."""
         value = self.value(obs) if self.value.reads_observation else self.value(features)
-        return self.policy(features), value, features
+        return self.policy(features), value
 
     @torch.no_grad()
     def get_value(self, obs: torch.Tensor) -> torch.Tensor:

@@ -34,6 +34,7 @@ from typing import ClassVar
 
 import gymnasium as gym
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -199,6 +200,19 @@ class AuxTask(nn.Module):
     def on_torso_loaded(self) -> None:
         """Called when the shared torso changed without this task (``model.init_from``, or the
         task becomes active in a later curriculum stage): e.g. sync a target copy of it."""
+
+
+def scale_free(features: torch.Tensor) -> torch.Tensor:
+    """Features normalised per sample (layer norm, no parameters) for a task head to read.
+
+    A classification loss (cross-entropy) keeps falling as its logits grow, and growing the shared
+    torso's features is one way to grow them: reward_prediction's head on raw features drove the
+    torso's feature norm from ~4 to ~40 on Breakout in 8k steps (benchmarks/results/grad-norm-why/),
+    and PPO's head gradients grew with it (they are features x output gradients), so PPO's own step
+    was clipped. Through this normalisation the loss cannot change with the features' scale: its
+    gradient on them is orthogonal to that direction.
+    """
+    return F.layer_norm(features, features.shape[-1:])
 
 
 def require_images(task: str, ctx: TaskContext) -> tuple[int, int, int]:

@@ -24,7 +24,7 @@ from torch import nn
 
 from auxrl.config import ConfigError
 from auxrl.models.torsos import layer_init
-from auxrl.tasks.base import AuxOutput, AuxTask, Encoder, Needs, Sequences, TaskContext
+from auxrl.tasks.base import AuxOutput, AuxTask, Encoder, Needs, Sequences, TaskContext, scale_free
 
 FRAMES = 3  # UNREAL predicts r_t from the three observations before it
 ZERO, POSITIVE, NEGATIVE = 0, 1, 2
@@ -41,6 +41,9 @@ class RewardPredictionConfig:
     hidden: int = 128
     # minibatch: PPO's minibatch and its torso features (cheap); replay: UNREAL's 3-frame windows
     source: str = "minibatch"
+    # The head reads layer-normalised features, so its cross-entropy cannot grow the shared
+    # torso's feature scale (tasks/base.py: scale_free); false: raw features, as UNREAL
+    scale_free: bool = True
 
     def __post_init__(self) -> None:
         if self.source not in ("minibatch", "replay"):
@@ -94,7 +97,7 @@ class RewardPrediction(AuxTask):
         batch = seq.obs.shape[0]
         # obs[:, 0..2] are the frames; obs[:, 3] (after the predicted reward) is not used.
         features = encode(seq.obs[:, :FRAMES].flatten(0, 1)).reshape(batch, -1)
-        logits = self.head(features)
+        logits = self.head(self._input(features))
         target = reward_class(seq.rewards[:, FRAMES - 1])
         # in_episode[:, 2]: the three frames share one episode (transitions 0 and 1 are real and
         # not done) and the predicted transition 2 is real, so its reward is the game's and not
@@ -105,9 +108,12 @@ class RewardPrediction(AuxTask):
         correct = (logits.argmax(-1) == target).float()
         return AuxOutput(loss, {"accuracy": ((correct * mask).sum() / count).detach()})
 
+    def _input(self, features: torch.Tensor) -> torch.Tensor:
+        return scale_free(features) if self.cfg.scale_free else features
+
     def _minibatch_loss(self, seq: Sequences, encode: Encoder) -> AuxOutput:
         """One observation per sample (its frame stack), the skew as a weighting (no host sync)."""
-        logits = self.head(seq.first_features(encode))
+        logits = self.head(self._input(seq.first_features(encode)))
         target = reward_class(seq.rewards[:, 0])
         real = seq.in_episode[:, 0]  # a real transition: its reward is the game's
         rewarding = real & (target != ZERO)

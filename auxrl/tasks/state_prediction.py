@@ -42,7 +42,16 @@ from torch import nn
 
 from auxrl.config import ConfigError
 from auxrl.models.torsos import layer_init
-from auxrl.tasks.base import AuxOutput, AuxTask, Encoder, Needs, Sequences, TaskContext, TaskMismatch
+from auxrl.tasks.base import (
+    AuxOutput,
+    AuxTask,
+    Encoder,
+    Needs,
+    Sequences,
+    TaskContext,
+    TaskMismatch,
+    scale_free,
+)
 
 CLASSES = 256  # values of a RAM byte
 BYTE = "byte"  # TaskContext.label_kinds: a RAM byte (auxrl.envs.labels.BYTE)
@@ -55,6 +64,9 @@ class StatePredictionConfig:
     # replay: the last aux.replay_size transitions
     source: str = "minibatch"
     hidden: int = 0  # 0: a linear head on the torso's features; >0: one hidden ReLU layer this wide
+    # The head reads layer-normalised features, so its cross-entropy cannot grow the shared
+    # torso's feature scale (tasks/base.py: scale_free); false: raw features
+    scale_free: bool = True
     # Names of the env.labels to predict (RAM variable names, info KEYs); []: every label.
     labels: list[str] = field(default_factory=list)
 
@@ -154,7 +166,8 @@ class StatePrediction(AuxTask):
                 f"gives {given}: every curriculum stage it trains in needs the same env.labels."
             )
         labels = seq.labels[:, 0]  # the labels of obs[:, 0], the state it shows
-        features = self.trunk(seq.first_features(encode))
+        features = seq.first_features(encode)
+        features = self.trunk(scale_free(features) if self.cfg.scale_free else features)
         batch = labels.shape[0]
         metrics: dict[str, torch.Tensor | float] = {}
         total = features.new_zeros((), dtype=torch.float32)
