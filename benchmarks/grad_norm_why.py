@@ -144,7 +144,7 @@ def parts(path: Path, rollout_steps: int = 64) -> dict[str, float]:
 
     return {
         "step": int(saved["state"]["global_step"]),
-        "feat": float(features.norm(dim=1).mean()),
+        "feat": float(features.detach().norm(dim=1).mean()),
         "vloss": float(vloss),
         "pg": norm(pg, torso + policy),
         "pg_torso": norm(pg, torso),
@@ -183,6 +183,26 @@ def analyze(out: Path, seeds: list[int]) -> str:
     return "\n".join(lines)
 
 
+def clip_table(out: Path, seeds: list[int]) -> str:
+    """PPO's clip factor and gradient norm as training logged them (mean over each run's updates,
+    then over seeds): ``losses/clip_factor`` = min(1, ppo.max_grad_norm / ||g_ppo||)."""
+    from auxrl.plot import read_scalars
+
+    lines = ["| variant | runs | mean clip_factor | mean losses/grad_norm |", "|---|--:|--:|--:|"]
+    for variant in VARIANTS:
+        clips, norms = [], []
+        for seed in seeds:
+            run = out / "runs" / f"{variant}__{seed}"
+            if not run.is_dir():
+                continue
+            clips.append(float(read_scalars(run, "losses/clip_factor")[1].mean()))
+            norms.append(float(read_scalars(run, "losses/grad_norm")[1].mean()))
+        if clips:
+            cells = f"{statistics.mean(clips):.2f} | {statistics.mean(norms):.2f}"
+            lines.append(f"| {variant} | {len(clips)} | {cells} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -199,7 +219,7 @@ def main() -> None:
             for variant in args.variants:
                 print(f"training {variant} seed {seed}", flush=True)
                 train(args.out, variant, seed, args.steps)
-    text = analyze(args.out, args.seeds)
+    text = analyze(args.out, args.seeds) + "\n\n" + clip_table(args.out, args.seeds)
     (args.out / "parts.md").write_text(text + "\n")
     print(text)
 
