@@ -27,6 +27,7 @@ _WHERE = {
     "Sequences": "auxrl.tasks.base",
     "TaskContext": "auxrl.tasks.base",
     "TaskMismatch": "auxrl.tasks.base",
+    "scale_free": "auxrl.tasks.base",
 }
 __all__ = [
     "AuxOutput",
@@ -39,6 +40,7 @@ __all__ = [
     "TrainedAgent",
     "load_agent",
     "load_config",
+    "scale_free",
     "train",
 ]
 
@@ -46,7 +48,7 @@ if TYPE_CHECKING:
     from auxrl.api import train
     from auxrl.config import Config, load_config
     from auxrl.inference import TrainedAgent, load_agent
-    from auxrl.tasks.base import AuxOutput, AuxTask, Needs, Sequences, TaskContext, TaskMismatch
+    from auxrl.tasks.base import AuxOutput, AuxTask, Needs, Sequences, TaskContext, TaskMismatch, scale_free
 
 
 def __getattr__(name: str) -> Any:

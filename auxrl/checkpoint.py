@@ -146,9 +146,16 @@ def first_non_finite(state: dict[str, Any]) -> str | None:
     floats = [w for w, v in found if isinstance(v, float) and not math.isfinite(v)]
     tensors = [(w, v) for w, v in found if isinstance(v, torch.Tensor) and v.numel()]
     if tensors:
-        # One host sync for all tensors (per device).
-        flags = [torch.isfinite(v).all() for _, v in tensors]
-        ok = [bool(f) for f in torch.stack([f.cpu() for f in flags]).tolist()]
+        # One flag per tensor, stacked on its device: one host copy per device (the training
+        # device, and the CPU for the step counters and buffers kept there), not one per tensor.
+        by_device: dict[torch.device, list[int]] = {}
+        for i, (_, v) in enumerate(tensors):
+            by_device.setdefault(v.device, []).append(i)
+        ok = [True] * len(tensors)
+        for indices in by_device.values():
+            flags = torch.stack([torch.isfinite(tensors[i][1]).all() for i in indices]).cpu().tolist()
+            for i, good in zip(indices, flags, strict=True):
+                ok[i] = bool(good)
         floats += [w for (w, _), good in zip(tensors, ok, strict=True) if not good]
     return floats[0] if floats else None
 

@@ -23,6 +23,7 @@ Semantics (as CleanRL's ``ppo_atari_multigpu.py``):
 from __future__ import annotations
 
 import datetime
+import inspect
 import os
 import queue
 import signal
@@ -39,10 +40,12 @@ import torch
 import torch.distributed as torch_dist
 from torch import nn
 
+from auxrl.device import resolve_device
 
-def check_gpus(local_processes: int, device: str = "auto") -> None:
+
+def check_gpus(local_processes: int, device: str | torch.device = "auto") -> None:
     """One GPU per local process: NCCL refuses two ranks on one GPU, so refuse it here, with the fix."""
-    if device == "cpu" or not torch.cuda.is_available():
+    if not torch.cuda.is_available() or resolve_device(device).type != "cuda":
         return
     gpus = torch.cuda.device_count()
     if local_processes > gpus:
@@ -53,7 +56,7 @@ def check_gpus(local_processes: int, device: str = "auto") -> None:
         )
 
 
-def local_gpu(local_rank: int, device: str = "auto") -> int:
+def local_gpu(local_rank: int, device: str | torch.device = "auto") -> int:
     """The GPU of this local rank. torchrun says how many processes share the machine
     (``LOCAL_WORLD_SIZE``): each takes GPU ``LOCAL_RANK``, and more processes than GPUs are
     refused. A launcher that does not say so and shows each process one GPU (e.g. Slurm's
@@ -83,21 +86,26 @@ class Dist:
         return self.world_size > 1
 
     @classmethod
-    def from_env(cls, device: str = "auto") -> Dist:
+    def from_env(cls, device: str | torch.device = "auto") -> Dist:
         """Join the process group torchrun set up (``WORLD_SIZE`` > 1), else a single process.
 
-        Backend: ``nccl`` when training on CUDA (one GPU per local rank), ``gloo`` on CPU.
+        Backend: ``nccl`` when training on CUDA (one GPU per local rank, bound to the group with
+        ``device_id``, so its collectives and barriers know their GPU), ``gloo`` on CPU; decided
+        by ``resolve_device(device).type``, the device the model will be on.
         """
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if world <= 1:
             return cls()
         rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-        cuda = device != "cpu" and torch.cuda.is_available()
+        cuda = resolve_device(device).type == "cuda"
         gpu = local_gpu(local, device) if cuda else 0
         if cuda:
             torch.cuda.set_device(gpu)
         if not torch_dist.is_initialized():
-            torch_dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(minutes=30))
+            options: dict[str, Any] = {"timeout": datetime.timedelta(minutes=30)}
+            if cuda and "device_id" in inspect.signature(torch_dist.init_process_group).parameters:
+                options["device_id"] = torch.device("cuda", gpu)  # torch >= 2.3
+            torch_dist.init_process_group("nccl" if cuda else "gloo", **options)
         return cls(rank, world, local, gpu)
 
     def device(self, device: torch.device) -> torch.device:

@@ -12,6 +12,7 @@ import torch
 
 from auxrl import checkpoint, rundir
 from auxrl.config import Config, build
+from auxrl.device import resolve_device  # also importable from here, its former home
 from auxrl.envs.normalize import NormStats
 from auxrl.envs.spaces import from_plain
 from auxrl.models.agent import Agent, build_agent
@@ -70,22 +71,6 @@ class TrainedAgent:
         if isinstance(self.action_space, gym.spaces.Box):
             action = np.clip(action, self.action_space.low, self.action_space.high)
         return action[0] if single else action
-
-
-def resolve_device(name: str | torch.device) -> torch.device:
-    """``auto``: CUDA when PyTorch sees a GPU, else the CPU."""
-    if isinstance(name, torch.device):
-        return name
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r}: PyTorch sees no CUDA device here. Use cpu or auto.")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise ValueError(
-            f"device {name!r}: not a device name torch knows; use auto, cpu, cuda or cuda:N."
-        ) from None
 
 
 def read_checkpoint(run_dir_or_checkpoint: str | Path, *keys: str) -> dict[str, Any]:

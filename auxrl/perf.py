@@ -6,8 +6,11 @@
 - ``perf.compile``: ``torch.compile`` the torso (the only heavy module; heads are a few linear
   layers). If compilation fails (no compiler, an unsupported platform) the run goes on eagerly
   with a warning.
-- ``perf.bf16``: bfloat16 autocast for forward passes on CUDA. Losses and distributions stay
-  in float32 (the heads cast their outputs). Ignored, with a warning, off CUDA.
+- ``perf.bf16``: bfloat16 autocast for the forward passes on CUDA (the rollout's and each
+  minibatch's torso passes; backward, the balancer and the optimizer step run outside it). The
+  torsos compute in bf16; every head (PPO's and the auxiliary tasks') runs its matmuls in float32
+  on ``features.float()`` (:func:`float32`), so logits, values and the losses on them are float32.
+  Ignored, with a warning, off CUDA.
 """
 
 from __future__ import annotations
@@ -16,13 +19,15 @@ import contextlib
 import os
 import warnings
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import torch
 from torch import nn
 
 if TYPE_CHECKING:
     from auxrl.config import Config
+
+T = TypeVar("T")
 
 # Set by users who pin threads themselves: auxrl then leaves torch's thread count alone.
 THREAD_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
@@ -97,16 +102,42 @@ def try_compile(torso: nn.Module, sample_obs: torch.Tensor) -> bool:
             p.grad = None
 
 
-def autocast(enabled: bool, device: torch.device, cache: bool = True) -> contextlib.AbstractContextManager:
+def autocast(enabled: bool, device: torch.device) -> contextlib.AbstractContextManager:
     """bf16 autocast on CUDA when enabled, else a no-op context.
 
-    ``cache=False`` around the update: autocast keeps the bf16 copy of each weight for the whole
-    block, and optimizer steps inside it would otherwise leave later minibatches running on the
-    weights of the first one.
+    For forward passes only (PyTorch's advice): the trainer opens one around the rollout and one
+    around each minibatch's forward passes and losses (auxrl/update.py); backward,
+    ``autograd.grad``, the balancer and ``optimizer.step`` run outside. So the bf16 copies of the
+    weights that autocast caches for a block are dropped when it closes, before the next step
+    changes the weights.
     """
     if enabled and device.type == "cuda":
-        return torch.autocast(device_type="cuda", dtype=torch.bfloat16, cache_enabled=cache)
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def float32(head: Callable[..., T], *inputs: torch.Tensor) -> T:
+    """``head(*inputs)`` in float32, also inside a bf16 autocast block (``perf.bf16``).
+
+    Autocast runs every matmul in bf16 whatever its inputs' dtype, and a bf16 output carries an
+    8-bit mantissa (a value of ~20 in steps of 0.125, logits and Q-values as coarse), which would
+    go on into GAE and the losses. So the heads read ``features.float()`` (floating inputs are
+    cast; a float32 tensor is passed as it is) with autocast off; only the torsos, where the
+    time goes, compute in bf16. Outside autocast this is ``head(*inputs)`` on float32 inputs.
+    """
+    args = [x.float() if x.is_floating_point() else x for x in inputs]
+    device_type = args[0].device.type
+    if not _autocast_enabled(device_type):
+        return head(*args)
+    with torch.autocast(device_type, enabled=False):
+        return head(*args)
+
+
+def _autocast_enabled(device_type: str) -> bool:
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch < 2.4: no device argument; the CUDA and CPU flags apart
+        return torch.is_autocast_cpu_enabled() if device_type == "cpu" else torch.is_autocast_enabled()
 
 
 def check_bf16(enabled: bool, device: torch.device) -> bool:

@@ -11,6 +11,7 @@ import dataclasses
 import difflib
 import functools
 import math
+import os
 import random
 import time
 import warnings
@@ -29,11 +30,11 @@ from auxrl import checkpoint, rundir
 from auxrl.balance import Balancer
 from auxrl.config import AuxConfig, AuxTaskConfig, Config, ConfigError, flatten_dotted, save_config, to_dict
 from auxrl.curriculum import Stage, plan_stages
+from auxrl.device import resolve_device
 from auxrl.distributed import Dist, weights_checksum
 from auxrl.envs import NormStats, VecEnv, make_envs
 from auxrl.envs.labels import label_spec
 from auxrl.envs.spaces import to_plain
-from auxrl.inference import resolve_device
 from auxrl.logger import Logger, NullLogger, Progress
 from auxrl.models.agent import Agent, build_agent, freeze, load_pretrained
 from auxrl.perf import autocast, check_bf16, set_torch_threads, torch_threads, try_compile
@@ -59,11 +60,30 @@ def make_optimizer(params: list[nn.Parameter], lr: float, eps: float) -> torch.o
         return torch.optim.Adam(params, lr=lr, eps=eps, foreach=True)
 
 
-def seed_everything(seed: int, deterministic: bool) -> None:
+def seed_everything(seed: int, deterministic: bool, device: torch.device | None = None) -> None:
+    """Seed Python, numpy and torch (CPU and CUDA), and set ``torch_deterministic``'s switches.
+
+    ``deterministic`` (``torch_deterministic``, default true, as CleanRL): cuDNN picks
+    deterministic kernels and does not benchmark; on a CUDA ``device`` also
+    ``torch.use_deterministic_algorithms(True, warn_only=True)`` (deterministic kernels for
+    every op that has one; an op that has none warns, naming itself, rather than stopping the
+    run) and ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` where unset (cuBLAS's reductions then run in a
+    fixed order; it must be set before the process's first cuBLAS call, which in ``auxrl train``
+    comes later). The CPU path is left as it was: its kernels are deterministic already.
+    Not deterministic: ``torch.backends.cudnn.benchmark = True`` (cuDNN times its convolution
+    algorithms on the first batch of each shape and keeps the fastest). TF32 is left at
+    PyTorch's defaults either way (float32 matmuls in full float32, cuDNN convolutions in TF32 on
+    Ampere and later): a precision choice, deterministic in both settings.
+    """
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
     torch.backends.cudnn.deterministic = deterministic
+    torch.backends.cudnn.benchmark = not deterministic
+    if device is not None and device.type == "cuda":
+        if deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(deterministic, warn_only=True)
 
 
 def derived_seed(*parts: int) -> int:
@@ -327,7 +347,7 @@ def _train(
     # others see no run directory (a node-local disk) or an older view of it (a network file system).
     start, saved = dist.share((start, saved))
     dev = dist.device(resolve_device(device))
-    seed_everything(cfg.seed, cfg.torch_deterministic)
+    seed_everything(cfg.seed, cfg.torch_deterministic, dev)
     stages = plan_stages(cfg)
     state = TrainState()
     if saved is not None:
@@ -392,7 +412,8 @@ def _train(
         if dist.enabled:
             # Same weights everywhere (built from cfg.seed); each rank its own action sampling.
             # Re-derived from the step on resume, so a run can resume with another number of ranks.
-            seed_everything(derived_seed(cfg.seed, dist.rank, state.global_step), cfg.torch_deterministic)
+            rank_seed = derived_seed(cfg.seed, dist.rank, state.global_step)
+            seed_everything(rank_seed, cfg.torch_deterministic, dev)
             say(f"Distributed: {dist.world_size} processes, {cfg.env.num_envs} envs each")
         if frozen:
             say(f"Frozen: {', '.join(frozen)}")
@@ -700,7 +721,7 @@ def _run_stage(cfg: Config, stage: Stage, envs: VecEnv, session: _Session) -> st
 
         agent.eval()  # no dropout/batch-norm today, but keep the modes honest for user heads
         try:
-            with autocast(bf16, dev):
+            with autocast(bf16, dev):  # the rollout is forward passes only (no_grad)
                 collect_rollout(envs, agent, storage, on_episodes)
                 with torch.no_grad():
                     next_value = agent.get_value(storage.next_obs).float()
@@ -718,20 +739,20 @@ def _run_stage(cfg: Config, stage: Stage, envs: VecEnv, session: _Session) -> st
 
         agent.train()
         weights = aux.current_weights(state.global_step) if aux else {}
-        with autocast(bf16, dev, cache=False):  # weights change inside: no cached bf16 copies
-            metrics = ppo_update(
-                scfg.ppo,
-                scfg.aux,
-                agent,
-                optimizer,
-                storage,
-                aux if aux else None,
-                weights,
-                session.balancer,
-                session.trainable,
-                state.global_step,
-                dist,
-            )
+        metrics = ppo_update(
+            scfg.ppo,
+            scfg.aux,
+            agent,
+            optimizer,
+            storage,
+            aux if aux else None,
+            weights,
+            session.balancer,
+            session.trainable,
+            state.global_step,
+            dist,
+            amp=functools.partial(autocast, bf16, dev),  # each minibatch's forward passes only
+        )
         if state.update % scfg.aux.diagnostics_every:  # logging throttle for the per-task diagnostics
             metrics = {k: v for k, v in metrics.items() if not k.endswith(("grad_cosine", "ratio", "/scale"))}
         state.update += 1

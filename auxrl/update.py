@@ -17,11 +17,16 @@ Per minibatch, in order:
    (auxrl/distributed.py; nothing in one process), the optimizer step, the tasks' hooks.
 
 Without active tasks the update is CleanRL's: one backward of PPO's loss, one clip, one step.
+
+With ``perf.bf16`` (``amp``), autocast covers the forward passes and losses of 1 and 3 only: every
+backward, the balancer and the step run outside it.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -33,6 +38,7 @@ from auxrl.config import AuxConfig, PPOConfig
 from auxrl.distributed import Dist
 from auxrl.ppo.loss import PPOLoss, ppo_loss
 from auxrl.ppo.rollout import RolloutStorage
+from auxrl.tasks.base import AuxOutput
 from auxrl.tasks.combine import AuxTasks, PPOSamples
 
 # Terms checked for NaN/inf before every optimizer step (losses and gradient norms).
@@ -218,8 +224,12 @@ def ppo_update(
     trainable: list[nn.Parameter],
     step: int,
     dist: Dist | None = None,
+    amp: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
 ) -> dict[str, torch.Tensor]:
     """``update_epochs`` passes of shuffled minibatches; returns mean metrics (device tensors).
+
+    ``amp()`` opens the context of each minibatch's forward passes and losses (the trainer's
+    bf16 autocast with ``perf.bf16``, auxrl/perf.py); gradients and the step are taken outside it.
 
     With ``dist`` (several processes), the ranks' raw gradients are averaged before the clip
     (see :func:`set_gradients`) and early stopping uses the ranks' mean KL, so every rank takes
@@ -247,26 +257,34 @@ def ppo_update(
             with_aux = params is not None and aux is not None and (first + count) % aux_cfg.every == 0
             obs = batch.obs if augment_rng is None else augment(batch.obs, p.augment, augment_rng)
             task_features = None  # of the first `split` samples, for the Needs.minibatch tasks
-            if with_aux and 0 < split < obs.shape[0]:
-                # Their own torso pass (a tensor of their own, not a slice of the joined features:
-                # a slice would send zero gradients back through the whole batch), so a task's
-                # backward runs through those samples only; PPO's heads see the joined features.
-                task_features = agent.torso(obs[:split])
-                pi, new_values = agent.ppo_heads(torch.cat([task_features, agent.torso(obs[split:])]), obs)
-            else:
-                pi, new_values, features = agent(obs)  # one torso pass for policy and value
-                task_features = features[:split] if with_aux and split else None
-            loss = ppo_loss(
-                p, batch, agent.policy.log_prob(pi, batch.actions), agent.policy.entropy(pi), new_values
-            )
+            with amp():  # the forward passes and losses; their gradients are taken below, outside
+                if with_aux and 0 < split < obs.shape[0]:
+                    # Their own torso pass (a tensor of their own, not a slice of the joined
+                    # features: a slice would send zero gradients back through the whole batch), so
+                    # a task's backward runs through those samples only; PPO's heads see the joined
+                    # features.
+                    task_features = agent.torso(obs[:split])
+                    joined = torch.cat([task_features, agent.torso(obs[split:])])
+                    pi, new_values = agent.ppo_heads(joined, obs)
+                else:
+                    pi, new_values, features = agent(obs)  # one torso pass for policy and value
+                    task_features = features[:split] if with_aux and split else None
+                loss = ppo_loss(
+                    p, batch, agent.policy.log_prob(pi, batch.actions), agent.policy.entropy(pi), new_values
+                )
+                aux_out: dict[str, AuxOutput] = {}
+                if with_aux:
+                    assert aux is not None
+                    shared = (
+                        None
+                        if task_features is None
+                        else PPOSamples(storage, batch.index[:split], task_features)
+                    )
+                    aux_out = aux.losses(agent.torso, active, shared)
             optimizer.zero_grad(set_to_none=True)
             terms = _ppo_terms(loss)
             if with_aux:
-                assert params is not None and aux is not None
-                shared = (
-                    None if task_features is None else PPOSamples(storage, batch.index[:split], task_features)
-                )
-                aux_out = aux.losses(agent.torso, active, shared)
+                assert params is not None
                 weighted = {name: weights[name] * out.loss for name, out in aux_out.items()}
                 for name, out in aux_out.items():
                     terms[f"aux/{name}/loss"] = out.loss

@@ -682,8 +682,26 @@ def screening_best(screen: analysis.PhaseAnalysis) -> tuple[str | None, str]:
     return best, f"highest screening IQM HNS ({screen.aggregates[best]['IQM'][0]:.3f})"
 
 
+def write_curves(runs_dir: Path) -> None:
+    """``curve.json`` (env step, episodic return) of every scored run that has its TensorBoard
+    events: the compact form of its learning curve, committed instead of the raw event files."""
+    from auxrl.plot import read_scalars
+
+    for run_dir in sorted(runs_dir.glob("*__*__*")):
+        if (run_dir / "curve.json").is_file() or read_eval(run_dir) is None:
+            continue
+        if not any(run_dir.glob("events.out.tfevents.*")):
+            continue
+        try:
+            steps, returns = read_scalars(run_dir, "charts/episodic_return")
+        except (OSError, ValueError):
+            continue
+        write_json(run_dir / "curve.json", {"step": steps.tolist(), "episodic_return": returns.tolist()})
+
+
 def analyze(out: Path, suite: dict[str, Any], device: str, reps: int, plots: bool = True) -> Path:
     """Write results.md, results.json and the plots of everything finished under ``out``."""
+    write_curves(out / "runs")
     scores = collect_scores(out / "runs")
     phases = {}
     for phase in ("screen", "final"):
@@ -730,16 +748,23 @@ def probe_summary(runs_dir: Path, a: analysis.PhaseAnalysis, reps: int) -> dict[
             )["summary"]
         except (OSError, ValueError, KeyError):
             continue
-    games = [g for g in a.games if all(k in found for k in a.planned if k[0] == g)]
+    # Per game the seeds whose every variant is probed; the same number k of them on every game.
+    complete = {
+        g: sorted({s for gg, _, s in a.planned if gg == g and all((g, v, s) in found for v in a.variants)})
+        for g in a.games
+    }
+    games = [g for g in a.games if complete[g]]
     if not games:
         return {}
-    seeds = sorted({s for g, _, s in a.planned if g == games[0]})
+    k = min(len(complete[g]) for g in games)
     library, metrics = analysis._rliable()
 
-    def matrix(variant: str, key: str) -> np.ndarray:  # [seeds, games]
-        return np.array([[float(found[(g, variant, s)][key] or 0.0) for g in games] for s in seeds])
+    def matrix(variant: str, key: str) -> np.ndarray:  # [k seeds, games]
+        return np.array(
+            [[float(found[(g, variant, complete[g][i])][key] or 0.0) for g in games] for i in range(k)]
+        )
 
-    out: dict[str, Any] = {"games": games, "seeds": seeds}
+    out: dict[str, Any] = {"games": games, "seeds": {g: complete[g][:k] for g in games}}
     for key, label in (("f1_mean", "trained"), ("random_f1_mean", "random_floor")):
         scores = {v: matrix(v, key) for v in a.variants}
         with analysis.seeded_numpy(0):
@@ -767,7 +792,8 @@ def probe_markdown(probes: dict[str, dict[str, Any]]) -> str:
         if not probe:
             continue
         lines += [
-            f"{phase}: {', '.join(probe['games'])} x seeds {', '.join(map(str, probe['seeds']))}",
+            f"{phase}: "
+            + "; ".join(f"{g} seeds {', '.join(map(str, probe['seeds'][g]))}" for g in probe["games"]),
             "",
             "| variant | probe F1 (trained) | random-torso floor |",
             "|---|--:|--:|",

@@ -474,7 +474,7 @@ def results_markdown(
         if name not in phases:
             continue
         a = phases[name]
-        title = "Final comparison" if name == "final" else "Screening (every balancing method)"
+        title = "Final comparison" if name == "final" else "Screening"
         lines += [
             "",
             f"## {title}",

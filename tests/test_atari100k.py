@@ -165,6 +165,33 @@ def test_analysis_of_synthetic_scores_gives_iqm_cis_and_improvement():
     assert (np.random.get_state()[1] == before).all()
 
 
+def test_probe_summary_means_every_variants_probe_f1_over_the_matched_games(tmp_path):
+    """Probe F1 beside the returns: the mean over games and seeds of each variant's probe.json
+    (f1_mean and its random floor), on the games where every planned run was probed."""
+    pytest.importorskip("rliable.library", exc_type=ImportError)
+    planned = [
+        (g, v, s) for s in (1, 2, 3) for g in ("Breakout", "Boxing", "MsPacman") for v in ("no_aux", "heads")
+    ]
+    a = analysis.analyze_phase("final", planned, synthetic_scores(), reps=100)
+    for game, variant, seed in planned:
+        if game == "MsPacman" and seed == 3 and variant == "heads":
+            continue  # one run not probed: MsPacman leaves the probe block
+        run = tmp_path / f"{game}__{variant}__{seed}"
+        run.mkdir()
+        f1 = (0.5 if variant == "no_aux" else 0.6) + 0.01 * seed
+        summary = {"f1_mean": f1, "random_f1_mean": 0.55}
+        (run / "probe.json").write_text(json.dumps({"summary": summary}))
+    probe = suite.probe_summary(tmp_path, a, reps=100)
+    # MsPacman keeps its two complete seeds, but a matched block takes as many seeds on every game
+    assert probe["games"] == ["Breakout", "Boxing", "MsPacman"]
+    assert probe["seeds"] == {"Breakout": [1, 2], "Boxing": [1, 2], "MsPacman": [1, 2]}
+    mean, low, high = probe["trained"]["heads"]
+    assert mean == pytest.approx(0.615) and low <= mean <= high  # seeds 1, 2: 0.61, 0.62
+    assert probe["trained"]["no_aux"][0] == pytest.approx(0.515)
+    assert probe["random_floor"]["heads"][0] == pytest.approx(0.55)
+    assert "| heads | 0.615 [" in suite.probe_markdown({"final": probe})
+
+
 def test_analysis_with_partial_results_uses_matched_block():
     pytest.importorskip("rliable.library", exc_type=ImportError)
     scores = [s for s in synthetic_scores() if not (s.variant == "heads" and s.seed == 3)]

@@ -44,3 +44,31 @@ def test_gae_no_leak_across_envs_and_lambda_one_is_discounted_return():
         ret[:, 0], torch.tensor([1 + 0.5 + 0.25 + 0.125 * 2, 1 + 0.5 + 0.25 * 2, 1 + 0.5 * 2])
     )
     assert torch.allclose(ret[:, 1], torch.tensor([2.5, 5.0, 10.0]))
+
+
+def _gae_reference(rewards, values, terminated, truncated, valid, next_value, gamma, gae_lambda):
+    """The plain loop compute_gae had (four kernels a step): the results must not change."""
+    next_values = torch.cat([values[1:], next_value.unsqueeze(0)], dim=0)
+    not_done = 1.0 - torch.maximum(terminated.float(), truncated.float())
+    deltas = rewards + gamma * next_values * (1.0 - terminated.float()) - values
+    advantages = torch.zeros_like(rewards)
+    last = torch.zeros_like(next_value)
+    for t in reversed(range(rewards.shape[0])):
+        last = deltas[t] + gamma * gae_lambda * not_done[t] * last
+        advantages[t] = last
+    advantages = advantages * valid.float()
+    return advantages, (advantages + values) * valid.float()
+
+
+def test_gae_is_bit_identical_to_the_plain_loop():
+    g = torch.Generator().manual_seed(0)
+    for steps, envs in [(128, 8), (1, 3), (2048, 1), (16, 64)]:
+        rewards = torch.randn(steps, envs, generator=g) * 10
+        values = torch.randn(steps, envs, generator=g) * 20
+        terminated = torch.rand(steps, envs, generator=g) < 0.02
+        truncated = torch.rand(steps, envs, generator=g) < 0.01
+        valid = torch.rand(steps, envs, generator=g) > 0.01
+        next_value = torch.randn(envs, generator=g)
+        args = (rewards, values, terminated, truncated, valid, next_value, 0.99, 0.95)
+        for got, expected in zip(compute_gae(*args), _gae_reference(*args), strict=True):
+            assert torch.equal(got, expected)

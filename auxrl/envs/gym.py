@@ -7,10 +7,13 @@ Episode statistics always report the env's own rewards.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
+import multiprocessing
 import os
 import signal
+import sys
 import warnings
 from typing import Any
 
@@ -37,6 +40,15 @@ def _worker_that_leaves_ctrl_c_to_the_trainer(*args: Any) -> None:
     _async_worker(*args)
 
 
+def _worker_in_environment(environ: dict[str, str], *args: Any) -> None:
+    """A ``forkserver`` worker (see :func:`start_method`) with the environment variables the trainer
+    has now, as a forked worker would have them, not those the server started with: e.g.
+    ``MUJOCO_GL=egl``, set for rendering after an earlier vector env started the server."""
+    os.environ.clear()
+    os.environ.update(environ)
+    _worker_that_leaves_ctrl_c_to_the_trainer(*args)
+
+
 def close_vector_env(env: gym.vector.VectorEnv) -> None:
     """``env.close()``; where an async worker is gone (killed by a signal sent to the whole process
     group), the others are terminated and the env marked closed before the error is raised, so
@@ -57,7 +69,37 @@ def vector_kwargs(mode: str) -> dict[str, Any]:
     kwargs: dict[str, Any] = {"autoreset_mode": gym.vector.AutoresetMode.NEXT_STEP}
     if mode == "async":
         kwargs["worker"] = _worker_that_leaves_ctrl_c_to_the_trainer
+        context = start_method()
+        if context is not None:
+            kwargs["context"] = context
+            kwargs["worker"] = functools.partial(_worker_in_environment, dict(os.environ))
     return kwargs
+
+
+def start_method() -> str | None:
+    """How async env workers start: ``forkserver`` where CUDA may be in use in this process, else
+    None (Python's default: ``fork`` on Linux before Python 3.14).
+
+    Envs are made after CUDA is initialised in every ``--nproc`` worker (its process group and
+    GPU come first), in later curriculum stages and in ``auxrl eval`` after ``load_agent``. A
+    forked child inherits the CUDA state without the driver's threads: it works only as long as
+    no env touches CUDA or a GPU API (MuJoCo's video renders over EGL). ``forkserver`` children
+    fork from a clean server process instead. So it is chosen wherever PyTorch sees a GPU (or
+    CUDA is initialised): on a CPU-only machine nothing changes. The server imports this module
+    (and with it torch) once, so each worker does not; each worker takes the trainer's
+    environment variables as they are when the vector env is made, as a forked one would
+    (:func:`_worker_in_environment`). Like ``spawn``, it runs a script's ``__main__`` module again
+    in each worker: a script calling ``auxrl.train`` needs Python's ``if __name__ == "__main__":``
+    guard there (notebooks and the ``auxrl`` command do not).
+    """
+    default = multiprocessing.get_start_method(allow_none=True) or multiprocessing.get_all_start_methods()[0]
+    if default != "fork" or "forkserver" not in multiprocessing.get_all_start_methods():
+        return None  # spawn (macOS, Windows) or forkserver (Python 3.14 on Linux) already
+    torch = sys.modules.get("torch")
+    if torch is None or not (torch.cuda.is_initialized() or torch.cuda.is_available()):
+        return None
+    multiprocessing.get_context("forkserver").set_forkserver_preload(["__main__", __name__])
+    return "forkserver"
 
 
 class UserEnvError(ValueError):

@@ -67,7 +67,8 @@ class Agent(nn.Module):
     @torch.no_grad()
     def act(self, obs: torch.Tensor, deterministic: bool = False) -> ActOutput:
         dist, value, _ = self(obs)
-        action = self.policy.mode(dist) if deterministic else dist.sample()
+        # policy.sample: Categorical's draw without torch.multinomial's two host syncs (heads.py).
+        action = self.policy.mode(dist) if deterministic else self.policy.sample(dist)
         return ActOutput(action, self.policy.log_prob(dist, action), value)
 
     def named_modules_for_freeze(self) -> dict[str, nn.Module]:

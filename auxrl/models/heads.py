@@ -1,4 +1,8 @@
-"""PPO's heads: features -> action distribution, features -> state value."""
+"""PPO's heads: features -> action distribution, features -> state value.
+
+Each head runs in float32 on ``features.float()``, also under bf16 autocast (``perf.bf16``:
+:func:`auxrl.perf.float32`), so logits, means and values are float32 numbers, not rounded bf16.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ from torch import nn
 from torch.distributions import Categorical, Normal
 
 from auxrl.models.torsos import layer_init
+from auxrl.perf import float32
 
 # torch validates a distribution's parameters and every log_prob argument by default: on CUDA each
 # check is a host sync (two per PPO minibatch, one more per rollout step). The inputs are checked
@@ -24,7 +29,22 @@ class CategoricalPolicy(nn.Module):
         self.logits = layer_init(nn.Linear(feature_dim, num_actions), std=0.01)
 
     def forward(self, features: torch.Tensor) -> Categorical:
-        return Categorical(logits=self.logits(features).float(), validate_args=VALIDATE)
+        return Categorical(logits=float32(self.logits, features), validate_args=VALIDATE)
+
+    @staticmethod
+    def sample(dist: Categorical) -> torch.Tensor:
+        """One action per row, drawn on the device with no host sync.
+
+        ``Categorical.sample`` calls ``torch.multinomial``, whose one-sample path checks its input
+        with two ``.item()`` calls (two host syncs per act on CUDA) before drawing
+        ``argmax(probs / q)`` with ``q ~ Exp(1)`` (the Gumbel-max trick: ``-log q`` is Gumbel).
+        This is that draw without the checks: the same distribution, and on the same generator
+        the same numbers, so the same actions for a seed. The checks' job (no NaN/inf
+        probabilities) is done where the numbers come from: observations are checked finite by
+        the envs, and a NaN logit gives a NaN log-prob that the update's non-finite check stops.
+        """
+        probs = dist.probs
+        return (probs / torch.empty_like(probs).exponential_()).argmax(-1)
 
     @staticmethod
     def log_prob(dist: Categorical, actions: torch.Tensor) -> torch.Tensor:
@@ -48,8 +68,12 @@ class GaussianPolicy(nn.Module):
         self.log_std = nn.Parameter(torch.zeros(action_dim))
 
     def forward(self, features: torch.Tensor) -> Normal:
-        mean = self.mean(features).float()
+        mean = float32(self.mean, features)
         return Normal(mean, self.log_std.expand_as(mean).exp(), validate_args=VALIDATE)
+
+    @staticmethod
+    def sample(dist: Normal) -> torch.Tensor:
+        return dist.sample()  # torch.normal: no host sync
 
     @staticmethod
     def log_prob(dist: Normal, actions: torch.Tensor) -> torch.Tensor:
@@ -74,7 +98,7 @@ class ValueHead(nn.Module):
         self.v = layer_init(nn.Linear(feature_dim, 1), std=1.0)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.v(features).squeeze(-1).float()
+        return float32(self.v, features).squeeze(-1)
 
 
 class SeparateValueHead(nn.Module):
@@ -93,7 +117,7 @@ class SeparateValueHead(nn.Module):
         self.v = layer_init(nn.Linear(torso.feature_dim, 1), std=1.0)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.v(self.torso(obs)).squeeze(-1).float()
+        return float32(self.v, self.torso(obs)).squeeze(-1)
 
 
 def make_policy(feature_dim: int, action_space: gym.Space) -> nn.Module:

@@ -67,6 +67,7 @@ from torch import nn
 from auxrl.augment import augment
 from auxrl.config import ConfigError
 from auxrl.models.torsos import layer_init
+from auxrl.perf import float32
 from auxrl.tasks.base import (
     AuxOutput,
     AuxTask,
@@ -229,16 +230,12 @@ class NextStatePrediction(AuxTask):
         online_obs = augment(seq.obs[:, 0], kind, seq.generator)
         with torch.no_grad():
             target_obs = augment(seq.obs[:, 1:], kind, seq.generator)
-            targets = self.target_projection(self.target_torso(target_obs.flatten(0, 1)))
+            # The torsos may run in bf16 (perf.bf16); the heads run in float32 (perf.float32).
+            targets = float32(self.target_projection, self.target_torso(target_obs.flatten(0, 1)))
             targets = targets.reshape(batch, horizon, -1)
         actions = self._action_inputs(seq.actions)
         z = seq.features if seq.features is not None else encode(online_obs)  # PPO's (source minibatch)
-        predictions = []
-        for k in range(horizon):
-            z = self.transition(torch.cat([z, actions[:, k]], dim=-1))  # z_{k+1}
-            predictions.append(self.predictor(self.projection(z)))
-        p = F.normalize(torch.stack(predictions, 1).float(), dim=-1)  # [B, K, P], fp32 under autocast
-        targets = targets.float()
+        p = F.normalize(float32(self._predict, z, actions), dim=-1)  # [B, K, P]
         if self.spr:
             t = F.normalize(targets, dim=-1)  # SPR: the targets as they are (see the module docstring)
         else:
@@ -256,7 +253,10 @@ class NextStatePrediction(AuxTask):
         distance = (p - t).square().sum(-1)  # = 2 - 2 cos
         cosine = (p * t).sum(-1).detach()
         first = F.normalize(targets[:, 0], dim=-1)  # uncentred, one per sample: mean off-diagonal
-        similarity = ((first @ first.T).sum() - batch) / max(batch * batch - batch, 1)
+        # In float32 also under autocast, which would run the matmul in bf16 (about 2 decimal
+        # digits: too coarse for a collapse signal read near 1).
+        cosines = float32(lambda f: f @ f.T, first)
+        similarity = (cosines.sum() - batch) / max(batch * batch - batch, 1)
         metrics = {"cosine": (cosine * mask).sum() / count, "target_similarity": similarity}
         if horizon > 1:
             per_step = (cosine * mask).sum(0) / mask.sum(0).clamp(min=1.0)
@@ -267,6 +267,15 @@ class NextStatePrediction(AuxTask):
             samples = mask[:, 0].sum().clamp(min=1.0)
             return AuxOutput((distance * mask).sum() / samples, metrics)
         return AuxOutput((distance * mask).sum() / count, metrics)
+
+    def _predict(self, z: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """The online head: ``z_0`` rolled forward with the actions, each ``z_k`` projected and
+        predicted: ``[B, K, P]``."""
+        predictions = []
+        for k in range(actions.shape[1]):
+            z = self.transition(torch.cat([z, actions[:, k]], dim=-1))  # z_{k+1}
+            predictions.append(self.predictor(self.projection(z)))
+        return torch.stack(predictions, 1)
 
     @torch.no_grad()
     def ema_update(self, tau: float) -> None:

@@ -16,6 +16,7 @@ from torch import nn
 
 from auxrl.config import ConfigError
 from auxrl.models.torsos import layer_init
+from auxrl.perf import float32
 from auxrl.tasks.base import (
     AuxOutput,
     AuxTask,
@@ -132,10 +133,14 @@ class PixelControl(AuxTask):
             )
 
     def q_maps(self, features: torch.Tensor) -> torch.Tensor:
-        """Features [N, F] -> Q [N, actions, n, n] (dueling: V + A - mean_a A)."""
+        """Features [N, F] -> Q [N, actions, n, n] (dueling: V + A - mean_a A), in float32 (also
+        under bf16 autocast: perf.float32)."""
+        return float32(self._dueling, features)
+
+    def _dueling(self, features: torch.Tensor) -> torch.Tensor:
         x = self.fc(features).reshape(-1, DECONV_CHANNELS, self.side, self.side)
         adv = self.advantage(x)
-        return (self.value(x) + adv - adv.mean(dim=1, keepdim=True)).float()  # fp32 under autocast
+        return self.value(x) + adv - adv.mean(dim=1, keepdim=True)
 
     def loss(self, seq: Sequences, encode: Encoder) -> AuxOutput:
         cfg = self.cfg

@@ -24,6 +24,7 @@ from torch import nn
 
 from auxrl.config import ConfigError
 from auxrl.models.torsos import layer_init
+from auxrl.perf import float32
 from auxrl.tasks.base import AuxOutput, AuxTask, Encoder, Needs, Sequences, TaskContext, scale_free
 
 FRAMES = 3  # UNREAL predicts r_t from the three observations before it
@@ -97,7 +98,7 @@ class RewardPrediction(AuxTask):
         batch = seq.obs.shape[0]
         # obs[:, 0..2] are the frames; obs[:, 3] (after the predicted reward) is not used.
         features = encode(seq.obs[:, :FRAMES].flatten(0, 1)).reshape(batch, -1)
-        logits = self.head(self._input(features))
+        logits = self._logits(features)
         target = reward_class(seq.rewards[:, FRAMES - 1])
         # in_episode[:, 2]: the three frames share one episode (transitions 0 and 1 are real and
         # not done) and the predicted transition 2 is real, so its reward is the game's and not
@@ -111,9 +112,13 @@ class RewardPrediction(AuxTask):
     def _input(self, features: torch.Tensor) -> torch.Tensor:
         return scale_free(features) if self.cfg.scale_free else features
 
+    def _logits(self, features: torch.Tensor) -> torch.Tensor:
+        """The head on the (scale-free) features, in float32 (also under bf16 autocast)."""
+        return float32(lambda x: self.head(self._input(x)), features)
+
     def _minibatch_loss(self, seq: Sequences, encode: Encoder) -> AuxOutput:
         """One observation per sample (its frame stack), the skew as a weighting (no host sync)."""
-        logits = self.head(self._input(seq.first_features(encode)))
+        logits = self._logits(seq.first_features(encode))
         target = reward_class(seq.rewards[:, 0])
         real = seq.in_episode[:, 0]  # a real transition: its reward is the game's
         rewarding = real & (target != ZERO)

@@ -42,6 +42,7 @@ from torch import nn
 
 from auxrl.config import ConfigError
 from auxrl.models.torsos import layer_init
+from auxrl.perf import float32
 from auxrl.tasks.base import (
     AuxOutput,
     AuxTask,
@@ -158,6 +159,9 @@ class StatePrediction(AuxTask):
         """Real labels (float64) in units of their running std around their running mean."""
         return (values - self.mean) / torch.sqrt(self.var + STD_EPS)
 
+    def _trunk(self, features: torch.Tensor) -> torch.Tensor:
+        return self.trunk(scale_free(features) if self.cfg.scale_free else features)
+
     def loss(self, seq: Sequences, encode: Encoder) -> AuxOutput:
         if seq.labels is None or seq.labels.shape[-1] != self.num_labels:
             given = "none" if seq.labels is None else f"{seq.labels.shape[-1]}"
@@ -166,8 +170,8 @@ class StatePrediction(AuxTask):
                 f"gives {given}: every curriculum stage it trains in needs the same env.labels."
             )
         labels = seq.labels[:, 0]  # the labels of obs[:, 0], the state it shows
-        features = seq.first_features(encode)
-        features = self.trunk(scale_free(features) if self.cfg.scale_free else features)
+        # The head in float32, also under bf16 autocast (perf.float32): trunk, then each output.
+        features = float32(self._trunk, seq.first_features(encode))
         batch = labels.shape[0]
         metrics: dict[str, torch.Tensor | float] = {}
         total = features.new_zeros((), dtype=torch.float32)
@@ -176,7 +180,7 @@ class StatePrediction(AuxTask):
             y = labels[:, self.byte_idx]
             ok = torch.isfinite(y)
             target = y.nan_to_num(0.0).long().clamp(0, CLASSES - 1)
-            logits = self.classify(features).float().reshape(batch, kb, CLASSES)
+            logits = float32(self.classify, features).reshape(batch, kb, CLASSES)
             ce = F.cross_entropy(logits.flatten(0, 1), target.flatten(), reduction="none").reshape(batch, kb)
             n = ok.sum().clamp(min=1)
             ce_mean = (ce * ok).sum() / n
@@ -189,7 +193,7 @@ class StatePrediction(AuxTask):
             if self.training:
                 self.update_stats(y, ok)
             z = torch.where(ok, self.normalise(y), torch.zeros_like(y)).float()
-            pred = self.regress(features).float()
+            pred = float32(self.regress, features)
             mse = (((pred - z) ** 2) * ok).sum() / ok.sum().clamp(min=1)
             total = total + mse * kr
             metrics["nmse"] = mse.detach()
