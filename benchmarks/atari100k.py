@@ -80,9 +80,24 @@ VARIANTS: dict[str, tuple[str, ...]] = {
     # baseline is PPO alone on that same env path (no_aux_ram).
     "state_prediction": ("aux.enabled=true", "env.labels=[ram]", "aux.tasks={state_prediction: {}}"),
     "no_aux_ram": ("aux.enabled=false", "env.labels=[ram]"),
+    # The best combination of the screening's two best heads (state_prediction, then spr).
+    "state_prediction_spr": (
+        "aux.enabled=true",
+        "env.labels=[ram]",
+        "aux.tasks={state_prediction: {}, next_state: {mode: spr}}",
+    ),
 }
 # The screening of issue 25's candidates: --phase screen --variants ... (same games and seeds).
-CANDIDATES = ("no_aux", "heads_now", "rad", "drac", "spr", "state_prediction", "no_aux_ram")
+CANDIDATES = (
+    "no_aux",
+    "heads_now",
+    "rad",
+    "drac",
+    "spr",
+    "state_prediction",
+    "no_aux_ram",
+    "state_prediction_spr",
+)
 PROBE_FRAMES = 10_000  # auxrl probe on every final checkpoint of an AtariARI game (~1 min of CPU)
 # Games where PPO learns something within 100k steps (the pilot: MsPacman 307 -> 640; Breakout
 # stays at the random score), so the screening can tell the methods apart.
@@ -123,7 +138,7 @@ class RunSpec:
     @property
     def kind(self) -> str:
         """``no_aux`` or ``heads``: what a run costs."""
-        return "no_aux" if self.variant == "no_aux" else "heads"
+        return "no_aux" if self.variant in analysis.BASELINES else "heads"
 
     def overrides(self) -> list[str]:
         """Config overrides of this run (``name`` groups its seeds in ``auxrl plot``)."""
@@ -139,8 +154,8 @@ def plan_runs(
     phase: str, games: Sequence[str], seeds: Sequence[int], variants: Sequence[str]
 ) -> list[RunSpec]:
     """Seed-major order: every game's first seed of every variant before any second seed, so an
-    interrupted suite has matched pairs on as many games as possible; ``no_aux`` first."""
-    order = sorted(variants, key=lambda v: v != "no_aux")
+    interrupted suite has matched pairs on as many games as possible; the baseline first."""
+    order = sorted(variants, key=lambda v: v not in analysis.BASELINES)
     return [RunSpec(phase, g, v, s) for s in seeds for g in games for v in order]
 
 
@@ -870,6 +885,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="heads variant of the final phase (default: the screening's best, once it is complete)",
     )
     p.add_argument(
+        "--final-variants",
+        nargs="+",
+        choices=sorted(VARIANTS),
+        help="the final phase's variants instead of no_aux and the best one; its baseline is the first of "
+        f"{', '.join(analysis.BASELINES)} among them (e.g. no_aux_ram state_prediction: PPO alone on the "
+        "same env path as the RAM labels)",
+    )
+    p.add_argument(
         "--games",
         nargs="+",
         help=f"instead of the phase's games (final: {' '.join(FINAL_GAMES)}; next: {' '.join(EXTRA_GAMES)})",
@@ -903,6 +926,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def phase_specs(args: argparse.Namespace, suite: dict[str, Any], out: Path) -> list[RunSpec]:
     """The runs this invocation trains."""
+    if args.phase == "final" and args.final_variants:
+        if not any(v in analysis.BASELINES for v in args.final_variants):
+            raise SystemExit(
+                f"[atari100k] --final-variants needs a baseline: one of {', '.join(analysis.BASELINES)}"
+            )
+        suite["best_variant"] = next(v for v in args.final_variants if v not in analysis.BASELINES)
+        suite["best_variant_why"] = "chosen with --final-variants"
+        print(f"[atari100k] final phase: {' vs '.join(args.final_variants)}", flush=True)
+        return plan_runs("final", args.games or FINAL_GAMES, args.seeds or FINAL_SEEDS, args.final_variants)
     if args.phase == "screen":
         return plan_runs(
             "screen", args.games or SCREEN_GAMES, args.seeds or SCREEN_SEEDS, args.variants or SCREEN_VARIANTS

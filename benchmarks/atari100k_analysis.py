@@ -84,6 +84,9 @@ PPO_100K_REFERENCES: dict[str, tuple[dict[str, tuple[float, float | None]], str]
 
 REFERENCE_SOURCE = "RANDOM_SCORES / HUMAN_SCORES, google-research/rliable deep_rl_precipice_colab.ipynb"
 BASELINE = "no_aux"
+# PPO alone; a phase's baseline is the first of these it plans (no_aux_ram: PPO alone on the env
+# path that reads the RAM labels, the matched baseline of state_prediction).
+BASELINES = ("no_aux", "no_aux_ram")
 METRICS = ("IQM", "median", "mean")
 
 
@@ -245,8 +248,8 @@ def improvement_estimates(
 
 
 def best_variant(aggregates: dict[str, dict[str, Interval]], baseline: str = BASELINE) -> str | None:
-    """The variant other than ``baseline`` with the highest IQM (ties: the higher mean)."""
-    candidates = [v for v in aggregates if v != baseline]
+    """The variant other than ``baseline`` (and PPO alone) with the highest IQM (ties: the higher mean)."""
+    candidates = [v for v in aggregates if v != baseline and v not in BASELINES]
     if not candidates:
         return None
     return max(candidates, key=lambda v: (aggregates[v]["IQM"][0], aggregates[v]["mean"][0]))
@@ -269,6 +272,7 @@ class PhaseAnalysis:
     block: Block
     aggregates: dict[str, dict[str, Interval]]
     improvement: dict[str, Interval]
+    baseline: str = BASELINE
 
     @property
     def missing(self) -> list[tuple[str, str, int]]:
@@ -288,7 +292,8 @@ class PhaseAnalysis:
             "missing": ["__".join(map(str, key)) for key in self.missing],
             "block": {"games": self.block.games, "seeds": self.block.seeds},
             "aggregates": self.aggregates,
-            "probability_of_improvement_over_no_aux": self.improvement,
+            "baseline": self.baseline,
+            "probability_of_improvement_over_baseline": self.improvement,
             "runs": [
                 {"game": s.game, "variant": s.variant, "seed": s.seed, "score": s.score, "hns": s.hns}
                 for s in self.scores
@@ -313,11 +318,12 @@ def analyze_phase(
     block = matched_block(mine, games, [v for v in variants if any(s.variant == v for s in mine)])
     aggregates: dict[str, dict[str, Interval]] = {}
     improvement: dict[str, Interval] = {}
+    baseline = next((v for v in BASELINES if v in variants), BASELINE)
     if block.games:
         aggregates = aggregate_estimates(block.hns, reps, seed)
-        if BASELINE in block.hns:
-            improvement = improvement_estimates(block.hns, BASELINE, reps, seed)
-    return PhaseAnalysis(phase, games, variants, planned, mine, block, aggregates, improvement)
+        if baseline in block.hns:
+            improvement = improvement_estimates(block.hns, baseline, reps, seed)
+    return PhaseAnalysis(phase, games, variants, planned, mine, block, aggregates, improvement, baseline)
 
 
 # --------------------------------------------------------------------------------------------
@@ -357,8 +363,9 @@ def rliable_plots(analysis: PhaseAnalysis, out_dir: Path, reps: int = 1000) -> l
     written.append(_save(fig, out_dir / f"aggregates-{analysis.phase}.png", plt))
 
     if analysis.improvement:
-        estimates = {f"{v},{BASELINE}": np.array([p]) for v, (p, _, _) in analysis.improvement.items()}
-        cis = {f"{v},{BASELINE}": np.array([[lo], [hi]]) for v, (_, lo, hi) in analysis.improvement.items()}
+        base = analysis.baseline
+        estimates = {f"{v},{base}": np.array([p]) for v, (p, _, _) in analysis.improvement.items()}
+        cis = {f"{v},{base}": np.array([[lo], [hi]]) for v, (_, lo, hi) in analysis.improvement.items()}
         ax = plot_utils.plot_probability_of_improvement(estimates, cis, figsize=(5, 1 + 0.5 * len(estimates)))
         written.append(_save(ax.figure, out_dir / f"probability_of_improvement-{analysis.phase}.png", plt))
 
@@ -404,12 +411,12 @@ def aggregate_table(analysis: PhaseAnalysis) -> list[str]:
         f"Block: {analysis.block.describe()} ({', '.join(analysis.block.games)}); 95% stratified-bootstrap "
         "intervals in brackets.",
         "",
-        "| variant | runs | IQM HNS | median HNS | mean HNS | P(variant > no_aux) |",
+        f"| variant | runs | IQM HNS | median HNS | mean HNS | P(variant > {analysis.baseline}) |",
         "|---|--:|--:|--:|--:|--:|",
     ]
     for v, agg in analysis.aggregates.items():
         runs = analysis.block.hns[v].size
-        poi = "(baseline)" if v == BASELINE else _interval(analysis.improvement.get(v), 2)
+        poi = "(baseline)" if v == analysis.baseline else _interval(analysis.improvement.get(v), 2)
         lines.append(
             f"| {v} | {runs} | {_interval(agg['IQM'])} | {_interval(agg['median'])} "
             f"| {_interval(agg['mean'])} | {poi} |"
