@@ -381,9 +381,9 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
 
 def cmd_config(args: argparse.Namespace) -> int:
+    from auxrl.build import load_tasks
     from auxrl.confighelp import describe_config
     from auxrl.curriculum import plan_stages
-    from auxrl.trainer import load_tasks
 
     cfg = load_config(args.config, args.overrides)
     for stage in plan_stages(cfg):  # the checks `train` makes before it builds anything

@@ -4,18 +4,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import gymnasium as gym
 import numpy as np
 import torch
 
-from auxrl import checkpoint, rundir
 from auxrl.config import Config, build
 from auxrl.device import resolve_device  # also importable from here, its former home
 from auxrl.envs.normalize import NormStats
 from auxrl.envs.spaces import from_plain
 from auxrl.models.agent import Agent, build_agent
+from auxrl.rundir import read_checkpoint  # also importable from here, its former home
 
 
 @dataclass
@@ -71,26 +70,6 @@ class TrainedAgent:
         if isinstance(self.action_space, gym.spaces.Box):
             action = np.clip(action, self.action_space.low, self.action_space.high)
         return action[0] if single else action
-
-
-def read_checkpoint(run_dir_or_checkpoint: str | Path, *keys: str) -> dict[str, Any]:
-    """``checkpoint.load``, refusing a file that lacks the entries ``keys`` (a .pt not written by
-    ``auxrl train``)."""
-    path = Path(run_dir_or_checkpoint)
-    # A run directory: its own newest checkpoint (not one copied in from another run).
-    saved = checkpoint.load(path, run_id=None if path.is_file() else rundir.run_id(path))
-    missing = [
-        key
-        for key in keys
-        if key not in saved or key in ("config", "model") and not isinstance(saved[key], dict)
-    ]
-    if missing:
-        name = path if path.is_file() else checkpoint.find(path)
-        raise ValueError(
-            f"{name} is not an auxrl checkpoint (it lacks {', '.join(map(repr, missing))}): give a run "
-            f"directory or a checkpoints/step_*.pt file written by `auxrl train`."
-        )
-    return saved
 
 
 def load_agent(run_dir_or_checkpoint: str | Path, device: str | torch.device = "auto") -> TrainedAgent:

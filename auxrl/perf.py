@@ -106,7 +106,7 @@ def autocast(enabled: bool, device: torch.device) -> contextlib.AbstractContextM
     """bf16 autocast on CUDA when enabled, else a no-op context.
 
     For forward passes only (PyTorch's advice): the trainer opens one around the rollout and one
-    around each minibatch's forward passes and losses (auxrl/update.py); backward,
+    around each minibatch's forward passes and losses (auxrl/learner.py); backward,
     ``autograd.grad``, the balancer and ``optimizer.step`` run outside. So the bf16 copies of the
     weights that autocast caches for a block are dropped when it closes, before the next step
     changes the weights.

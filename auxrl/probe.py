@@ -63,9 +63,10 @@ import torch.nn.functional as F
 
 from auxrl import checkpoint, rundir
 from auxrl.envs import atari_ram
-from auxrl.inference import TrainedAgent, load_agent, read_checkpoint
+from auxrl.inference import TrainedAgent, load_agent
 from auxrl.models.agent import build_agent
 from auxrl.perf import set_torch_threads, torch_threads
+from auxrl.rundir import read_checkpoint
 
 DEFAULT_FRAMES = 30_000
 SPLIT = (0.7, 0.1, 0.2)  # train, valid, test: fractions of the episodes

@@ -33,7 +33,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from auxrl import checkpoint
 
@@ -324,3 +324,23 @@ def claim(run_dir: str | Path, start: Start, resumed_id: str | None = None) -> t
         held.release()
         raise
     return held, notes
+
+
+def read_checkpoint(run_dir_or_checkpoint: str | Path, *keys: str) -> dict[str, Any]:
+    """``checkpoint.load``, refusing a file that lacks the entries ``keys`` (a .pt not written by
+    ``auxrl train``)."""
+    path = Path(run_dir_or_checkpoint)
+    # A run directory: its own newest checkpoint (not one copied in from another run).
+    saved = checkpoint.load(path, run_id=None if path.is_file() else run_id(path))
+    missing = [
+        key
+        for key in keys
+        if key not in saved or key in ("config", "model") and not isinstance(saved[key], dict)
+    ]
+    if missing:
+        name = path if path.is_file() else checkpoint.find(path)
+        raise ValueError(
+            f"{name} is not an auxrl checkpoint (it lacks {', '.join(map(repr, missing))}): give a run "
+            f"directory or a checkpoints/step_*.pt file written by `auxrl train`."
+        )
+    return saved

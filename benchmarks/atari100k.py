@@ -594,7 +594,7 @@ def device_slug(device: str) -> str:
     """``cpu`` or the GPU's name as a file-name slug (``nvidia-h200``)."""
     import torch
 
-    from auxrl.trainer import resolve_device
+    from auxrl.device import resolve_device
 
     dev = resolve_device(device)
     if dev.type != "cuda":

@@ -13,8 +13,8 @@ Measured, on the CPU, for the code on ``sys.path`` (``--before REF``: also for `
 of ``auxrl/`` and ``configs/``, run in a subprocess, and both written to ``--out``):
 
 * ``act``: one ``agent.act(obs)`` (nature_cnn, 8 Breakout-shaped frame stacks, 4 actions);
-* ``rollout step``: ``trainer.collect_rollout`` on CartPole (4 envs, mlp), per step;
-* ``update``: ``ppo_update`` on a rollout of 16 steps x 4 envs (atari100k's agent), 1 epoch of 1
+* ``rollout step``: ``collect.collect_rollout`` on CartPole (4 envs, mlp), per step;
+* ``update``: ``Learner.update`` on a rollout of 16 steps x 4 envs (atari100k's agent), 1 epoch of 1
   and of 4 minibatches: per minibatch = (4 - 1) / 3, per update = the rest; PPO alone, and with
   reward_prediction + next_state (PPO's minibatch) and pixel_control (replay);
 * ``checkpoint``: ``checkpoint.first_non_finite`` on the model and optimizer state of that agent
@@ -118,14 +118,14 @@ def measure() -> dict[str, Any]:
     import auxrl
     from auxrl import checkpoint
     from auxrl.balance import Balancer
+    from auxrl.build import build_model, make_optimizer
+    from auxrl.collect import collect_rollout
     from auxrl.config import EnvConfig, load_config
     from auxrl.curriculum import plan_stages
     from auxrl.envs import make_envs
     from auxrl.models.agent import build_agent
     from auxrl.ppo.rollout import RolloutStorage
     from auxrl.tasks.combine import AuxTasks
-    from auxrl.trainer import build_model, collect_rollout, make_optimizer
-    from auxrl.update import ppo_update
 
     torch.set_num_threads(1)
     counter = Counter()
@@ -174,11 +174,27 @@ def measure() -> dict[str, Any]:
         if aux is not None:
             aux.add_rollout(st)
         optimizer = make_optimizer(list(model.parameters()), 1e-4, 1e-5)  # the trainer's (fused) Adam
-        args = (cfg.ppo, cfg.aux, model, optimizer, st, aux, {n: 1.0 for n in tasks})
-        rest = (Balancer(cfg.aux.balance), list(model.parameters()), 64)
-        ppo_update(*args, *rest)  # warm-up (and Adam's state for the checkpoint below)
+        weights, balancer, params = (
+            {n: 1.0 for n in tasks},
+            Balancer(cfg.aux.balance),
+            list(model.parameters()),
+        )
+        try:
+            from auxrl.learner import Learner
+        except ImportError:  # an auxrl before the learner (--before): its ppo_update
+            from auxrl.update import ppo_update
+
+            def learn() -> None:
+                ppo_update(cfg.ppo, cfg.aux, model, optimizer, st, aux, weights, balancer, params, 64)
+        else:
+            learner = Learner(model, optimizer, balancer, params)
+
+            def learn() -> None:
+                learner.update(st, cfg.ppo, cfg.aux, aux, weights, 64)
+
+        learn()  # warm-up (and Adam's state for the checkpoint below)
         with counter.counting():
-            ppo_update(*args, *rest)
+            learn()
         return dict(counter.kinds), model, optimizer
 
     for heads in (False, True):
@@ -255,8 +271,8 @@ ROWS = [
     ("rollout step", "one rollout step (`collect_rollout`, per step)"),
     ("minibatch (ppo)", "one minibatch, PPO alone"),
     ("minibatch (heads)", "one minibatch, PPO + 3 heads"),
-    ("update extras (ppo)", "once per `ppo_update`, PPO alone"),
-    ("update extras (heads)", "once per `ppo_update`, PPO + 3 heads"),
+    ("update extras (ppo)", "once per `Learner.update`, PPO alone"),
+    ("update extras (heads)", "once per `Learner.update`, PPO + 3 heads"),
     ("checkpoint", "one checkpoint's finiteness check"),
 ]
 
@@ -272,7 +288,7 @@ def report(before: dict[str, Any] | None, after: dict[str, Any], ref: str | None
         "A call on a tensor that `.cpu()` returned is marked `(host copy)` and not counted; one on a",
         "tensor built on the host from such copies is counted (before's checkpoint: its `.tolist()`",
         "of the stacked host copies, so 138 syncs there, not 139). Syncs inside ATen that no Python",
-        "hook sees are not counted, except `torch.multinomial`'s two. Outside `ppo_update` the",
+        "hook sees are not counted, except `torch.multinomial`'s two. Outside `Learner.update` the",
         "trainer adds one per update (every logged scalar in one `.tolist()`, auxrl/trainer.py).",
         "",
         "| what | " + (f"before ({ref}) | " if before else "") + "after |",

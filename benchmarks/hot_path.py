@@ -5,7 +5,7 @@ steps, 4 minibatches of 256 x 4 epochs, aux batches 32 / 8 / 32):
 
 * ``adam``: one optimizer step over every trainable parameter of the all-heads agent. Before:
   ``torch.optim.Adam(params, lr, eps)`` (torch's default, the per-parameter loop on CPU; what
-  the baseline ref built). After: ``auxrl.trainer.make_optimizer`` (fused where the device has
+  the baseline ref built). After: ``auxrl.build.make_optimizer`` (fused where the device has
   it). The multi-tensor ``foreach`` form is timed too.
 * ``scale``: one PPO minibatch of uint8 frame stacks to float32 in [0, 1]. Before:
   ``obs.float() / 255.0``; after: ``auxrl.models.torsos.scale_frames`` (one full-size copy,
@@ -56,13 +56,13 @@ import gymnasium as gym  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from auxrl.build import build_model, make_optimizer  # noqa: E402
 from auxrl.config import load_config  # noqa: E402
 from auxrl.curriculum import plan_stages  # noqa: E402
 from auxrl.models.torsos import scale_frames  # noqa: E402
 from auxrl.ppo.rollout import RolloutStorage  # noqa: E402
 from auxrl.tasks.base import AuxOutput, AuxTask, Needs  # noqa: E402
 from auxrl.tasks.combine import AuxTasks  # noqa: E402
-from auxrl.trainer import build_model, make_optimizer  # noqa: E402
 
 BASELINE_REF = "e6b27ba"  # the code before the learner work (issues 9 and 14)
 OBS_SHAPE = (4, 84, 84)

@@ -212,7 +212,7 @@ def setup_info(device: str) -> dict[str, Any]:
     import torch
 
     import auxrl
-    from auxrl.trainer import resolve_device
+    from auxrl.device import resolve_device
 
     dev = resolve_device(device)
     cpu = platform.processor() or platform.machine()

@@ -605,7 +605,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     use_checkout()
     from auxrl.config import load_config, load_dict
-    from auxrl.trainer import resolve_device
+    from auxrl.device import resolve_device
 
     common = base_overrides(args, args.steps)
     cfg = load_config(args.config, common)

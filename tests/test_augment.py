@@ -14,6 +14,8 @@ from auxrl import checkpoint
 from auxrl.balance import Balancer
 from auxrl.cli import main
 from auxrl.config import AuxConfig, BalanceConfig, ConfigError, PPOConfig, build, load_config
+from auxrl.gradients import LearnerParams, set_gradients
+from auxrl.learner import Learner
 from auxrl.models.agent import build_agent
 from auxrl.models.torsos import scale_frames
 from auxrl.ppo.loss import ppo_loss
@@ -22,7 +24,6 @@ from auxrl.tasks.augment_consistency import AugmentConsistency
 from auxrl.tasks.base import PPOHeads, Sequences, TaskContext, TaskMismatch
 from auxrl.tasks.combine import AuxTasks
 from auxrl.trainer import train
-from auxrl.update import LearnerParams, ppo_update, set_gradients
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
@@ -290,16 +291,14 @@ def _update(augment: str, monkeypatch, seed: int = 0) -> tuple[dict, list, Rollo
         calls.append(obs)
         return real(obs, kind, generator)
 
-    monkeypatch.setattr("auxrl.update.augment", spy)
+    monkeypatch.setattr("auxrl.learner.augment", spy)
     agent, _ = make_agent(gym.spaces.Discrete(6))
     st = _storage()
     torch.manual_seed(seed)
     optimizer = torch.optim.Adam(agent.parameters(), lr=1e-3)
     p = PPOConfig(num_minibatches=2, update_epochs=2, augment=augment)
     aux_cfg = build(AuxConfig, {})
-    ppo_update(
-        p, aux_cfg, agent, optimizer, st, None, {}, Balancer(aux_cfg.balance), list(agent.parameters()), 0
-    )
+    Learner(agent, optimizer, Balancer(aux_cfg.balance), list(agent.parameters())).update(st, p, aux_cfg)
     return agent.state_dict(), calls, st
 
 
@@ -322,7 +321,7 @@ def test_default_update_draws_nothing_from_torch_rng(monkeypatch):
     existed (the minibatch permutation only), so default runs are unchanged bit for bit."""
     st = _storage()
     agent, _ = make_agent(gym.spaces.Discrete(6))
-    monkeypatch.setattr("auxrl.update.augment", lambda *a, **k: pytest.fail("augment called"))
+    monkeypatch.setattr("auxrl.learner.augment", lambda *a, **k: pytest.fail("augment called"))
     torch.manual_seed(3)
     for _epoch in range(2):
         torch.randperm(st.num_steps * st.num_envs)  # what each epoch's minibatch shuffle draws
@@ -330,7 +329,7 @@ def test_default_update_draws_nothing_from_torch_rng(monkeypatch):
     torch.manual_seed(3)
     p, aux_cfg = PPOConfig(num_minibatches=2, update_epochs=2), build(AuxConfig, {})
     optimizer, balancer = torch.optim.Adam(agent.parameters()), Balancer(aux_cfg.balance)
-    ppo_update(p, aux_cfg, agent, optimizer, st, None, {}, balancer, list(agent.parameters()), 0)
+    Learner(agent, optimizer, balancer, list(agent.parameters())).update(st, p, aux_cfg)
     assert torch.equal(torch.get_rng_state(), expected)
 
 

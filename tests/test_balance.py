@@ -14,12 +14,12 @@ from torch import nn
 from auxrl import checkpoint
 from auxrl.balance import Balancer, balance_cosine, balance_norm, balance_pcgrad, cosine
 from auxrl.config import BalanceConfig, PPOConfig, load_config
+from auxrl.gradients import LearnerParams, NonFiniteError, check_finite, set_gradients
 from auxrl.models.agent import build_agent
 from auxrl.ppo.loss import ppo_loss
 from auxrl.ppo.rollout import Batch
 from auxrl.tasks.base import AuxOutput, AuxTask, Needs, Sequences, TaskContext
 from auxrl.trainer import train
-from auxrl.update import LearnerParams, NonFiniteError, check_finite, set_gradients
 
 OBS = gym.spaces.Box(-1.0, 1.0, (4,), np.float32)
 ACTIONS = gym.spaces.Discrete(2)

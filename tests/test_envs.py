@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import torch
 
+from auxrl.collect import collect_rollout
 from auxrl.config import EnvConfig, PPOConfig
 from auxrl.envs import make_envs
 from auxrl.models.agent import build_agent
 from auxrl.ppo.rollout import RolloutStorage
-from auxrl.trainer import collect_rollout
 
 
 def test_gym_truncation_reset_step_and_final_obs():

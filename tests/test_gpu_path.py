@@ -204,12 +204,12 @@ def test_next_state_target_similarity_is_the_float32_mean_off_diagonal_cosine():
 
 def test_the_update_runs_forward_passes_under_autocast_and_gradients_and_steps_outside(monkeypatch):
     from auxrl.balance import Balancer
+    from auxrl.build import build_model, make_optimizer
     from auxrl.config import load_config
     from auxrl.curriculum import plan_stages
+    from auxrl.learner import Learner
     from auxrl.ppo.rollout import RolloutStorage
     from auxrl.tasks.combine import AuxTasks
-    from auxrl.trainer import build_model, make_optimizer
-    from auxrl.update import ppo_update
 
     cfg = load_config(
         "atari100k",
@@ -257,19 +257,9 @@ def test_the_update_runs_forward_passes_under_autocast_and_gradients_and_steps_o
         monkeypatch.setattr(
             optimizer, "step", lambda *a, _step=step, **k: (note("optimizer.step"), _step(*a, **k))[1]
         )
-        metrics = ppo_update(
-            cfg.ppo,
-            cfg.aux,
-            agent,
-            optimizer,
-            storage,
-            aux,
-            {n: 1.0 for n in tasks},
-            Balancer(cfg.aux.balance),
-            [p for p in agent.parameters() if p.requires_grad],
-            32,
-            amp=bf16_autocast,
-        )
+        trainable = [p for p in agent.parameters() if p.requires_grad]
+        learner = Learner(agent, optimizer, Balancer(cfg.aux.balance), trainable, amp=bf16_autocast)
+        metrics = learner.update(storage, cfg.ppo, cfg.aux, aux, {n: 1.0 for n in tasks}, 32)
         assert all(torch.isfinite(v) for v in metrics.values())
     assert seen == {
         "torso": {True},
@@ -351,7 +341,7 @@ def test_device_resolution_has_one_home():
     import auxrl.trainer
     from auxrl.device import resolve_device
 
-    assert auxrl.inference.resolve_device is resolve_device is auxrl.trainer.resolve_device
+    assert auxrl.inference.resolve_device is resolve_device
     assert resolve_device(torch.device("cpu")) == torch.device("cpu") == resolve_device("cpu")
 
 
@@ -458,7 +448,7 @@ def test_checkpoint_flags_are_gathered_in_one_copy(monkeypatch):
 
 
 def test_deterministic_switches(monkeypatch):
-    from auxrl.trainer import seed_everything
+    from auxrl.run import seed_everything
 
     for flag in ("deterministic", "benchmark"):  # restored after the test
         monkeypatch.setattr(torch.backends.cudnn, flag, getattr(torch.backends.cudnn, flag))

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from auxrl.build import make_optimizer
 from auxrl.models.torsos import NatureCNN
 from auxrl.ppo.rollout import RolloutStorage
 from auxrl.tasks.replay import Replay
-from auxrl.trainer import make_optimizer
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 

@@ -54,11 +54,11 @@ def test_an_update_with_minibatch_tasks_runs_no_extra_torso_pass(monkeypatch):
     """reward_prediction and next_state on PPO's minibatch: per minibatch the torso runs on the
     tasks' samples and on the rest, and nowhere else (next_state's target is its own EMA copy)."""
     from auxrl.balance import Balancer
+    from auxrl.build import build_model
     from auxrl.config import load_config
     from auxrl.curriculum import plan_stages
+    from auxrl.learner import Learner
     from auxrl.tasks.combine import AuxTasks
-    from auxrl.trainer import build_model
-    from auxrl.update import ppo_update
 
     torch.manual_seed(0)
     cfg = load_config(
@@ -79,18 +79,8 @@ def test_an_update_with_minibatch_tasks_runs_no_extra_torso_pass(monkeypatch):
     agent.torso.register_forward_hook(lambda module, args, out: batches.append(args[0].shape[0]))
     optimizer = torch.optim.Adam(agent.parameters(), lr=1e-4)
     weights = {n: 1.0 for n in tasks}
-    out = ppo_update(
-        cfg.ppo,
-        cfg.aux,
-        agent,
-        optimizer,
-        storage,
-        aux,
-        weights,
-        Balancer(cfg.aux.balance),
-        list(agent.parameters()),
-        step=32,
-    )
+    learner = Learner(agent, optimizer, Balancer(cfg.aux.balance), list(agent.parameters()))
+    out = learner.update(storage, cfg.ppo, cfg.aux, aux, weights, step=32)
     minibatches = cfg.ppo.update_epochs * cfg.ppo.num_minibatches
     assert batches == [6, 32 // cfg.ppo.num_minibatches - 6] * minibatches
     assert torch.isfinite(out["aux/reward_prediction/loss"]) and torch.isfinite(out["aux/next_state/loss"])

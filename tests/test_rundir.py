@@ -234,19 +234,19 @@ def _signal_in_update(monkeypatch, update: int, *signals: int) -> None:
     """Send ``signals`` to this process at the start of PPO update number ``update``."""
     import os
 
-    import auxrl.trainer as trainer
+    from auxrl.learner import Learner
 
     calls = []
-    real = trainer.ppo_update
+    real = Learner.update
 
-    def signalling(*args, **kwargs):
+    def signalling(self, *args, **kwargs):
         calls.append(1)
         if len(calls) == update:
             for sig in signals:
                 os.kill(os.getpid(), sig)  # the handler runs here, in this thread
-        return real(*args, **kwargs)
+        return real(self, *args, **kwargs)
 
-    monkeypatch.setattr(trainer, "ppo_update", signalling)
+    monkeypatch.setattr(Learner, "update", signalling)
 
 
 @pytest.mark.parametrize("sig, code", [("SIGINT", 130), ("SIGTERM", 143)])

@@ -13,6 +13,7 @@ import torch
 
 from auxrl import checkpoint
 from auxrl.cli import main
+from auxrl.collect import collect_rollout
 from auxrl.config import ConfigError, EnvConfig, build
 from auxrl.envs import atari_ram, make_envs
 from auxrl.envs.labels import label_spec
@@ -21,7 +22,6 @@ from auxrl.ppo.rollout import RolloutStorage
 from auxrl.tasks.base import Sequences, TaskContext, TaskMismatch
 from auxrl.tasks.replay import Replay
 from auxrl.tasks.state_prediction import StatePrediction
-from auxrl.trainer import collect_rollout
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 

@@ -47,8 +47,9 @@ def test_frozen_torso_is_bitwise_unchanged_and_new_heads_train(pretrained, tmp_p
 
     # The heads were not loaded (init_modules=[torso]) and trained: they differ from both the
     # pretrained heads and their own fresh initialisation.
+    from auxrl.build import build_model
+    from auxrl.curriculum import plan_stages
     from auxrl.envs import make_envs
-    from auxrl.trainer import build_model, plan_stages
 
     with make_envs(cfg.env) as envs:
         torch.manual_seed(7)

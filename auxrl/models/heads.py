@@ -17,7 +17,7 @@ from auxrl.perf import float32
 # torch validates a distribution's parameters and every log_prob argument by default: on CUDA each
 # check is a host sync (two per PPO minibatch, one more per rollout step). The inputs are checked
 # where they come from instead: env observations and rewards are finite (auxrl/envs), losses and
-# gradients are checked before every optimizer step (auxrl/update.py).
+# gradients are checked before every optimizer step (auxrl/gradients.py).
 VALIDATE = False
 
 

@@ -1,10 +1,12 @@
-"""PPO's named loss terms (clipped surrogate, clipped value loss, entropy bonus)."""
+"""PPO as an objective: the clipped surrogate, the clipped value loss and the entropy bonus, as
+named loss terms (as TorchRL's loss modules return them)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from auxrl.config import PPOConfig
 from auxrl.ppo.rollout import Batch
@@ -25,6 +27,17 @@ class PPOLoss:
     old_approx_kl: torch.Tensor
     clipfrac: torch.Tensor
     total: torch.Tensor
+
+    def terms(self) -> dict[str, torch.Tensor]:
+        """The named terms as they are logged (``total`` is logged by the learner)."""
+        return {
+            "losses/policy_loss": self.policy,
+            "losses/value_loss": self.value,
+            "losses/entropy": self.entropy,
+            "losses/approx_kl": self.approx_kl,
+            "losses/old_approx_kl": self.old_approx_kl,
+            "losses/clipfrac": self.clipfrac,
+        }
 
 
 def ppo_loss(
@@ -62,6 +75,26 @@ def ppo_loss(
     ent = masked_mean(entropy, mask)
     total = pg_loss - cfg.ent_coef * ent + cfg.vf_coef * v_loss
     return PPOLoss(pg_loss, v_loss, ent, approx_kl, old_approx_kl, clipfrac, total)
+
+
+class PPOObjective(nn.Module):
+    """PPO's objective on a minibatch: owns the ``policy`` and ``value`` heads.
+
+    Called with the torso's ``features`` of the minibatch's (possibly augmented) ``obs``; the
+    learner (auxrl/learner.py) runs the torso, so that auxiliary tasks can share that pass.
+    """
+
+    heads = ("policy", "value")
+
+    def __init__(self, cfg: PPOConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+
+    def forward(self, agent: nn.Module, batch: Batch, features: torch.Tensor, obs: torch.Tensor) -> PPOLoss:
+        pi, values = agent.ppo_heads(features, obs)
+        return ppo_loss(
+            self.cfg, batch, agent.policy.log_prob(pi, batch.actions), agent.policy.entropy(pi), values
+        )
 
 
 def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

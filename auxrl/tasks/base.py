@@ -92,6 +92,29 @@ class Needs:
     # (Sequences.features). No torso forward of the task's own; its backward runs through those
     # samples only. replay and rewarding_fraction do not apply.
     minibatch: bool = False
+    # Pairs of observations of one env k steps apart, k drawn uniformly from [lo, hi] per sample
+    # (e.g. a temporal-distance task): the task gets Pairs, two frames each, not the hi + 1
+    # frames of a window (only the done flags between them are read). sequence_length does
+    # not apply; replay and rewarding_fraction do not either (drawn from the replay, uniformly).
+    gap: tuple[int, int] | None = None
+
+    def __post_init__(self) -> None:
+        if self.gap is not None and not 1 <= self.gap[0] <= self.gap[1]:
+            raise ValueError(f"Needs.gap must be (lo, hi) with 1 <= lo <= hi, got {self.gap}")
+
+    @property
+    def span(self) -> int:
+        """Consecutive stored steps one sample reaches over (at most one rollout's worth)."""
+        return self.gap[1] if self.gap is not None else self.sequence_length
+
+
+def in_episode(valid: torch.Tensor, terminated: torch.Tensor, truncated: torch.Tensor) -> torch.Tensor:
+    """``[B, L]`` bool: transitions ``0..i`` of each window are real and none before ``i`` ended
+    the episode, so the observation after transition ``i`` is in the first one's episode."""
+    done = terminated | truncated
+    # A transition stays in the episode if every earlier one was real and not done.
+    ended_before = torch.cumsum(done.int(), 1) - done.int()
+    return (torch.cumprod(valid.int(), 1) > 0) & (ended_before == 0)
 
 
 @dataclass
@@ -136,10 +159,23 @@ class Sequences:
         return self.features if self.features is not None else encode(self.obs[:, 0])
 
     def __post_init__(self) -> None:
-        done = self.terminated | self.truncated
-        # A transition stays in the episode if every earlier one was real and not done.
-        ended_before = torch.cumsum(done.int(), 1) - done.int()
-        self.in_episode = (torch.cumprod(self.valid.int(), 1) > 0) & (ended_before == 0)
+        self.in_episode = in_episode(self.valid, self.terminated, self.truncated)
+
+
+@dataclass
+class Pairs:
+    """``B`` pairs of observations of one env, ``gap[b]`` steps apart (``Needs.gap``).
+
+    ``obs[:, 0]`` is the observation at some step t, ``obs[:, 1]`` the one at ``t + gap``;
+    ``same_episode`` says that every transition between them is real and none ends the episode
+    (or life) ``obs[:, 0]`` is in, so both belong to it.
+    """
+
+    obs: torch.Tensor  # [B, 2, *obs_shape], the env's dtype
+    gap: torch.Tensor  # [B] long, in [lo, hi]
+    same_episode: torch.Tensor  # [B] bool
+    labels: torch.Tensor | None = None  # [B, 2, K] float32 with env.labels
+    generator: torch.Generator | None = field(default=None, repr=False)  # the learner's seeded stream
 
 
 @dataclass
@@ -174,7 +210,9 @@ class AuxTask(nn.Module):
     def check(cls, ctx: TaskContext) -> None:
         """Raise TaskMismatch (saying why and what to do) if the task cannot run here."""
 
-    def loss(self, seq: Sequences, encode: Encoder) -> AuxOutput:
+    def loss(self, seq: Sequences | Pairs, encode: Encoder) -> AuxOutput:
+        """The task's loss on its samples: :class:`Sequences`, or :class:`Pairs` for a task whose
+        ``needs.gap`` is set. ``encode`` is the shared torso."""
         raise NotImplementedError
 
     def after_update(self) -> None:

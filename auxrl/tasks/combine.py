@@ -91,7 +91,8 @@ class AuxTasks:
         self.replay = Replay(capacity, storage) if tasks else None
         self.generator = torch.Generator(device=storage.device)
         self.generator.manual_seed(seed)
-        self._drawn: dict[str, tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]] = {}
+        # Per task: the window starts, envs (and gaps, Needs.gap) of each minibatch of the update.
+        self._drawn: dict[str, tuple[tuple[torch.Tensor, ...], ...]] = {}
         self._minibatch = 0
         self.minibatches_done = 0  # PPO minibatches of this stage so far (aux.every counts these)
 
@@ -136,14 +137,21 @@ class AuxTasks:
             needs = self.tasks[name].needs
             if needs.minibatch:  # takes PPO's minibatch samples, nothing to draw
                 continue
+            count, size = self.batch_sizes[name] * minibatches, self.batch_sizes[name]
+            if needs.gap is not None:  # pairs: windows of the largest gap, a gap per sample
+                start, env = self.replay.draw(count, needs.span, generator=self.generator)
+                lo, hi = needs.gap
+                gap = torch.randint(lo, hi + 1, (count,), device=start.device, generator=self.generator)
+                self._drawn[name] = (start.split(size), env.split(size), gap.split(size))
+                continue
             start, env = self.replay.draw(
-                self.batch_sizes[name] * minibatches,
+                count,
                 needs.sequence_length,
                 recent=None if needs.replay else self.recent,
                 rewarding_fraction=needs.rewarding_fraction,
                 generator=self.generator,
             )
-            self._drawn[name] = (start.split(self.batch_sizes[name]), env.split(self.batch_sizes[name]))
+            self._drawn[name] = (start.split(size), env.split(size))
         self._minibatch = 0
 
     def minibatch_size(self, names: list[str] | None = None) -> int:
@@ -175,6 +183,11 @@ class AuxTasks:
                     f"aux task {name!r}: no windows drawn for minibatch {i}; call draw() first"
                 )
             start, env = self._drawn[name][0][i], self._drawn[name][1][i]
+            if task.needs.gap is not None:
+                pairs = self.replay.gather_pairs(start, env, self._drawn[name][2][i], task.needs.span)
+                pairs.generator = self.generator
+                out[name] = task.loss(pairs, encode)
+                continue
             seq = self.replay.gather(start, env, task.needs.sequence_length)
             seq.generator = self.generator  # a task's own draws (augmentations): the seeded stream
             out[name] = task.loss(seq, encode)

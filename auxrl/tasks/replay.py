@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from auxrl.ppo.rollout import RolloutStorage
-from auxrl.tasks.base import Sequences
+from auxrl.tasks.base import Pairs, Sequences, in_episode
 
 
 class Replay:
@@ -120,6 +120,22 @@ class Replay:
             terminated=self.terminated[tr, envs],
             truncated=self.truncated[tr, envs],
             valid=self.valid[tr, envs],
+            labels=self.labels[rows, envs] if self.labels is not None else None,
+        )
+
+    def gather_pairs(self, start: torch.Tensor, env: torch.Tensor, gap: torch.Tensor, span: int) -> Pairs:
+        """The observations at ``start`` and ``start + gap`` (``gap <= span``; windows drawn with
+        :meth:`draw` for length ``span``): two frames per sample, plus the flags between them."""
+        envs = env.unsqueeze(1)
+        flags = self._rows(start.unsqueeze(1) + torch.arange(span, device=self.device))  # [B, span]
+        inside = in_episode(
+            self.valid[flags, envs], self.terminated[flags, envs], self.truncated[flags, envs]
+        )
+        rows = torch.stack([self._rows(start), self._rows(start + gap)], 1)  # [B, 2]
+        return Pairs(
+            obs=self.obs[rows, envs],
+            gap=gap,
+            same_episode=inside.gather(1, (gap - 1).unsqueeze(1)).squeeze(1),
             labels=self.labels[rows, envs] if self.labels is not None else None,
         )
 
