@@ -16,6 +16,7 @@ from auxrl.curriculum import Stage
 from auxrl.envs import VecEnv, make_envs
 from auxrl.envs.labels import label_spec
 from auxrl.models.agent import Agent, build_agent
+from auxrl.models.multitask import TaskSpec, popart_enabled, task_name
 from auxrl.tasks.base import AuxTask, PPOHeads, TaskContext
 from auxrl.tasks.registry import enabled_tasks, resolve
 
@@ -30,10 +31,62 @@ def make_optimizer(params: list[nn.Parameter], lr: float, eps: float) -> torch.o
         return torch.optim.Adam(params, lr=lr, eps=eps, foreach=True)
 
 
-def build_model(cfg: Config, stages: list[Stage], obs_space: gym.Space, action_space: gym.Space) -> Agent:
-    """Torso + PPO heads + every auxiliary task enabled in any stage, each checked against the env."""
+def task_specs(
+    cfg: Config, stages: list[Stage], envs: VecEnv | None = None, envs_stage: int = 0
+) -> list[TaskSpec]:
+    """The model's tasks: every env of ``env.tasks`` in any stage (each stage's ``env.id`` where a
+    stage has no tasks), in order of appearance, with its action space (from ``envs``, the envs of
+    stage ``envs_stage``, where they have it, else from one probe env). Empty: a task-blind model
+    (one task, no PopArt)."""
+    multi = any(stage.cfg.env.tasks for stage in stages)
+    popart = cfg.model.popart if cfg.model.popart is not None else multi
+    if not multi and not popart:
+        return []
+    known: dict[str, gym.Space] = {}
+    if envs is not None:
+        env_cfg = stages[envs_stage].cfg.env
+        ids = getattr(envs, "task_env_ids", None) or [env_cfg.id]
+        spaces = getattr(envs, "task_action_spaces", None) or [envs.single_action_space]
+        known.update(zip(ids, spaces, strict=True))
+    specs: dict[str, TaskSpec] = {}
+    for stage in stages:
+        for env_id in stage.cfg.env.tasks or [stage.cfg.env.id]:
+            name = task_name(env_id)
+            if name in specs:
+                if specs[name].env_id != env_id:
+                    raise ValueError(
+                        f"env.tasks: {specs[name].env_id} and {env_id} would share the task name {name!r} "
+                        f"(its heads and logs); train one of them."
+                    )
+                continue
+            if env_id not in known:
+                probe = dataclasses.replace(
+                    stage.cfg.env, id=env_id, tasks=[], num_envs=1, groups=1, vector_mode="sync"
+                )
+                with make_envs(probe) as one:
+                    known[env_id] = one.single_action_space
+            specs[name] = TaskSpec(name, env_id, known[env_id])
+    return list(specs.values())
+
+
+def build_model(
+    cfg: Config,
+    stages: list[Stage],
+    obs_space: gym.Space,
+    action_space: gym.Space,
+    tasks: list[TaskSpec] | None = None,
+) -> Agent:
+    """Torso + PPO heads (per task with ``tasks``, see :func:`task_specs`) + every auxiliary task
+    enabled in any stage, each checked against the env."""
     agent = build_agent(
-        cfg.model.torso, cfg.model.hidden_sizes, obs_space, action_space, cfg.model.separate_value
+        cfg.model.torso,
+        cfg.model.hidden_sizes,
+        obs_space,
+        action_space,
+        cfg.model.separate_value,
+        tasks=tasks,
+        popart=bool(tasks) and popart_enabled(cfg.model.popart, len(tasks)),
+        popart_beta=cfg.model.popart_beta,
     )
     heads = PPOHeads(agent.policy, agent.value)  # for tasks that train them (augment_consistency)
     ctx = TaskContext(obs_space, action_space, agent.torso.feature_dim, agent.torso, ppo_heads=heads)
@@ -93,9 +146,21 @@ def check_task_windows(agent: Agent, stages: list[Stage]) -> None:
                 )
 
 
-def check_spaces(agent_env: tuple[gym.Space, gym.Space], envs: VecEnv, stage: Stage) -> None:
+def check_spaces(
+    agent_env: tuple[gym.Space, gym.Space], envs: VecEnv, stage: Stage, tasks: list[TaskSpec] | None = None
+) -> None:
     obs_space, action_space = agent_env
-    if envs.single_action_space != action_space:
+    if tasks:  # per-task heads: each task's env against its own policy head
+        own = {t.env_id: t.action_space for t in tasks}
+        ids = getattr(envs, "task_env_ids", None) or [stage.cfg.env.id]
+        spaces = getattr(envs, "task_action_spaces", None) or [envs.single_action_space]
+        for env_id, space in zip(ids, spaces, strict=True):
+            if own.get(env_id) != space:
+                raise ValueError(
+                    f"Stage {stage.name!r}: {env_id} has action space {space}, but its policy head was "
+                    f"built for {own.get(env_id)}."
+                )
+    elif envs.single_action_space != action_space:
         raise ValueError(
             f"Stage {stage.name!r} ({stage.cfg.env.id}) has action space "
             f"{envs.single_action_space}, but the policy head was built for {action_space}. For a "
@@ -109,7 +174,9 @@ def check_spaces(agent_env: tuple[gym.Space, gym.Space], envs: VecEnv, stage: St
         )
 
 
-def check_stage_spaces(agent_env: tuple[gym.Space, gym.Space], stages: list[Stage]) -> None:
+def check_stage_spaces(
+    agent_env: tuple[gym.Space, gym.Space], stages: list[Stage], tasks: list[TaskSpec] | None = None
+) -> None:
     """Check every later stage's env against the model before training (one env copy each)."""
     probed: list = []
     for stage in stages:
@@ -117,4 +184,4 @@ def check_stage_spaces(agent_env: tuple[gym.Space, gym.Space], stages: list[Stag
         if probe not in probed:
             probed.append(probe)
             with make_envs(probe) as envs:
-                check_spaces(agent_env, envs, stage)
+                check_spaces(agent_env, envs, stage, tasks)

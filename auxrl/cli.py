@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.metadata
 import os
 import platform
@@ -255,28 +256,38 @@ def cmd_eval(args: argparse.Namespace) -> int:
         _check_writable(Path(args.video), "--video")
     agent = load_agent(args.run, args.device)
     cfg = agent.config
-    recorder, render = None, False
-    if args.video:
-        from auxrl.video import VideoRecorder
+    # A multi-task agent: each task in turn (its own env, heads and video).
+    for task in agent.task_names or [None]:
+        env_id = cfg.env.id if task is None else agent.model.tasks[agent.task_index(task)].env_id
+        env_cfg = (
+            cfg
+            if task is None
+            else dataclasses.replace(cfg, env=dataclasses.replace(cfg.env, id=env_id, tasks=[]))
+        )
+        recorder, render = None, False
+        if args.video:
+            from auxrl.video import VideoRecorder
 
-        recorder = VideoRecorder(args.video)
-        render = args.video_view == "screen" and _screen_available(cfg)
-    result = evaluate(
-        agent,
-        args.episodes,
-        deterministic=args.deterministic,
-        num_envs=1 if recorder else args.num_envs,
-        seed=args.seed,
-        on_step=recorder.on_step if recorder else None,
-        render=render,
-    )
-    if recorder is not None:
-        path, frames = recorder.close(result.returns)
-        print(f"Video: {path} ({frames} frames, {'game screen' if render else 'agent input'})")
-    print(
-        f"{cfg.env.id}: {len(result.returns)} episodes, score {result.mean:.2f} +- {result.std:.2f} "
-        f"(min {min(result.returns):.1f}, max {max(result.returns):.1f})"
-    )
+            video = Path(args.video)
+            recorder = VideoRecorder(str(video if task is None else video.with_stem(f"{video.stem}-{task}")))
+            render = args.video_view == "screen" and _screen_available(env_cfg)
+        result = evaluate(
+            agent,
+            args.episodes,
+            deterministic=args.deterministic,
+            num_envs=1 if recorder else args.num_envs,
+            seed=args.seed,
+            on_step=recorder.on_step if recorder else None,
+            render=render,
+            task=task,
+        )
+        if recorder is not None:
+            path, frames = recorder.close(result.returns)
+            print(f"Video: {path} ({frames} frames, {'game screen' if render else 'agent input'})")
+        print(
+            f"{env_id}: {len(result.returns)} episodes, score {result.mean:.2f} +- {result.std:.2f} "
+            f"(min {min(result.returns):.1f}, max {max(result.returns):.1f})"
+        )
     return 0
 
 

@@ -17,7 +17,8 @@ def collect_rollout(envs: VecEnv, agent: Agent, storage: RolloutStorage, on_epis
     last step. Env groups are stepped in turn (``envs.groups``): the actions of group g are sent,
     then the policy acts for group g+1 while group g's emulators run. Observations are copied
     from the env straight into their preallocated storage slot on the training device.
-    ``on_episodes(returns, lengths, steps_taken)`` receives finished games as they end.
+    ``on_episodes(returns, lengths, steps_taken, first_env)`` receives finished games as they end
+    (``first_env``: the first env of the group they were played in; a group plays one task).
     """
     num_steps = storage.num_steps
     storage.obs[0].copy_(storage.next_obs)
@@ -40,14 +41,14 @@ def collect_rollout(envs: VecEnv, agent: Agent, storage: RolloutStorage, on_epis
             labels = storage.labels[t + 1, sl] if t + 1 < num_steps else storage.next_labels[sl]
             labels.copy_(torch.from_numpy(step.labels), non_blocking=True)
         if len(step.episode_returns):
-            on_episodes(step.episode_returns, step.episode_lengths, (t + 1) * storage.num_envs)
+            on_episodes(step.episode_returns, step.episode_lengths, (t + 1) * storage.num_envs, sl.start)
 
     groups = envs.groups
     for t in range(num_steps):
         for sl, env in groups:
             if t > 0:
                 receive(env, t - 1, sl)  # group's step t-1 is done: its obs t is in storage
-            out = agent.act(storage.obs[t, sl])
+            out = agent.act(storage.obs[t, sl], task=storage.task[sl] if agent.task_aware else None)
             storage.actions[t, sl] = out.action
             storage.log_probs[t, sl] = out.log_prob
             storage.values[t, sl] = out.value

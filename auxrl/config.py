@@ -76,6 +76,10 @@ class EnvConfig:
     # AtariARI RAM variables of the game; Atari then runs through gymnasium's ALE env, slower than
     # the native one) and/or info:KEY (a numeric entry of the env's info dict). []: none, no cost.
     labels: list[str] = field(default_factory=list)
+    # Multi-task training: several env ids at once (e.g. [ALE/Pong-v5, ALE/Breakout-v5]), each with
+    # env.num_envs envs, one shared torso, a policy and a value head per task (PopArt by default).
+    # Same observation shape and Discrete actions; env.id is then one of them. []: one task.
+    tasks: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -95,6 +99,11 @@ class ModelConfig:
     # mlp torso only: the value head gets its own MLP (same hidden_sizes) on the observation, as
     # in CleanRL's continuous-control agent; the policy and the aux heads share the torso.
     separate_value: bool = False
+    # PopArt (Hessel et al. 2019): value targets normalised per task, outputs preserved when the
+    # statistics move, advantages divided by the task's scale. null: on with env.tasks, off without.
+    popart: bool | None = None
+    # Step of PopArt's moving averages per update (each update sees a whole rollout).
+    popart_beta: float = 0.01
 
 
 @dataclass
@@ -121,6 +130,10 @@ class PPOConfig:
     # only): none, shift (+-4 px random shift, replicate padding) or shift_intensity (plus SPR's
     # x (1 + 0.05 clip(N(0,1), -2, 2)) brightness noise). Acting and stored frames stay unaugmented.
     augment: Literal["none", "shift", "shift_intensity"] = "none"
+    # Multi-task (env.tasks): how the tasks' gradients on the shared torso are combined: none (their
+    # mean), norm (each rescaled to the mean of their norms: no game dominates the torso) or pcgrad
+    # (each one's conflicts with the others projected out, Yu et al. 2020), then their mean.
+    task_balance: Literal["none", "norm", "pcgrad"] = "none"
 
 
 @dataclass
@@ -823,6 +836,37 @@ def _label_checks(e: EnvConfig) -> list[tuple[bool, str]]:
     ]
 
 
+def _task_checks(cfg: Config) -> list[tuple[bool, str]]:
+    """``env.tasks`` (multi-task): distinct ids of one family, env.id among them, no labels."""
+    e = cfg.env
+    if not e.tasks:
+        return [
+            (
+                cfg.ppo.task_balance == "none",
+                "ppo.task_balance applies to multi-task runs only (set env.tasks)",
+            ),
+            (0 < cfg.model.popart_beta <= 1, "model.popart_beta must be in (0, 1]"),
+        ]
+    return [
+        (len(set(e.tasks)) == len(e.tasks), f"env.tasks {e.tasks} lists a task twice"),
+        (
+            e.id in e.tasks,
+            f"env.id={e.id} is not one of env.tasks {e.tasks}: set env.id to one of them (its family, "
+            f"Atari or gymnasium, decides which env.* keys apply)",
+        ),
+        (
+            all(is_atari_env_id(t) == is_atari_env_id(e.id) for t in e.tasks),
+            f"env.tasks {e.tasks} mixes Atari and gymnasium ids: train one family at a time",
+        ),
+        (not e.labels, "env.labels is not supported with env.tasks yet (each game has its own labels)"),
+        (0 < cfg.model.popart_beta <= 1, "model.popart_beta must be in (0, 1]"),
+        (
+            not cfg.model.separate_value,
+            "model.separate_value=true is not supported with env.tasks (the value heads read the torso)",
+        ),
+    ]
+
+
 def _check_applicable(cfg: Config) -> None:
     """Keys that this env path or model would ignore are errors, not silent no-ops."""
     e, defaults = cfg.env, EnvConfig()
@@ -842,6 +886,7 @@ def _check_applicable(cfg: Config) -> None:
             f"model.separate_value=true needs model.torso=mlp (got {cfg.model.torso!r})",
         ),
         *_label_checks(e),
+        *_task_checks(cfg),
         (
             cfg.ppo.augment == "none" or cfg.model.torso != "mlp",
             f"ppo.augment={cfg.ppo.augment} shifts image frames, but model.torso=mlp takes vector "

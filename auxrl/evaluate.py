@@ -40,6 +40,7 @@ def evaluate(
     seed: int = 12345,
     on_step: Callable[[np.ndarray, Step, np.ndarray | None], None] | None = None,
     render: bool = False,
+    task: str | None = None,
 ) -> EvalResult:
     """Play ``episodes`` whole games (no episodic life, no reward clipping or scaling).
 
@@ -47,11 +48,16 @@ def evaluate(
     over-represented. ``seed`` seeds the envs and the sampled actions: a call repeats exactly.
     Observations are normalised with the run's frozen statistics.
     ``on_step(obs, step, screen)`` sees every step (used to record video): ``screen`` is env 0's
-    RGB screen before the step with ``render=True``, else None.
+    RGB screen before the step with ``render=True``, else None. ``task``: which game a multi-task
+    agent plays (its name, see ``agent.task_names``).
     """
     cfg = agent.config
     num_envs = max(1, min(num_envs, episodes))
-    env_cfg = build(type(cfg.env), {**vars(cfg.env), "num_envs": num_envs})
+    index = agent.task_index(task) if agent.model.task_aware else None
+    env = {"num_envs": num_envs}
+    if agent.task_names:  # multi-task: that task's env alone
+        env.update(id=agent.model.tasks[index].env_id, tasks=[])
+    env_cfg = build(type(cfg.env), {**vars(cfg.env), **env})
     per_env = math.ceil(episodes / num_envs)
     counts = np.zeros(num_envs, dtype=np.int64)
     returns: list[float] = []
@@ -68,10 +74,11 @@ def evaluate(
             with torch.cuda.device(agent.device):
                 torch.cuda.manual_seed(seed)
         obs = envs.reset(seed=seed)
+        task_t = None if index is None else torch.full((envs.num_envs,), index, device=agent.device)
         while len(returns) < episodes:
             screen = envs.render() if render else None
             obs_t = torch.as_tensor(obs, device=agent.device)
-            action = agent.model.act(obs_t, deterministic=deterministic).action.cpu().numpy()
+            action = agent.model.act(obs_t, deterministic=deterministic, task=task_t).action.cpu().numpy()
             step = envs.step(action)
             if on_step is not None:
                 on_step(obs, step, screen)

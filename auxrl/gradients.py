@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from auxrl.balance import Balancer, cosine
+from auxrl.balance import EPS, Balancer, cosine
 from auxrl.distributed import Dist
 
 # Terms checked for NaN/inf before every optimizer step (losses and gradient norms).
@@ -105,6 +105,7 @@ def set_gradients(
     aux_max_grad_norm: float | None,
     dist: Dist | None = None,
     shared_graph: bool = False,
+    ppo_grads: list[torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Steps 1-4 above: fill ``p.grad`` of every parameter that gets one; returns diagnostics.
 
@@ -118,7 +119,9 @@ def set_gradients(
     """
     n_torso = len(params.torso)
     # shared_graph: some task losses are taken on PPO's own forward pass (Needs.minibatch).
-    ppo_grads = _grads(ppo_total, params.ppo, retain=shared_graph)
+    # (multi-task: given, the tasks' gradients already combined by task_gradients)
+    if ppo_grads is None:
+        ppo_grads = _grads(ppo_total, params.ppo, retain=shared_graph)
     # Several tasks may share that pass too: every backward keeps the graph (it goes with the step).
     task_grads = {
         name: _grads(loss, params.torso + params.tasks[name], retain=shared_graph)
@@ -169,3 +172,51 @@ def check_finite(terms: dict[str, torch.Tensor], step: int) -> None:
         f"high for this model (ppo.lr), a loss weight or coefficient too large (aux.tasks.<name>.weight, "
         f"ppo.vf_coef), or a custom head producing NaN. Lower it and resume with --resume."
     )
+
+
+def pcgrad_tasks(flat: torch.Tensor) -> torch.Tensor:
+    """PCGrad (Yu et al. 2020) over the rows of ``flat`` ([tasks, parameters]): from each task's
+    gradient the component that conflicts with another task's (negative dot product) is removed,
+    one other task after another (in index order: no random draw), against the original ones."""
+    out = flat.clone()
+    squares = flat.pow(2).sum(1).clamp(min=EPS)
+    for i in range(flat.shape[0]):
+        for j in range(flat.shape[0]):
+            if i != j:
+                dot = (out[i] * flat[j]).sum()
+                out[i] = out[i] - dot.clamp(max=0.0) / squares[j] * flat[j]
+    return out
+
+
+def task_gradients(
+    losses: list[torch.Tensor], names: list[str], params: LearnerParams, method: str
+) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
+    """Multi-task PPO: each task's gradient on the PPO parameters (torso, then heads), their torso
+    parts combined by ``ppo.task_balance`` (none: the mean; norm: each rescaled to the mean of
+    their norms first; pcgrad: conflicts projected out first), their head parts averaged (a task's
+    heads only get gradients from its own samples). The result is the gradient of the tasks'
+    mean loss when ``method`` is none. Diagnostics per task: ``tasks/<name>/grad_norm`` (its torso
+    gradient's norm) and ``tasks/<name>/grad_cosine`` (its cosine with the other tasks' sum)."""
+    per = [_grads(loss, params.ppo, retain=True) for loss in losses]
+    count, n_torso = len(losses), len(params.torso)
+    heads = [sum(g[k] for g in per) / count for k in range(n_torso, len(params.ppo))]
+    out: dict[str, torch.Tensor] = {}
+    if not n_torso:
+        return heads, out
+    flat = torch.stack([_flat(g[:n_torso]) for g in per])  # [tasks, torso parameters]
+    norms = flat.norm(dim=1)
+    total = flat.sum(0)
+    for i, name in enumerate(names):
+        out[f"tasks/{name}/grad_norm"] = norms[i]
+        out[f"tasks/{name}/grad_cosine"] = cosine(flat[i], total - flat[i])
+    if method == "norm":
+        flat = flat * (norms.mean() / norms.clamp(min=EPS)).unsqueeze(1)
+    elif method == "pcgrad":
+        flat = pcgrad_tasks(flat)
+    torso = [
+        g.view_as(p)
+        for g, p in zip(
+            torch.split(flat.mean(0), [p.numel() for p in params.torso]), params.torso, strict=True
+        )
+    ]
+    return torso + heads, out

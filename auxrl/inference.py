@@ -14,6 +14,7 @@ from auxrl.device import resolve_device  # also importable from here, its former
 from auxrl.envs.normalize import NormStats
 from auxrl.envs.spaces import from_plain
 from auxrl.models.agent import Agent, build_agent
+from auxrl.models.multitask import TaskSpec, popart_enabled
 from auxrl.rundir import read_checkpoint  # also importable from here, its former home
 
 
@@ -34,8 +35,25 @@ class TrainedAgent:
     device: torch.device
     stats: NormStats = field(default_factory=NormStats)
 
+    @property
+    def task_names(self) -> list[str]:
+        """The tasks of a multi-task agent (``env.tasks``), in head order; [] for one task."""
+        return self.model.task_names if len(self.model.tasks) > 1 else []
+
+    def task_index(self, task: str | None) -> int:
+        """The index of ``task``'s heads (None: the only task), or a one-line error naming them."""
+        names = self.model.task_names
+        if task is None:
+            if len(names) > 1:
+                raise ValueError(f"This agent plays {len(names)} tasks ({', '.join(names)}): name one.")
+            return 0
+        if task not in names:
+            known = ", ".join(names) or "none: it was trained on one env"
+            raise ValueError(f"task {task!r}: this agent's tasks are {known}.")
+        return names.index(task)
+
     @torch.no_grad()
-    def predict(self, obs: np.ndarray, deterministic: bool = False) -> np.ndarray:
+    def predict(self, obs: np.ndarray, deterministic: bool = False, task: str | None = None) -> np.ndarray:
         """The action(s) for one observation or a batch of them.
 
         :param obs: an observation as the env returns it (raw: the run's observation
@@ -44,6 +62,7 @@ class TrainedAgent:
             (4, 84, 84), as ``auxrl.envs.make_envs`` returns them.
         :param deterministic: the most likely action (the mean of a Gaussian policy) instead of
             a sample.
+        :param task: a multi-task agent's task (its name, e.g. ``Pong``), whose heads act.
         :return: a numpy action for a single observation (an integer for discrete actions),
             an array of them for a batch. Continuous actions are clipped to the action space's
             bounds, as the env does in training.
@@ -66,7 +85,9 @@ class TrainedAgent:
             array = self.stats.normalize_obs(array, self.config.env.clip_obs)
         dtype = torch.uint8 if self.observation_space.dtype == np.uint8 else torch.float32
         tensor = torch.as_tensor(np.ascontiguousarray(array)).to(self.device, dtype)
-        action = self.model.act(tensor, deterministic=deterministic).action.cpu().numpy()
+        index = self.task_index(task) if self.model.task_aware else None
+        task_t = None if index is None else torch.full((tensor.shape[0],), index, device=self.device)
+        action = self.model.act(tensor, deterministic=deterministic, task=task_t).action.cpu().numpy()
         if isinstance(self.action_space, gym.spaces.Box):
             action = np.clip(action, self.action_space.low, self.action_space.high)
         return action[0] if single else action
@@ -84,8 +105,16 @@ def load_agent(run_dir_or_checkpoint: str | Path, device: str | torch.device = "
     saved = read_checkpoint(run_dir_or_checkpoint, "config", "spaces", "model")
     cfg = build(Config, saved["config"])
     obs_space, action_space = (from_plain(space) for space in saved["spaces"])
+    tasks = [TaskSpec(name, env_id, from_plain(space)) for name, env_id, space in saved.get("tasks") or []]
     model = build_agent(
-        cfg.model.torso, cfg.model.hidden_sizes, obs_space, action_space, cfg.model.separate_value
+        cfg.model.torso,
+        cfg.model.hidden_sizes,
+        obs_space,
+        action_space,
+        cfg.model.separate_value,
+        tasks=tasks,
+        popart=bool(tasks) and popart_enabled(cfg.model.popart, len(tasks)),
+        popart_beta=cfg.model.popart_beta,
     )
     # The run's saved config may include heads this model lacks (auxiliary tasks): keep the
     # torso and the PPO heads only.

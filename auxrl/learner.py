@@ -32,8 +32,8 @@ from auxrl.augment import augment
 from auxrl.balance import Balancer
 from auxrl.config import AuxConfig, PPOConfig
 from auxrl.distributed import Dist
-from auxrl.gradients import GUARDED, LearnerParams, check_finite, set_gradients
-from auxrl.ppo.loss import PPOObjective
+from auxrl.gradients import GUARDED, LearnerParams, check_finite, set_gradients, task_gradients
+from auxrl.ppo.loss import PPOLoss, PPOObjective, mean_loss
 from auxrl.ppo.rollout import Batch, RolloutStorage
 from auxrl.tasks.base import AuxOutput
 from auxrl.tasks.combine import AuxTasks, PPOSamples
@@ -83,6 +83,14 @@ class Learner:
         """
         weights = weights or {}
         objective = PPOObjective(ppo)
+        popart = (
+            getattr(self.agent.value, "popart", None) if getattr(self.agent, "task_aware", False) else None
+        )
+        if popart is not None:  # PopArt: the targets' statistics first, outputs preserved (ART, then POP)
+            task = storage.task.expand(storage.num_steps, storage.num_envs)
+            popart.update(
+                storage.returns, task, storage.valid, reduce=self.dist.average_ if self.dist.enabled else None
+            )
         active = [name for name, w in weights.items() if w != 0.0]  # a zero weight: not sampled, not run
         params = LearnerParams.of(self.agent, active) if active and aux is not None else None
         sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=storage.device))
@@ -90,7 +98,10 @@ class Learner:
         count = 0  # minibatches so far
         first = aux.minibatches_done if aux is not None else 0
         split = 0  # tasks that learn from PPO's minibatch take its first `split` samples' features
-        if params is not None and aux is not None:
+        multi = len(getattr(self.agent, "tasks", ())) > 1
+        if multi and params is None:
+            params = LearnerParams.of(self.agent, [])  # the tasks' PPO gradients are combined by hand
+        if active and aux is not None:
             minibatches = ppo.update_epochs * ppo.num_minibatches
             aux.draw(sum((first + i) % aux_cfg.every == 0 for i in range(minibatches)), active)
             split = aux.minibatch_size(active)
@@ -100,12 +111,25 @@ class Learner:
         augment_rng = _augment_generator(storage.device) if ppo.augment != "none" else None
         for _epoch in range(ppo.update_epochs):
             for batch in storage.minibatches(ppo.num_minibatches):
-                with_aux = params is not None and (first + count) % aux_cfg.every == 0
+                with_aux = bool(active) and aux is not None and (first + count) % aux_cfg.every == 0
                 obs = batch.obs if augment_rng is None else augment(batch.obs, ppo.augment, augment_rng)
                 with self.amp():  # the forward passes and losses; their gradients are taken outside
-                    loss, aux_out = self._losses(objective, storage, batch, obs, aux, active, split, with_aux)
+                    loss, task_losses, aux_out = self._losses(
+                        objective, storage, batch, obs, aux, active, split, with_aux, multi
+                    )
                 self.optimizer.zero_grad(set_to_none=True)
                 terms = loss.terms()
+                ppo_grads = None
+                if task_losses:  # multi-task: each task's terms and gradient, combined by ppo.task_balance
+                    assert params is not None
+                    names = self.agent.task_names
+                    for name, task_loss in zip(names, task_losses, strict=True):
+                        for key, value in task_loss.terms().items():
+                            terms[key.replace("losses/", f"losses/{name}/")] = value
+                    ppo_grads, diagnostics = task_gradients(
+                        [t.total for t in task_losses], names, params, ppo.task_balance
+                    )
+                    terms.update(diagnostics)
                 if with_aux:
                     assert params is not None
                     weighted = {name: weights[name] * out.loss for name, out in aux_out.items()}
@@ -123,11 +147,20 @@ class Learner:
                             aux_cfg.max_grad_norm,
                             self.dist,
                             shared_graph=split > 0,
+                            ppo_grads=ppo_grads,
                         )
                     )
                     terms["losses/total"] = loss.total + sum(weighted.values())
                 else:
-                    terms.update(self._ppo_gradients(loss.total, ppo.max_grad_norm, storage.device))
+                    if ppo_grads is not None:
+                        assert params is not None
+                        for q, g in zip(params.ppo, ppo_grads, strict=True):
+                            q.grad = g
+                    terms.update(
+                        self._ppo_gradients(
+                            loss.total, ppo.max_grad_norm, storage.device, backward=ppo_grads is None
+                        )
+                    )
                     terms["losses/total"] = loss.total
                 # After the all-reduce: a NaN on any rank reaches every rank, and all stop here.
                 check_finite({k: v for k, v in terms.items() if k.endswith(GUARDED)}, step)
@@ -143,7 +176,12 @@ class Learner:
         if aux is not None:
             aux.minibatches_done += count
         self.balancer.end_update()
-        return {key: value / counts[key] for key, value in sums.items()}
+        out = {key: value / counts[key] for key, value in sums.items()}
+        if popart is not None:
+            for i, name in enumerate(self.agent.task_names):
+                out[f"popart/{name}/mu"] = popart.mu[i].clone()
+                out[f"popart/{name}/sigma"] = popart.sigma[i]
+        return out
 
     def _losses(
         self,
@@ -155,8 +193,10 @@ class Learner:
         active: list[str],
         split: int,
         with_aux: bool,
+        multi: bool = False,
     ):
-        """Steps 1-2: the torso pass(es), PPO's named terms and each active task's output."""
+        """Steps 1-2: the torso pass(es), PPO's named terms (and each game's, ``multi``) and each
+        active task's output."""
         torso = self.agent.torso
         task_features = None  # of the first `split` samples, for the Needs.minibatch tasks
         if with_aux and 0 < split < obs.shape[0]:
@@ -168,7 +208,12 @@ class Learner:
         else:
             features = torso(obs)  # one torso pass for policy and value
             task_features = features[:split] if with_aux and split else None
-        loss = objective(self.agent, batch, features, obs)
+        task_losses: list[PPOLoss] = []
+        if multi:
+            task_losses = objective.per_task(self.agent, batch, features)
+            loss = mean_loss(task_losses, batch)
+        else:
+            loss = objective(self.agent, batch, features, obs)
         aux_out: dict[str, AuxOutput] = {}
         if with_aux:
             assert aux is not None
@@ -176,13 +221,14 @@ class Learner:
                 None if task_features is None else PPOSamples(storage, batch.index[:split], task_features)
             )
             aux_out = aux.losses(torso, active, shared)
-        return loss, aux_out
+        return loss, task_losses, aux_out
 
     def _ppo_gradients(
-        self, total: torch.Tensor, max_grad_norm: float, device: torch.device
+        self, total: torch.Tensor, max_grad_norm: float, device: torch.device, backward: bool = True
     ) -> dict[str, torch.Tensor]:
-        """PPO alone: one backward, the ranks' average, one clip (CleanRL's step)."""
-        if total.requires_grad:  # False when only aux heads train (frozen torso and PPO heads)
+        """PPO alone: one backward (``backward=False``: the gradients are set already), the ranks'
+        average, one clip (CleanRL's step)."""
+        if backward and total.requires_grad:  # False when only aux heads train (frozen torso and PPO heads)
             total.backward()
         self.dist.average_([q.grad for q in self.trainable if q.grad is not None])  # before the clip
         # .to: with no gradient at all (aux-only minibatch skipped) torch returns a CPU zero.

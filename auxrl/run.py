@@ -25,7 +25,7 @@ import yaml
 
 from auxrl import checkpoint, rundir
 from auxrl.balance import Balancer
-from auxrl.build import build_model, check_stage_spaces, check_task_windows, make_optimizer
+from auxrl.build import build_model, check_stage_spaces, check_task_windows, make_optimizer, task_specs
 from auxrl.config import Config, flatten_dotted, save_config, to_dict
 from auxrl.curriculum import Stage, plan_stages
 from auxrl.device import resolve_device
@@ -35,6 +35,7 @@ from auxrl.envs.spaces import to_plain
 from auxrl.learner import Learner
 from auxrl.logger import Logger, NullLogger, Progress
 from auxrl.models.agent import Agent
+from auxrl.models.multitask import TaskSpec
 from auxrl.perf import autocast, check_bf16, try_compile
 from auxrl.stopping import StopRequested, StopSignals
 from auxrl.tasks.base import AuxTask
@@ -180,8 +181,9 @@ class Run:
         claimed: rundir.Claim | None = None
         try:
             spaces = (first_envs.single_observation_space, first_envs.single_action_space)
-            check_stage_spaces(spaces, stages[current + 1 :])
-            agent, learner, bf16 = _build(cfg, stages, spaces, dev, dist, saved is None, say)
+            tasks = task_specs(cfg, stages, first_envs, current)  # per-task heads (env.tasks, PopArt)
+            check_stage_spaces(spaces, stages[current + 1 :], tasks)
+            agent, learner, bf16 = _build(cfg, stages, spaces, tasks, dev, dist, saved is None, say)
             if saved is not None:
                 _restore(learner, saved, cfg, run_dir, dev)
                 where = (
@@ -263,6 +265,8 @@ class Run:
             "aux_minibatches_done": aux.minibatches_done if aux else 0,
             "config": to_dict(self.cfg),
             "spaces": [to_plain(space) for space in self.spaces],
+            # per-task heads: (name, env id, action space) of each, in head order
+            "tasks": [[t.name, t.env_id, to_plain(t.action_space)] for t in self.agent.tasks],
             "normalization": self.norm_stats.state_dict(),
         }
 
@@ -363,6 +367,7 @@ def _build(
     cfg: Config,
     stages: list[Stage],
     spaces: tuple[gym.Space, gym.Space],
+    tasks: list[TaskSpec],
     dev: torch.device,
     dist: Dist,
     fresh: bool,
@@ -370,7 +375,7 @@ def _build(
 ) -> tuple[Agent, Learner, bool]:
     """The model (from ``model.init_from`` on a fresh run, with ``model.freeze``), its optimizer,
     balancer and learner, and whether it computes in bf16."""
-    agent = build_model(cfg, stages, *spaces).to(dev)
+    agent = build_model(cfg, stages, *spaces, tasks=tasks).to(dev)
     check_task_windows(agent, stages)
     if cfg.model.init_from and fresh:
         loaded = load_pretrained(agent, cfg.model.init_from, cfg.model.init_modules)

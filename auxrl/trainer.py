@@ -25,6 +25,7 @@ from auxrl.collect import collect_rollout
 from auxrl.config import Config
 from auxrl.curriculum import Stage, plan_stages
 from auxrl.envs import VecEnv, make_envs
+from auxrl.models.multitask import task_name
 from auxrl.perf import autocast, set_torch_threads, torch_threads
 from auxrl.ppo.loss import explained_variance
 from auxrl.ppo.rollout import RolloutStorage
@@ -103,8 +104,11 @@ def train_stages(run: Run) -> None:
         stage = stages[state.stage]
         if run.envs is None:
             run.envs = make_envs(stage.cfg.env, stats=run.norm_stats)
-        check_spaces(run.spaces, run.envs, stage)
-        bar.log(f"Stage {stage.index} ({stage.name}): {stage.cfg.env.id}, {stage.cfg.env.num_envs} envs")
+        check_spaces(run.spaces, run.envs, stage, run.agent.tasks)
+        env = stage.cfg.env
+        games = ", ".join(env.tasks) if env.tasks else env.id
+        per = f" per task ({len(env.tasks) * env.num_envs} in all)" if env.tasks else ""
+        bar.log(f"Stage {stage.index} ({stage.name}): {games}, {env.num_envs} envs{per}")
         reason = train_stage(run, stage, run.envs)
         run.envs.close()
         run.envs = None
@@ -136,6 +140,16 @@ def _storage(scfg: Config, envs: VecEnv, device: torch.device) -> RolloutStorage
         device,
         num_labels=len(envs.label_names),
     )
+
+
+def _env_tasks(run: Run, stage: Stage, envs: VecEnv) -> np.ndarray:
+    """The index of the heads each env's task uses (all 0 in a task-blind model)."""
+    if not run.agent.task_aware:
+        return np.zeros(envs.num_envs, dtype=np.int64)
+    names = run.agent.task_names
+    ids = getattr(envs, "task_env_ids", None) or [stage.cfg.env.id]
+    local = getattr(envs, "task_ids", np.zeros(envs.num_envs, dtype=np.int64))
+    return np.array([names.index(task_name(env_id)) for env_id in ids], dtype=np.int64)[local]
 
 
 def _stage_tasks(run: Run, stage: Stage, storage: RolloutStorage) -> AuxTasks:
@@ -173,14 +187,20 @@ class _Episodes:
     """Finished games: gathered from every process, logged at the env step each one ended, and
     kept for the curriculum's promotion and the recent return."""
 
-    def __init__(self, run: Run, stage: Stage, num_envs: int) -> None:
-        self.run, self.stage, self.num_envs = run, stage, num_envs
-        self.finished: list[tuple[float, float, int]] = []  # (return, length, rollout step) here
+    def __init__(self, run: Run, stage: Stage, env_tasks: np.ndarray) -> None:
+        self.run, self.stage, self.num_envs = run, stage, len(env_tasks)
+        self.env_tasks = env_tasks  # the task index of each env
+        # Multi-task runs also log each task's games under charts/<task>/.
+        self.task_names = run.agent.task_names if len(run.agent.tasks) > 1 else []
+        self.finished: list[tuple[float, float, int, int]] = []  # (return, length, rollout step, task)
 
-    def __call__(self, returns: np.ndarray, lengths: np.ndarray, steps_taken: int) -> None:
+    def __call__(
+        self, returns: np.ndarray, lengths: np.ndarray, steps_taken: int, first_env: int = 0
+    ) -> None:
         """``collect_rollout``'s ``on_episodes``: games of this process as they end."""
         t = steps_taken // self.num_envs  # rollout steps done when these games ended
-        self.finished.extend((float(r), float(n), t) for r, n in zip(returns, lengths, strict=True))
+        task = int(self.env_tasks[first_env])  # a group of envs plays one task
+        self.finished.extend((float(r), float(n), t, task) for r, n in zip(returns, lengths, strict=True))
         self.run.local_episodes += len(returns)
 
     def record(self) -> None:
@@ -191,10 +211,13 @@ class _Episodes:
         games = sorted(run.dist.gather(self.finished), key=lambda game: game[2])  # by step, then rank
         self.finished.clear()
         per_step = self.num_envs * run.dist.world_size  # env steps of all ranks per rollout step
-        for i, (ret, length, t) in enumerate(games):
+        for i, (ret, length, t, task) in enumerate(games):
             step = state.global_step + t * per_step
             run.logger.scalar("charts/episodic_return", ret, step)
             run.logger.scalar("charts/episodic_length", length, step)
+            if self.task_names:
+                run.logger.scalar(f"charts/{self.task_names[task]}/episodic_return", ret, step)
+                run.logger.scalar(f"charts/{self.task_names[task]}/episodic_length", length, step)
             if len(run.cfg.curriculum.stages):
                 run.logger.scalar(f"curriculum/{stage.name}/episodic_return", ret, step)
             state.stage_returns.append(ret)
@@ -211,8 +234,10 @@ def train_stage(run: Run, stage: Stage, envs: VecEnv) -> str | None:
     """Train one stage; returns why it ended ("budget", "threshold"), None at total_steps."""
     cfg, scfg, state, agent, dev = run.cfg, stage.cfg, run.state, run.agent, run.device
     storage = _storage(scfg, envs, dev)
+    env_tasks = _env_tasks(run, stage, envs)
+    storage.task.copy_(torch.from_numpy(env_tasks))
     aux = run.aux = _stage_tasks(run, stage, storage)
-    episodes = _Episodes(run, stage, storage.num_envs)
+    episodes = _Episodes(run, stage, env_tasks)
     # A fresh env per (re)start: resumed runs start new episodes, counted from the saved step.
     # Env j of rank r is seeded with seed + r * num_envs + j (plus the stage and step offsets).
     reset_seed = derived_seed(cfg.seed, 1000 * stage.index, state.global_step, run.dist.rank * envs.num_envs)
@@ -235,7 +260,8 @@ def train_stage(run: Run, stage: Stage, envs: VecEnv) -> str | None:
             with autocast(run.bf16, dev):  # the rollout is forward passes only (no_grad)
                 collect_rollout(envs, agent, storage, episodes)
                 with torch.no_grad():
-                    next_value = agent.get_value(storage.next_obs).float()
+                    task = storage.task if agent.task_aware else None
+                    next_value = agent.get_value(storage.next_obs, task).float()
         except (EOFError, OSError) as err:  # an env worker died: of the same SIGTERM (a whole group's)?
             if run.stop.signum is None:
                 raise

@@ -190,7 +190,10 @@ def read_eval(run_dir: Path) -> dict[str, Any] | None:
 
 
 def run_status(
-    run_dir: Path, total_steps: int, read_score: Callable[[Path], dict[str, Any] | None] = read_eval
+    run_dir: Path,
+    total_steps: int,
+    read_score: Callable[[Path], dict[str, Any] | None] = read_eval,
+    probe: bool = True,
 ) -> Status:
     """What a run needs next.
 
@@ -200,6 +203,7 @@ def run_status(
     a run killed before its first checkpoint is deleted before training). A run scored at
     total_steps without a checkpoint (finished in an earlier session or another clone: its score,
     config and events are committed, its checkpoints of tens of MB are not) is ``done``.
+    ``probe``: an AtariARI game's scored run still needs its ``auxrl probe`` (``probe``).
     """
     step = checkpoint_step(run_dir)
     scored = read_score(run_dir) or {}
@@ -209,7 +213,7 @@ def run_status(
         return "resume"
     if scored.get("step") != step:
         return "eval"
-    return "probe" if wants_probe(run_dir, step) else "done"
+    return "probe" if probe and wants_probe(run_dir, step) else "done"
 
 
 def wants_probe(run_dir: Path, step: int) -> bool:
@@ -406,7 +410,14 @@ class Job:
 
 
 class Runner:
-    """Runs a list of RunSpecs, ``jobs`` at a time, from one thread (polling its children)."""
+    """Runs a list of RunSpecs, ``jobs`` at a time, from one thread (polling its children).
+
+    Other suites (benchmarks/multitask.py) reuse it through a few hooks: :meth:`steps_of` (a run's
+    length), :meth:`ready` (a run that waits for another), :meth:`record` (its eval.json) and
+    ``probe`` (whether AtariARI games get ``auxrl probe``).
+    """
+
+    probe = True
 
     def __init__(
         self, out: Path, config: str, extra: list[str], steps: int, device: str, jobs: int, threads: int
@@ -427,7 +438,7 @@ class Runner:
         self.logs_dir.mkdir(parents=True, exist_ok=True)
         lock = SuiteLock(self.out / ".lock")
         self.pass_fds = lock.pass_fds
-        statuses = {s: run_status(self.runs_dir / s.name, self.steps) for s in specs}
+        statuses = {s: self.status(s) for s in specs}
         todo = [s for s in specs if statuses[s] != "done"]
         self.total, self.done = len(specs), len(specs) - len(todo)
         kinds = ("done", "probe", "eval", "resume", "fresh")
@@ -444,7 +455,19 @@ class Runner:
         try:
             while todo or running:
                 while todo and len(running) < self.jobs:
-                    job = self._start(todo.pop(0))
+                    ready = [s for s in todo if self.ready(s)]
+                    if not ready:
+                        if not running:  # what they wait for failed or is not planned
+                            for spec in todo:
+                                self.failed.append(spec.name)
+                                print(
+                                    f"[atari100k] FAILED {spec.name}: what it needs did not finish",
+                                    flush=True,
+                                )
+                            todo.clear()
+                        break
+                    todo.remove(ready[0])
+                    job = self._start(ready[0])
                     if job is not None:
                         running.append(job)
                 time.sleep(1.0)
@@ -463,9 +486,28 @@ class Runner:
             signal.signal(signal.SIGTERM, previous)
         return 1 if self.failed else 0
 
+    # ---------------------------------------------------------------- hooks
+    def steps_of(self, spec: Any) -> int:
+        """Agent steps of a finished run."""
+        return self.steps
+
+    def ready(self, spec: Any) -> bool:
+        """Whether ``spec`` can start now (every run of this suite can)."""
+        return True
+
+    def status(self, spec: Any) -> Status:
+        return run_status(self.runs_dir / spec.name, self.steps_of(spec), probe=self.probe)
+
+    def record(self, job: Job) -> tuple[dict[str, Any], str]:
+        """eval.json's content of a scored run, and how the log line states its score."""
+        result = parse_eval_output(job.log.read_text())
+        result.update(game=job.spec.game, variant=job.spec.variant, seed=job.spec.seed)
+        hns = analysis.human_normalized(job.spec.game, result["score"])
+        return result, f"score {result['score']:.1f} (HNS {hns:.3f})"
+
     def _start(self, spec: RunSpec) -> Job | None:
         run_dir = self.runs_dir / spec.name
-        status = run_status(run_dir, self.steps)  # may have changed since planning (e.g. another session)
+        status = self.status(spec)  # may have changed since planning (e.g. another session)
         if status == "done":
             self.done += 1
             return None
@@ -500,8 +542,8 @@ class Runner:
             return self._fail(job, f"{job.stage} exited with code {rc}")
         if job.stage == "train":
             step = checkpoint_step(job.run_dir)
-            if step is None or step < self.steps:
-                return self._fail(job, f"training ended at step {step} < {self.steps}")
+            if step is None or step < self.steps_of(job.spec):
+                return self._fail(job, f"training ended at step {step} < {self.steps_of(job.spec)}")
             follow = self._spawn(job.spec, job.run_dir, "eval", eval_command(job.run_dir, self.device))
             follow.run_started, follow.fresh = job.run_started, job.fresh
             return follow
@@ -510,16 +552,13 @@ class Runner:
             print(f"[atari100k] {self.done}/{self.total} done: {name} probed", flush=True)
             return None
         try:
-            result = parse_eval_output(job.log.read_text())
+            result, said = self.record(job)
         except ValueError as err:
             return self._fail(job, str(err))
         seconds = time.monotonic() - job.run_started
         result.update(
             step=checkpoint_step(job.run_dir),
             checkpoint=str(job.run_dir / "checkpoints"),
-            game=job.spec.game,
-            variant=job.spec.variant,
-            seed=job.spec.seed,
             seconds=round(seconds, 1),
             date=dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         )
@@ -527,13 +566,12 @@ class Runner:
         if job.fresh:
             self.durations[job.spec.kind].append(seconds)
         self.done += 1
-        hns = analysis.human_normalized(job.spec.game, result["score"])
         print(
-            f"[atari100k] {self.done}/{self.total} done: {name} score {result['score']:.1f} (HNS {hns:.3f}) "
+            f"[atari100k] {self.done}/{self.total} done: {name} {said} "
             f"in {seconds / 60:.1f} min; ETA {self._eta(todo)}",
             flush=True,
         )
-        if wants_probe(job.run_dir, result["step"]):  # counted done already: the score is in
+        if self.probe and wants_probe(job.run_dir, result["step"]):  # counted done already: the score is in
             self.done -= 1
             return self._spawn(job.spec, job.run_dir, "probe", probe_command(job.run_dir, self.device))
         return None

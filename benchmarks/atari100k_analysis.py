@@ -307,8 +307,10 @@ def analyze_phase(
     scores: Iterable[Score],
     reps: int = 1000,
     seed: int = 0,
+    baseline: str | None = None,
 ) -> PhaseAnalysis:
-    """Aggregate the finished runs among ``planned`` (any subset may be finished)."""
+    """Aggregate the finished runs among ``planned`` (any subset may be finished); ``baseline``:
+    the variant P(improvement) is taken against (default: the first of BASELINES it plans)."""
     planned = list(planned)
     games = list(dict.fromkeys(g for g, _, _ in planned))
     variants = list(dict.fromkeys(v for _, v, _ in planned))
@@ -318,7 +320,8 @@ def analyze_phase(
     block = matched_block(mine, games, [v for v in variants if any(s.variant == v for s in mine)])
     aggregates: dict[str, dict[str, Interval]] = {}
     improvement: dict[str, Interval] = {}
-    baseline = next((v for v in BASELINES if v in variants), BASELINE)
+    if baseline is None:
+        baseline = next((v for v in BASELINES if v in variants), BASELINE)
     if block.games:
         aggregates = aggregate_estimates(block.hns, reps, seed)
         if baseline in block.hns:

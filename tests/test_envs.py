@@ -38,7 +38,7 @@ def test_reset_steps_are_masked_and_truncation_bootstraps_in_a_real_rollout():
         agent = build_agent("mlp", [16], envs.single_observation_space, envs.single_action_space)
         storage = RolloutStorage(32, 3, (4,), torch.float32, (), torch.long, torch.device("cpu"))
         storage.next_obs.copy_(torch.as_tensor(envs.reset(seed=1)))
-        collect_rollout(envs, agent, storage, lambda r, n, s: None)
+        collect_rollout(envs, agent, storage, lambda *args: None)
     with torch.no_grad():
         next_value = agent.value(agent.torso(storage.next_obs))
     storage.finish(next_value, PPOConfig.gamma, PPOConfig.gae_lambda)
@@ -205,7 +205,7 @@ def test_grouped_atari_rollout_matches_env_semantics():
         storage = RolloutStorage(64, 4, (4, 84, 84), torch.uint8, (), torch.long, torch.device("cpu"))
         storage.next_obs.copy_(torch.as_tensor(envs.reset(seed=1)))
         first = storage.next_obs.clone()
-        collect_rollout(envs, agent, storage, lambda r, n, s: None)
+        collect_rollout(envs, agent, storage, lambda *args: None)
     assert torch.equal(storage.obs[0], first)
     # Consecutive stored observations of one env are consecutive frames: the newest frame of
     # obs[t] is the second newest of obs[t+1] (frame stacking), for every env and step that is

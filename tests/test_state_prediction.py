@@ -75,7 +75,7 @@ def labelled_rollouts(kwargs: dict, rollouts: int = 3, steps: int = 7, num_envs:
         storage.next_obs.copy_(torch.as_tensor(envs.reset(seed=3)))
         storage.next_labels.copy_(torch.as_tensor(envs.reset_labels))
         for _ in range(rollouts):
-            collect_rollout(envs, agent, storage, lambda r, n, s: None)
+            collect_rollout(envs, agent, storage, lambda *args: None)
             replay.add(storage)
     return storage, replay
 

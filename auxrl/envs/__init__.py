@@ -24,6 +24,18 @@ def make_envs(
     gymnasium's ALE env, since the native vector env cannot render. So does Atari with
     ``env.labels`` when training (each step's labels are in :attr:`Step.labels`).
     """
+    if cfg.tasks:  # multi-task: one vector env per task, side by side
+        from auxrl.envs.multitask import MultiTaskVecEnv, task_env_configs
+
+        envs: list[VecEnv] = []
+        try:
+            for task_cfg in task_env_configs(cfg):
+                envs.append(make_envs(task_cfg, training=training, stats=stats, render=render))
+            return MultiTaskVecEnv(envs, list(cfg.tasks))
+        except BaseException:
+            for env in envs:
+                env.close()
+            raise
     if is_atari_id(cfg.id):
         # env.labels (training only) read each env's RAM or info: the native vector env has neither.
         if cfg.mode is not None or cfg.difficulty is not None or render or (training and cfg.labels):

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from auxrl.models.heads import SeparateValueHead, ValueHead, make_policy
+from auxrl.models.multitask import TaskPolicies, TaskSpec, TaskValueHead
 from auxrl.models.torsos import Torso, make_torso
 
 
@@ -25,17 +26,37 @@ class Agent(nn.Module):
     The torso runs once per batch; heads read its features. Auxiliary tasks are added to
     ``heads`` under their config names, so they are saved, loaded and frozen by name like the
     PPO heads.
+
+    ``tasks`` (multi-task training, ``env.tasks``, or PopArt on one task): the PPO heads are
+    per task (auxrl/models/multitask.py) and every call takes each sample's task index
+    (``task``, ``[B]`` long); without tasks the agent is task-blind and ``task`` is ignored.
     """
 
-    def __init__(self, torso: Torso, action_space: gym.Space, value_head: nn.Module | None = None) -> None:
+    def __init__(
+        self,
+        torso: Torso,
+        action_space: gym.Space,
+        value_head: nn.Module | None = None,
+        policy: nn.Module | None = None,
+        tasks: list[TaskSpec] | None = None,
+    ) -> None:
         super().__init__()
         self.torso = torso
+        self.tasks = list(tasks or [])
         self.heads = nn.ModuleDict(
             {
-                "policy": make_policy(torso.feature_dim, action_space),
+                "policy": policy if policy is not None else make_policy(torso.feature_dim, action_space),
                 "value": value_head if value_head is not None else ValueHead(torso.feature_dim),
             }
         )
+
+    @property
+    def task_aware(self) -> bool:
+        return bool(self.tasks)
+
+    @property
+    def task_names(self) -> list[str]:
+        return [t.name for t in self.tasks]
 
     @property
     def policy(self) -> nn.Module:
@@ -46,27 +67,46 @@ class Agent(nn.Module):
         return self.heads["value"]
 
     def forward(
-        self, obs: torch.Tensor
+        self, obs: torch.Tensor, task: torch.Tensor | None = None
     ) -> tuple[torch.distributions.Distribution, torch.Tensor, torch.Tensor]:
         """One torso pass -> (action distribution, value, features)."""
         features = self.torso(obs)
-        return (*self.ppo_heads(features, obs), features)
+        return (*self.ppo_heads(features, obs, task), features)
 
     def ppo_heads(
-        self, features: torch.Tensor, obs: torch.Tensor
+        self, features: torch.Tensor, obs: torch.Tensor, task: torch.Tensor | None = None
     ) -> tuple[torch.distributions.Distribution, torch.Tensor]:
         """(action distribution, value) from the torso's ``features`` of ``obs``."""
+        if self.task_aware:
+            task = self._task(task, features)
+            pi = (
+                self.policy(features, task)
+                if getattr(self.policy, "task_aware", False)
+                else self.policy(features)
+            )
+            return pi, self.value(features, task)
         value = self.value(obs) if self.value.reads_observation else self.value(features)
         return self.policy(features), value
 
     @torch.no_grad()
-    def get_value(self, obs: torch.Tensor) -> torch.Tensor:
+    def get_value(self, obs: torch.Tensor, task: torch.Tensor | None = None) -> torch.Tensor:
         """V(obs), through the shared torso or the value head's own network."""
+        if self.task_aware:
+            features = self.torso(obs)
+            return self.value(features, self._task(task, features))
         return self.value(obs if self.value.reads_observation else self.torso(obs))
 
+    @staticmethod
+    def _task(task: torch.Tensor | None, features: torch.Tensor) -> torch.Tensor:
+        if task is None:  # one task (PopArt without env.tasks)
+            return torch.zeros(features.shape[0], dtype=torch.long, device=features.device)
+        return task
+
     @torch.no_grad()
-    def act(self, obs: torch.Tensor, deterministic: bool = False) -> ActOutput:
-        dist, value, _ = self(obs)
+    def act(
+        self, obs: torch.Tensor, deterministic: bool = False, task: torch.Tensor | None = None
+    ) -> ActOutput:
+        dist, value, _ = self(obs, task)
         # policy.sample: Categorical's draw without torch.multinomial's two host syncs (heads.py).
         action = self.policy.mode(dist) if deterministic else self.policy.sample(dist)
         return ActOutput(action, self.policy.log_prob(dist, action), value)
@@ -82,11 +122,23 @@ def build_agent(
     obs_space: gym.Space,
     action_space: gym.Space,
     separate_value: bool = False,
+    tasks: list[TaskSpec] | None = None,
+    popart: bool = False,
+    popart_beta: float = 0.01,
 ) -> Agent:
     """The torso, a policy head for ``action_space`` and a value head (on the torso's features, or
-    with ``separate_value`` on its own torso of the same kind)."""
+    with ``separate_value`` on its own torso of the same kind).
+
+    ``tasks``: per-task PPO heads (a policy head per task when there are several, a value output
+    per task, with PopArt where ``popart``); one task with ``popart``: PopArt on a plain policy."""
     if not isinstance(obs_space, gym.spaces.Box):
         raise ValueError(f"Unsupported observation space {obs_space}: auxrl needs Box observations.")
     shape = tuple(obs_space.shape)
+    if tasks:
+        torso = make_torso(torso_name, shape, hidden_sizes)
+        policy = TaskPolicies(torso.feature_dim, tasks) if len(tasks) > 1 else None
+        value = TaskValueHead(torso.feature_dim, len(tasks), popart, popart_beta)
+        return Agent(torso, tasks[0].action_space, value, policy, tasks)
+    # (the value's own torso first: the order the weights are drawn in, as before)
     value = SeparateValueHead(make_torso(torso_name, shape, hidden_sizes)) if separate_value else None
     return Agent(make_torso(torso_name, shape, hidden_sizes), action_space, value)

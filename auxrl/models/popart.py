@@ -18,6 +18,8 @@ Everything stays on the device (per-task sums with ``index_add_``, no host sync)
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -76,17 +78,24 @@ class PopArt(nn.Module):
 
     @torch.no_grad()
     def update(
-        self, targets: torch.Tensor, task: torch.Tensor | None = None, mask: torch.Tensor | None = None
+        self,
+        targets: torch.Tensor,
+        task: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+        reduce: Callable[[list[torch.Tensor]], object] | None = None,
     ) -> None:
         """ART then POP: move each task's statistics towards the moments of its ``targets``
         (where ``mask``), then rescale the layer so that no unnormalised output changes. A task
-        without targets in the batch keeps its statistics."""
+        without targets in the batch keeps its statistics. ``reduce``: averages the per-task sums
+        over processes in place (several ranks: the same statistics everywhere)."""
         targets = targets.detach().float().flatten()
         task = torch.zeros_like(targets, dtype=torch.long) if task is None else task.flatten().long()
         weight = torch.ones_like(targets) if mask is None else mask.flatten().float()
         count = torch.zeros_like(self.mu).index_add_(0, task, weight)
         first = torch.zeros_like(self.mu).index_add_(0, task, weight * targets)
         second = torch.zeros_like(self.mu).index_add_(0, task, weight * targets**2)
+        if reduce is not None:
+            reduce([count, first, second])
         seen = count > 0
         mean, square = first / count.clamp(min=1.0), second / count.clamp(min=1.0)
         # The k-th update's step, debiased: the first batch sets the statistics outright.

@@ -3,7 +3,7 @@ named loss terms (as TorchRL's loss modules return them)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 
 import torch
 from torch import nn
@@ -91,10 +91,57 @@ class PPOObjective(nn.Module):
         self.cfg = cfg
 
     def forward(self, agent: nn.Module, batch: Batch, features: torch.Tensor, obs: torch.Tensor) -> PPOLoss:
-        pi, values = agent.ppo_heads(features, obs)
+        if getattr(agent, "task_aware", False):
+            pi, values, batch = self._task_inputs(agent, batch, features)
+        else:
+            pi, values = agent.ppo_heads(features, obs)
         return ppo_loss(
             self.cfg, batch, agent.policy.log_prob(pi, batch.actions), agent.policy.entropy(pi), values
         )
+
+    def per_task(self, agent: nn.Module, batch: Batch, features: torch.Tensor) -> list[PPOLoss]:
+        """Multi-task: PPO's terms on each task's samples of the minibatch (a task's advantages
+        normalised among its own samples), in the order of ``agent.tasks``."""
+        pi, values, batch = self._task_inputs(agent, batch, features)
+        log_probs, entropy = agent.policy.log_prob(pi, batch.actions), agent.policy.entropy(pi)
+        assert batch.task is not None
+        return [
+            ppo_loss(
+                self.cfg, replace(batch, valid=batch.valid * (batch.task == i)), log_probs, entropy, values
+            )
+            for i in range(len(agent.tasks))
+        ]
+
+    @staticmethod
+    def _task_inputs(agent: nn.Module, batch: Batch, features: torch.Tensor):
+        """Per-task heads: the distribution of each sample's own policy head, its value output on
+        the normalised scale (PopArt; plain otherwise), and the batch's old values, returns and
+        advantages on that same scale."""
+        task = batch.task if batch.task is not None else torch.zeros_like(batch.values, dtype=torch.long)
+        head = agent.value
+        policy = agent.policy
+        pi = policy(features, task) if getattr(policy, "task_aware", False) else policy(features)
+        batch = replace(
+            batch,
+            values=head.normalize(batch.values, task),
+            returns=head.normalize(batch.returns, task),
+            advantages=batch.advantages / head.scale(task),
+            task=task,
+        )
+        return pi, head.normalized(features, task), batch
+
+
+def mean_loss(losses: list[PPOLoss], batch: Batch) -> PPOLoss:
+    """The tasks' terms averaged over the tasks that have samples in ``batch`` (multi-task)."""
+    assert batch.task is not None
+    present = torch.stack([((batch.task == i) & (batch.valid > 0)).any() for i in range(len(losses))]).float()
+    weights = present / present.sum().clamp(min=1.0)
+    return PPOLoss(
+        **{
+            f.name: sum(w * getattr(loss, f.name) for w, loss in zip(weights, losses, strict=True))
+            for f in fields(PPOLoss)
+        }
+    )
 
 
 def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

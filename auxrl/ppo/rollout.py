@@ -66,6 +66,7 @@ class Batch:
     returns: torch.Tensor
     valid: torch.Tensor
     index: torch.Tensor | None = None  # flat indices into the [num_steps * num_envs] rollout
+    task: torch.Tensor | None = None  # [B] long: each sample's task (multi-task heads; zeros otherwise)
 
 
 class RolloutStorage:
@@ -97,6 +98,8 @@ class RolloutStorage:
         # env.labels: the state labels of obs (and of next_obs), float32; None without labels.
         self.labels = torch.zeros(tn + (num_labels,), device=device) if num_labels else None
         self.next_labels = torch.zeros((num_envs, num_labels), device=device) if num_labels else None
+        # The task each env plays (the index of its heads in a multi-task model; 0 otherwise).
+        self.task = torch.zeros(num_envs, dtype=torch.long, device=device)
 
     def finish(self, next_value: torch.Tensor, gamma: float, gae_lambda: float) -> None:
         self.advantages, self.returns = compute_gae(
@@ -121,6 +124,7 @@ class RolloutStorage:
             advantages=self.advantages.flatten(),
             returns=self.returns.flatten(),
             valid=self.valid.flatten().float(),
+            task=self.task.expand(self.num_steps, self.num_envs).flatten(),
         )
         perm = torch.randperm(size, device=self.device, generator=generator)
         for idx in perm.chunk(num_minibatches):
