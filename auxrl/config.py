@@ -21,10 +21,7 @@ from typing import Any, Literal, Union
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A config file or override that cannot be turned into a valid :class:`Config`."""
-
+from auxrl.errors import ConfigError
 
 # --------------------------------------------------------------------------------------------
 # The configuration tree
@@ -35,14 +32,20 @@ class ConfigError(ValueError):
 class EnvConfig:
     """Which environment to train on and how it is preprocessed.
 
-    ``ALE/<Game>-v5`` ids run on ale-py's native C++ ``AtariVectorEnv``; every other id runs on
-    ``gymnasium.vector``. The Atari defaults follow CleanRL's ``ppo_atari_envpool.py``; the
-    Machado et al. (2018) protocol is ``sticky_actions=0.25 episodic_life=false
-    full_action_space=true``.
+    Each id belongs to an env family (auxrl/envs/family.py): ``ALE/<Game>-v5`` ids to ``atari``
+    (ale-py's native C++ ``AtariVectorEnv``), ids of a registered plugin family to it, every
+    other id to ``gymnasium`` (``gymnasium.vector``). The Atari defaults follow CleanRL's
+    ``ppo_atari_envpool.py``; the Machado et al. (2018) protocol is ``sticky_actions=0.25
+    episodic_life=false full_action_space=true``.
     """
 
     id: str = "CartPole-v1"
     num_envs: int = 8
+    # The env family (atari, gymnasium, a registered plugin's name or package.module:Class).
+    # null: the family that takes env.id (atari for ALE/..., a plugin's own ids, else gymnasium).
+    family: str | None = None
+    # The family's own settings, checked against its Options (e.g. {scenario: basic}). {}: none.
+    options: dict[str, Any] = field(default_factory=dict)
     # gymnasium path: run sub-environments in this process ("sync") or in subprocesses ("async").
     vector_mode: Literal["sync", "async"] = "sync"
     # Extra keyword arguments for gymnasium.make (gymnasium path only).
@@ -390,14 +393,36 @@ ATARI_ENV_KEYS = (
 GYM_ENV_KEYS = ("kwargs", "normalize_obs", "normalize_reward", "clip_obs", "clip_reward")
 
 
-def is_atari_env_id(env_id: str) -> bool:
-    """``ALE/<Game>-v5`` ids run on the Atari path; every other id on gymnasium.vector."""
-    return env_id.startswith("ALE/")
+def env_family_name(env: EnvConfig, env_id: str | None = None) -> str:
+    """The name of the family that runs ``env_id`` (default ``env.id``) under this config."""
+    from auxrl.envs.family import family_for  # the families import this module
+
+    return family_for(env_id or env.id, env.family).name
 
 
-def inapplicable_env_keys(env_id: str) -> tuple[str, ...]:
-    """The env keys that ``env_id``'s path does not read."""
-    return GYM_ENV_KEYS if is_atari_env_id(env_id) else ATARI_ENV_KEYS
+def inapplicable_env_keys(env: EnvConfig) -> tuple[str, ...]:
+    """The env keys that other families read and this config's family does not."""
+    from auxrl.envs.family import family_keys
+
+    mine = env_family_name(env)
+    keys = family_keys()
+    return tuple(
+        dict.fromkeys(
+            k for name, ks in keys.items() if name != mine for k in ks if k not in keys.get(mine, ())
+        )
+    )
+
+
+def family_options(family: Any, env: EnvConfig) -> Any:
+    """``env.options`` checked against the env family's ``Options`` dataclass (None when it takes
+    none): a ConfigError naming the key otherwise."""
+    if family.Options is None:
+        if env.options:
+            raise ConfigError(
+                f"env.options {sorted(env.options)}: the {family.name} family takes no options; drop them."
+            )
+        return None
+    return build(family.Options, dict(env.options), "env.options")
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -409,7 +434,7 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     env = data.get("env")
     if isinstance(cfg, Config) and isinstance(env, dict):
         defaults = dataclasses.asdict(EnvConfig())
-        for key in inapplicable_env_keys(cfg.env.id):
+        for key in inapplicable_env_keys(cfg.env):
             if env.get(key) == defaults[key]:
                 env.pop(key, None)
     return data
@@ -828,7 +853,7 @@ def _label_checks(e: EnvConfig) -> list[tuple[bool, str]]:
             f"variables, Atari ids) or info:KEY (a numeric entry of the env's info dict)",
         ),
         (
-            "ram" not in e.labels or is_atari_env_id(e.id),
+            "ram" not in e.labels or env_family_name(e) == "atari",
             f"env.labels=[ram] reads Atari RAM, but {e.id} is not an Atari id (ALE/<Game>-v5); label "
             f"a numeric info entry with info:KEY instead",
         ),
@@ -855,8 +880,9 @@ def _task_checks(cfg: Config) -> list[tuple[bool, str]]:
             f"Atari or gymnasium, decides which env.* keys apply)",
         ),
         (
-            all(is_atari_env_id(t) == is_atari_env_id(e.id) for t in e.tasks),
-            f"env.tasks {e.tasks} mixes Atari and gymnasium ids: train one family at a time",
+            len({env_family_name(e, t) for t in e.tasks}) == 1,
+            f"env.tasks {e.tasks} mixes env families (e.g. Atari and gymnasium ids): train one family "
+            f"at a time",
         ),
         (not e.labels, "env.labels is not supported with env.tasks yet (each game has its own labels)"),
         (0 < cfg.model.popart_beta <= 1, "model.popart_beta must be in (0, 1]"),
@@ -869,14 +895,23 @@ def _task_checks(cfg: Config) -> list[tuple[bool, str]]:
 
 def _check_applicable(cfg: Config) -> None:
     """Keys that this env path or model would ignore are errors, not silent no-ops."""
+    from auxrl.envs.family import family_for, family_keys
+
     e, defaults = cfg.env, EnvConfig()
-    for key in inapplicable_env_keys(e.id):
+    family = family_for(e.id, e.family)  # a ConfigError for an unknown or broken env.family
+    owners = family_keys()
+    for key in inapplicable_env_keys(e):
         if getattr(e, key) != getattr(defaults, key):
-            where = "gymnasium ids (not ALE/...)" if key in GYM_ENV_KEYS else "Atari ids (ALE/<Game>-v5)"
+            owner = next(name for name, keys in owners.items() if key in keys)
+            where = {
+                "gymnasium": "gymnasium ids (not ALE/...)",
+                "atari": "Atari ids (ALE/<Game>-v5)",
+            }.get(owner, f"the {owner} family")
             raise ConfigError(
                 f"env.{key}={getattr(e, key)!r} applies to {where} only; {e.id} would ignore it. Drop it "
                 f"(or set it back to {getattr(defaults, key)!r})."
             )
+    family_options(family, e)
     checks = [
         (cfg.perf.threads >= 0, "perf.threads must be >= 0 (0: choose automatically)"),
         (0 < e.clip_obs < math.inf, "env.clip_obs must be a positive number"),

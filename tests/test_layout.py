@@ -14,10 +14,20 @@ def _module(path: Path) -> str:
 
 
 def _imports(path: Path, modules: set[str]) -> set[str]:
-    """auxrl modules ``path`` imports, at module level or inside functions (either can close a
-    circle at run time), ``from auxrl.x import y`` counted as auxrl.x.y when that is a module."""
+    """auxrl modules ``path`` imports at run time, at module level or inside functions (either can
+    close a circle), ``from auxrl.x import y`` counted as auxrl.x.y when that is a module."""
     found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    tree = ast.parse(path.read_text())
+    typing_only = {  # `if TYPE_CHECKING:` blocks: annotations, not run-time imports
+        id(n)
+        for block in ast.walk(tree)
+        if isinstance(block, ast.If) and getattr(block.test, "id", None) == "TYPE_CHECKING"
+        for stmt in block.body
+        for n in ast.walk(stmt)
+    }
+    for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
         if isinstance(node, ast.Import):
             names = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:

@@ -156,7 +156,7 @@ def test_a_new_tasks_heads_on_a_trained_multi_task_torso(tmp_path, capsys):
     [
         (["env.tasks=[CueA-v0,CueB-v0]", "env.id=CartPole-v1"], "is not one of env.tasks"),
         (["env.tasks=[CueA-v0,CueA-v0]", "env.id=CueA-v0"], "lists a task twice"),
-        (["env.tasks=[ALE/Pong-v5,CueA-v0]", "env.id=CueA-v0"], "mixes Atari and gymnasium"),
+        (["env.tasks=[ALE/Pong-v5,CueA-v0]", "env.id=CueA-v0"], "mixes env families"),
         (["ppo.task_balance=norm"], "multi-task runs only"),
     ],
 )

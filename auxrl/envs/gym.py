@@ -15,6 +15,7 @@ import os
 import signal
 import sys
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import gymnasium as gym
@@ -22,6 +23,7 @@ import numpy as np
 
 from auxrl.config import EnvConfig
 from auxrl.envs.base import EpisodeTracker, Step, VecEnv
+from auxrl.envs.image import ImageOptions, image_wrappers
 from auxrl.envs.labels import LabelReader, LabelSpec, label_spec
 from auxrl.envs.normalize import NormStats, wrap
 
@@ -135,6 +137,11 @@ def find_spec(env_id: str) -> gym.envs.registration.EnvSpec:
 
 
 class GymVecEnv(VecEnv):
+    """``cfg.num_envs`` gymnasium envs as one VecEnv: ``gymnasium.make_vec(cfg.id)``, or, from an
+    env family plugin (auxrl/envs/family.py), ``make_env(**env.kwargs)`` per env (an env class or
+    function that need not be registered with gymnasium). ``image``: pixel preprocessing of each
+    env's frames (auxrl/envs/image.py)."""
+
     def __init__(
         self,
         cfg: EnvConfig,
@@ -142,8 +149,11 @@ class GymVecEnv(VecEnv):
         training: bool = True,
         stats: NormStats | None = None,
         render: bool = False,
+        make_env: Callable[..., gym.Env] | None = None,
+        image: ImageOptions | None = None,
     ) -> None:
-        find_spec(cfg.id)
+        if make_env is None:
+            find_spec(cfg.id)
         kwargs = dict(cfg.kwargs)
         if render:
             kwargs["render_mode"] = "rgb_array"
@@ -153,19 +163,26 @@ class GymVecEnv(VecEnv):
                 # video driver. Both are read when the env below first imports them.
                 os.environ.setdefault("MUJOCO_GL", "egl")
                 os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
-        mujoco = _is_mujoco(cfg.id)
+        mujoco = make_env is None and _is_mujoco(cfg.id)
         if mujoco:
             _route_mujoco_warnings()
         try:
-            env = gym.make_vec(
-                cfg.id,
-                num_envs=cfg.num_envs,
-                vectorization_mode=cfg.vector_mode,
-                vector_kwargs=vector_kwargs(cfg.vector_mode),
-                **kwargs,
-            )
+            wrappers = image_wrappers(image) if image is not None else []
+            if make_env is not None:
+                vector = gym.vector.AsyncVectorEnv if cfg.vector_mode == "async" else gym.vector.SyncVectorEnv
+                fns = [functools.partial(_wrapped, make_env, wrappers, kwargs) for _ in range(cfg.num_envs)]
+                env = vector(fns, **vector_kwargs(cfg.vector_mode))
+            else:
+                env = gym.make_vec(
+                    cfg.id,
+                    num_envs=cfg.num_envs,
+                    vectorization_mode=cfg.vector_mode,
+                    vector_kwargs=vector_kwargs(cfg.vector_mode),
+                    wrappers=wrappers,
+                    **kwargs,
+                )
         except TypeError as err:
-            if not cfg.kwargs and _is_users(cfg.id):  # no kwargs to blame: the env's own code
+            if make_env is not None or (not cfg.kwargs and _is_users(cfg.id)):  # the env's own code
                 raise _construction_failed(cfg.id, err) from err
             unknown = [k for k in cfg.kwargs if k not in (valid := _make_kwargs(cfg.id))]
             if not unknown or not valid:
@@ -177,11 +194,13 @@ class GymVecEnv(VecEnv):
                 f"env.kwargs: {cfg.id} takes no {', '.join(map(repr, unknown))}. Valid keys: "
                 f"{', '.join(sorted(valid))}."
             ) from None
+        except ImportError:  # an optional dependency of a preprocessing step, named with its fix
+            raise
         except gym.error.DependencyNotInstalled as err:
             fix = 'pip install "auxrl[mujoco]"' if mujoco else "install what it names"
             raise ImportError(f"{cfg.id}: {str(err).strip().splitlines()[0]} ({fix}).") from None
         except Exception as err:
-            if not _is_users(cfg.id):  # gymnasium's own envs: a bug, with its traceback
+            if make_env is None and not _is_users(cfg.id):  # gymnasium's own envs: a bug, with its traceback
                 raise
             raise _construction_failed(cfg.id, err) from err
         self.stats = stats if stats is not None else NormStats()
@@ -292,3 +311,12 @@ def _make_kwargs(env_id: str) -> list[str]:
         return []  # the env takes any keyword: the TypeError came from elsewhere
     own = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
     return own + ["max_episode_steps", "disable_env_checker"]
+
+
+def _wrapped(
+    make_env: Callable[..., gym.Env], wrappers: list[Callable[[gym.Env], gym.Env]], kwargs: dict[str, Any]
+) -> gym.Env:
+    env = make_env(**kwargs)
+    for wrapper in wrappers:
+        env = wrapper(env)
+    return env
