@@ -89,7 +89,14 @@ def build_model(
         popart_beta=cfg.model.popart_beta,
     )
     heads = PPOHeads(agent.policy, agent.value)  # for tasks that train them (augment_consistency)
-    ctx = TaskContext(obs_space, action_space, agent.torso.feature_dim, agent.torso, ppo_heads=heads)
+    ctx = TaskContext(
+        obs_space,
+        action_space,
+        agent.torso.feature_dim,
+        agent.torso,
+        ppo_heads=heads,
+        image_key=cfg.aux.image_key,
+    )
     for stage in stages:
         labels = label_spec(stage.cfg.env)  # env.labels: known from the config, before any step
         ctx = dataclasses.replace(ctx, label_names=labels.names, label_kinds=labels.kinds)
@@ -167,10 +174,17 @@ def check_spaces(
             f"multi-game Atari curriculum set env.full_action_space=true so every game uses the "
             f"same 18 actions."
         )
-    if envs.single_observation_space.shape != obs_space.shape:
+    theirs = envs.single_observation_space
+    mismatch = (
+        theirs != obs_space  # a dict's keys, shapes and dtypes
+        if isinstance(obs_space, gym.spaces.Dict) or isinstance(theirs, gym.spaces.Dict)
+        else theirs.shape != obs_space.shape
+    )
+    if mismatch:
+        described = lambda s: s if isinstance(s, gym.spaces.Dict) else f"shape {s.shape}"  # noqa: E731
         raise ValueError(
-            f"Stage {stage.name!r}: observations of shape {envs.single_observation_space.shape} do "
-            f"not fit the torso built for {obs_space.shape}."
+            f"Stage {stage.name!r}: observations of {described(theirs)} do not fit the torso built for "
+            f"{described(obs_space)}."
         )
 
 

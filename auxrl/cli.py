@@ -288,6 +288,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
             f"{env_id}: {len(result.returns)} episodes, score {result.mean:.2f} +- {result.std:.2f} "
             f"(min {min(result.returns):.1f}, max {max(result.returns):.1f})"
         )
+        for name, value in {**result.scores, **result.metrics}.items():  # e.g. Crafter's score, achievements
+            print(f"  {name}: {value:.4g}")
     return 0
 
 

@@ -17,8 +17,9 @@ def collect_rollout(envs: VecEnv, agent: Agent, storage: RolloutStorage, on_epis
     last step. Env groups are stepped in turn (``envs.groups``): the actions of group g are sent,
     then the policy acts for group g+1 while group g's emulators run. Observations are copied
     from the env straight into their preallocated storage slot on the training device.
-    ``on_episodes(returns, lengths, steps_taken, first_env)`` receives finished games as they end
-    (``first_env``: the first env of the group they were played in; a group plays one task).
+    ``on_episodes(returns, lengths, steps_taken, first_env, metrics)`` receives finished games as
+    they end (``first_env``: the first env of the group they were played in; a group plays one
+    task; ``metrics``: their per-episode metrics, :attr:`Step.episode_metrics`).
     """
     num_steps = storage.num_steps
     storage.obs[0].copy_(storage.next_obs)
@@ -41,7 +42,13 @@ def collect_rollout(envs: VecEnv, agent: Agent, storage: RolloutStorage, on_epis
             labels = storage.labels[t + 1, sl] if t + 1 < num_steps else storage.next_labels[sl]
             labels.copy_(torch.from_numpy(step.labels), non_blocking=True)
         if len(step.episode_returns):
-            on_episodes(step.episode_returns, step.episode_lengths, (t + 1) * storage.num_envs, sl.start)
+            on_episodes(
+                step.episode_returns,
+                step.episode_lengths,
+                (t + 1) * storage.num_envs,
+                sl.start,
+                step.episode_metrics,
+            )
 
     groups = envs.groups
     for t in range(num_steps):

@@ -89,7 +89,9 @@ class EnvConfig:
 class ModelConfig:
     """The shared torso and how it is initialised."""
 
-    torso: Literal["nature_cnn", "impala", "mlp"] = "nature_cnn"
+    # nature_cnn (84x84 frames), impala (any frames), grid_cnn (MiniGrid's small symbolic grids,
+    # read as numbers, not brightness), mlp (vectors).
+    torso: Literal["nature_cnn", "impala", "grid_cnn", "mlp"] = "nature_cnn"
     # mlp torso: hidden layer sizes (the last one is the feature size).
     hidden_sizes: list[int] = field(default_factory=lambda: [64, 64])
     # Load the torso and matching heads from an earlier run directory or checkpoint file.
@@ -195,6 +197,9 @@ class AuxConfig:
     # Gradient diagnostics are computed every update at no extra cost; this only throttles
     # how often they are logged (1: every update).
     diagnostics_every: int = 1
+    # Dict observations: the image key that pixel tasks (pixel_control, augment_consistency,
+    # next_state's augmentation) and ppo.augment work on. null: the dict's only image key.
+    image_key: str | None = None
     tasks: dict[str, AuxTaskConfig] = field(default_factory=dict)
 
 

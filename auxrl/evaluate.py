@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -21,6 +21,10 @@ __all__ = ["EvalResult", "evaluate", "load_agent"]
 class EvalResult:
     returns: list[float]
     lengths: list[int]
+    # Means of the episodes' metrics (e.g. Crafter's achievements: success rates), and the env's
+    # scores from them (e.g. crafter/score); empty for envs without such metrics.
+    metrics: dict[str, float] = field(default_factory=dict)
+    scores: dict[str, float] = field(default_factory=dict)
 
     @property
     def mean(self) -> float:
@@ -62,6 +66,7 @@ def evaluate(
     counts = np.zeros(num_envs, dtype=np.int64)
     returns: list[float] = []
     lengths: list[int] = []
+    metrics: dict[str, list[float]] = {}
     # The sampled actions are seeded too (the same seed plays the same games), from torch's
     # generators forked for the call, so a caller's own random stream is left as it was.
     cuda = [agent.device] if agent.device.type == "cuda" else []
@@ -91,4 +96,8 @@ def evaluate(
                     counts[env_id] += 1
                     returns.append(float(ret))
                     lengths.append(int(length))
-    return EvalResult(returns, lengths)
+                    for name, values in step.episode_metrics.items():
+                        if np.isfinite(values[i]):
+                            metrics.setdefault(name, []).append(float(values[i]))
+        means = {name: float(np.mean(values)) for name, values in metrics.items()}
+        return EvalResult(returns, lengths, means, envs.summarize_metrics(means) if means else {})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -11,6 +12,7 @@ import torch
 
 from auxrl.config import Config, build
 from auxrl.device import resolve_device  # also importable from here, its former home
+from auxrl.envs.dictobs import DictLayout
 from auxrl.envs.normalize import NormStats
 from auxrl.envs.spaces import from_plain
 from auxrl.models.agent import Agent, build_agent
@@ -30,7 +32,7 @@ class TrainedAgent:
 
     model: Agent
     config: Config
-    observation_space: gym.spaces.Box
+    observation_space: gym.Space
     action_space: gym.Space
     device: torch.device
     stats: NormStats = field(default_factory=NormStats)
@@ -67,6 +69,8 @@ class TrainedAgent:
             an array of them for a batch. Continuous actions are clipped to the action space's
             bounds, as the env does in training.
         """
+        if isinstance(self.observation_space, gym.spaces.Dict):
+            return self._predict_dict(obs, deterministic, task)
         array = np.asarray(obs)
         shape = tuple(self.observation_space.shape)
         if array.shape == shape:
@@ -84,6 +88,31 @@ class TrainedAgent:
         if self.config.env.normalize_obs:
             array = self.stats.normalize_obs(array, self.config.env.clip_obs)
         dtype = torch.uint8 if self.observation_space.dtype == np.uint8 else torch.float32
+        return self._act(array, dtype, single, deterministic, task)
+
+    def _predict_dict(self, obs: Any, deterministic: bool, task: str | None) -> np.ndarray:
+        """A dict observation (or a batch: every value with a leading batch dimension), packed as
+        in training (auxrl/envs/dictobs.py)."""
+        space = self.observation_space
+        if not isinstance(obs, dict) or set(obs) != set(space.spaces):
+            raise ValueError(f"predict: this agent takes a dict with the keys {sorted(space.spaces)}.")
+        values = {k: np.asarray(v) for k, v in obs.items()}
+        first = next(iter(space.spaces))
+        single = values[first].shape == tuple(space.spaces[first].shape or ())
+        if single:
+            values = {k: v[None] for k, v in values.items()}
+        for k, v in values.items():
+            if v.shape[1:] != tuple(space.spaces[k].shape or ()):
+                raise ValueError(
+                    f"predict: key {k!r} of shape {v.shape}, but this agent takes {space.spaces[k]}."
+                )
+            if np.issubdtype(v.dtype, np.floating) and not np.isfinite(v).all():
+                raise ValueError(f"predict: key {k!r} holds NaN or inf; the agent cannot act on it.")
+        return self._act(DictLayout(space).pack(values), torch.uint8, single, deterministic, task)
+
+    def _act(
+        self, array: np.ndarray, dtype: torch.dtype, single: bool, deterministic: bool, task: str | None
+    ) -> np.ndarray:
         tensor = torch.as_tensor(np.ascontiguousarray(array)).to(self.device, dtype)
         index = self.task_index(task) if self.model.task_aware else None
         task_t = None if index is None else torch.full((tensor.shape[0],), index, device=self.device)

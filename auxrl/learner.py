@@ -32,6 +32,7 @@ from auxrl.augment import augment
 from auxrl.balance import Balancer
 from auxrl.config import AuxConfig, PPOConfig
 from auxrl.distributed import Dist
+from auxrl.envs.dictobs import ImageView
 from auxrl.gradients import GUARDED, LearnerParams, check_finite, set_gradients, task_gradients
 from auxrl.ppo.loss import PPOLoss, PPOObjective, mean_loss
 from auxrl.ppo.rollout import Batch, RolloutStorage
@@ -54,6 +55,8 @@ class Learner:
     ``trainable`` are the parameters the optimizer steps (``model.freeze`` leaves some out);
     ``dist`` averages gradients over processes (one process: nothing); ``amp()`` opens the
     context of each minibatch's forward passes and losses (bf16 autocast with ``perf.bf16``).
+    ``frames``: what ``ppo.augment`` shifts (a dict observation's image key; None: the
+    observations themselves).
     """
 
     agent: nn.Module
@@ -62,6 +65,7 @@ class Learner:
     trainable: list[nn.Parameter]
     dist: Dist = field(default_factory=Dist)
     amp: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
+    frames: ImageView | None = None
 
     def update(
         self,
@@ -112,7 +116,9 @@ class Learner:
         for _epoch in range(ppo.update_epochs):
             for batch in storage.minibatches(ppo.num_minibatches):
                 with_aux = bool(active) and aux is not None and (first + count) % aux_cfg.every == 0
-                obs = batch.obs if augment_rng is None else augment(batch.obs, ppo.augment, augment_rng)
+                obs = (
+                    batch.obs if augment_rng is None else self._augmented(batch.obs, ppo.augment, augment_rng)
+                )
                 with self.amp():  # the forward passes and losses; their gradients are taken outside
                     loss, task_losses, aux_out = self._losses(
                         objective, storage, batch, obs, aux, active, split, with_aux, multi
@@ -182,6 +188,12 @@ class Learner:
                 out[f"popart/{name}/mu"] = popart.mu[i].clone()
                 out[f"popart/{name}/sigma"] = popart.sigma[i]
         return out
+
+    def _augmented(self, obs: torch.Tensor, kind: str, generator: torch.Generator) -> torch.Tensor:
+        """RAD (``ppo.augment``): PPO's minibatch with its frames shifted."""
+        if self.frames is None:
+            return augment(obs, kind, generator)
+        return self.frames.with_frames(obs, augment(self.frames.frames(obs), kind, generator))
 
     def _losses(
         self,

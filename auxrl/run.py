@@ -31,6 +31,7 @@ from auxrl.curriculum import Stage, plan_stages
 from auxrl.device import resolve_device
 from auxrl.distributed import Dist, weights_checksum
 from auxrl.envs import NormStats, VecEnv, make_envs
+from auxrl.envs.dictobs import ImageView, sample_batch
 from auxrl.envs.spaces import to_plain
 from auxrl.learner import Learner
 from auxrl.logger import Logger, NullLogger, Progress
@@ -86,6 +87,9 @@ class TrainState:
     stage_returns: list[float] = field(default_factory=list)  # this stage's (the last one's when done)
     best_recent_return: float | None = None
     episodes: int = 0
+    # Per-episode metrics (e.g. Crafter's achievements) over every episode of the run so far:
+    # name -> [sum, count] (their means are what Crafter's success rates are).
+    episode_metrics: dict[str, list[float]] = field(default_factory=dict)
 
 
 def silent(*args: object, **kwargs: object) -> None:
@@ -385,7 +389,7 @@ def _build(
         say(f"Loaded {', '.join(loaded)} from {cfg.model.init_from}")
     freeze(agent, cfg.model.freeze)
     if cfg.perf.compile:
-        sample = torch.from_numpy(spaces[0].sample()[None]).to(dev)
+        sample = torch.from_numpy(sample_batch(spaces[0])).to(dev)
         say(f"perf.compile: torso {'compiled' if try_compile(agent.torso, sample) else 'runs eagerly'}")
     bf16 = check_bf16(cfg.perf.bf16, dev)
     trainable = [p for p in agent.parameters() if p.requires_grad]
@@ -397,7 +401,14 @@ def _build(
     optimizer = make_optimizer(trainable, cfg.ppo.lr, cfg.ppo.adam_eps)
     # amp: each minibatch's forward passes only (auxrl/learner.py)
     amp = functools.partial(autocast, bf16, dev)
-    return agent, Learner(agent, optimizer, Balancer(cfg.aux.balance), trainable, dist, amp), bf16
+    frames = None
+    if cfg.ppo.augment != "none" and isinstance(spaces[0], gym.spaces.Dict):
+        try:
+            frames = ImageView(spaces[0], cfg.aux.image_key)
+        except ValueError as err:
+            raise ValueError(f"ppo.augment={cfg.ppo.augment} shifts image frames, but {err}.") from None
+    learner = Learner(agent, optimizer, Balancer(cfg.aux.balance), trainable, dist, amp, frames)
+    return agent, learner, bf16
 
 
 def _restore(learner: Learner, saved: dict[str, Any], cfg: Config, run_dir: Path, dev: torch.device) -> None:

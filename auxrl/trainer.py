@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -25,6 +26,7 @@ from auxrl.collect import collect_rollout
 from auxrl.config import Config
 from auxrl.curriculum import Stage, plan_stages
 from auxrl.envs import VecEnv, make_envs
+from auxrl.envs.dictobs import transport_space
 from auxrl.models.multitask import task_name
 from auxrl.perf import autocast, set_torch_threads, torch_threads
 from auxrl.ppo.loss import explained_variance
@@ -129,7 +131,7 @@ def train_stages(run: Run) -> None:
 
 
 def _storage(scfg: Config, envs: VecEnv, device: torch.device) -> RolloutStorage:
-    obs_space = envs.single_observation_space
+    obs_space = transport_space(envs.single_observation_space)  # a dict: its packed uint8 rows
     return RolloutStorage(
         scfg.ppo.num_steps,
         envs.num_envs,
@@ -187,21 +189,36 @@ class _Episodes:
     """Finished games: gathered from every process, logged at the env step each one ended, and
     kept for the curriculum's promotion and the recent return."""
 
-    def __init__(self, run: Run, stage: Stage, env_tasks: np.ndarray) -> None:
+    def __init__(
+        self,
+        run: Run,
+        stage: Stage,
+        env_tasks: np.ndarray,
+        summarize: Callable[[dict[str, float]], dict[str, float]],
+    ) -> None:
         self.run, self.stage, self.num_envs = run, stage, len(env_tasks)
+        self.summarize = summarize  # the env's scores from mean episode metrics (Crafter's score)
+        self.metrics: list[dict[str, float]] = []  # this process's finished games' metrics
         self.env_tasks = env_tasks  # the task index of each env
         # Multi-task runs also log each task's games under charts/<task>/.
         self.task_names = run.agent.task_names if len(run.agent.tasks) > 1 else []
         self.finished: list[tuple[float, float, int, int]] = []  # (return, length, rollout step, task)
 
     def __call__(
-        self, returns: np.ndarray, lengths: np.ndarray, steps_taken: int, first_env: int = 0
+        self,
+        returns: np.ndarray,
+        lengths: np.ndarray,
+        steps_taken: int,
+        first_env: int = 0,
+        metrics: dict[str, np.ndarray] | None = None,
     ) -> None:
         """``collect_rollout``'s ``on_episodes``: games of this process as they end."""
         t = steps_taken // self.num_envs  # rollout steps done when these games ended
         task = int(self.env_tasks[first_env])  # a group of envs plays one task
         self.finished.extend((float(r), float(n), t, task) for r, n in zip(returns, lengths, strict=True))
         self.run.local_episodes += len(returns)
+        for name, values in (metrics or {}).items():
+            self.metrics.extend({name: float(v)} for v in values if np.isfinite(v))
 
     def record(self) -> None:
         """Log every process's finished games (gathered to every rank, so that promotion and
@@ -228,6 +245,24 @@ class _Episodes:
                     recent = float(np.mean(state.stage_returns[-window:]))
                     best = state.best_recent_return
                     state.best_recent_return = recent if best is None else max(recent, best)
+        self._record_metrics()
+
+    def _record_metrics(self) -> None:
+        """Per-episode metrics over every episode of the run so far (``episode/<name>``, e.g.
+        Crafter's success rates) and the env's scores from them (e.g. ``crafter/score``)."""
+        run, state = self.run, self.run.state
+        new = run.dist.gather(self.metrics)  # every rank's, in rank order
+        self.metrics = []
+        if not new:
+            return
+        for metric in new:
+            for name, value in metric.items():
+                total = state.episode_metrics.setdefault(name, [0.0, 0.0])
+                total[0] += value
+                total[1] += 1
+        means = {name: s / n for name, (s, n) in state.episode_metrics.items() if n}
+        for name, mean in {**{f"episode/{k}": v for k, v in means.items()}, **self.summarize(means)}.items():
+            run.logger.scalar(name, mean, state.global_step)
 
 
 def train_stage(run: Run, stage: Stage, envs: VecEnv) -> str | None:
@@ -237,7 +272,7 @@ def train_stage(run: Run, stage: Stage, envs: VecEnv) -> str | None:
     env_tasks = _env_tasks(run, stage, envs)
     storage.task.copy_(torch.from_numpy(env_tasks))
     aux = run.aux = _stage_tasks(run, stage, storage)
-    episodes = _Episodes(run, stage, env_tasks)
+    episodes = _Episodes(run, stage, env_tasks, envs.summarize_metrics)
     # A fresh env per (re)start: resumed runs start new episodes, counted from the saved step.
     # Env j of rank r is seeded with seed + r * num_envs + j (plus the stage and step offsets).
     reset_seed = derived_seed(cfg.seed, 1000 * stage.index, state.global_step, run.dist.rank * envs.num_envs)

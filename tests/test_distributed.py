@@ -46,7 +46,10 @@ class FailingTask(AuxTask):
 def _env(fail_after: int = 0) -> dict[str, str]:
     return {
         **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+        # tests/ itself: the workers import FailingTask from this module as test_distributed (a
+        # package installed with crafter, opensimplex, ships a top-level `tests` that would
+        # shadow this folder as `tests.`).
+        "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]),
         "OMP_NUM_THREADS": "1",
         "AUXRL_TEST_FAIL_AFTER": str(fail_after),
     }
@@ -64,7 +67,7 @@ def _train(*args: str, fail_after: int = 0) -> subprocess.CompletedProcess:
 
 TASK = [
     "aux.enabled=true",
-    "aux.tasks.failing.type=tests.test_distributed:FailingTask",
+    "aux.tasks.failing.type=test_distributed:FailingTask",
     "aux.tasks.failing.weight=0.5",
     "ppo.update_epochs=4",
     "log.checkpoint_every=512",

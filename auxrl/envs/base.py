@@ -31,6 +31,9 @@ class Step:
     episode_lengths: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     # float32 [num_envs, K]: the state labels (env.labels) of ``obs``; None without labels.
     labels: np.ndarray | None = None
+    # Per-episode metrics of the episodes in ``episode_returns`` (same order), e.g. Crafter's
+    # achievements: name -> float array (NaN where an episode has none). Empty: none.
+    episode_metrics: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 class EpisodeTracker:
@@ -114,6 +117,11 @@ class VecEnv:
     def render(self) -> np.ndarray | None:
         """The RGB screen of env 0 as it is now (envs made with ``render=True``), else None."""
         return None
+
+    def summarize_metrics(self, means: dict[str, float]) -> dict[str, float]:
+        """Scores derived from the mean episode metrics (e.g. Crafter's score from its success
+        rates), logged and reported beside them; none by default."""
+        return {}
 
     def close(self) -> None:
         pass

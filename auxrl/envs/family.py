@@ -1,8 +1,10 @@
 """Environment families: which env ids a family takes, the ``env.*`` keys it reads, its own
 options, and how it builds a :class:`~auxrl.envs.base.VecEnv`.
 
-Built in: ``atari`` (``ALE/<Game>-v5`` on ale-py's native vector env) and ``gymnasium`` (every
-other registered id, through ``gymnasium.vector``; it takes any id, so it is asked last). A
+Built in: ``atari`` (``ALE/<Game>-v5`` on ale-py's native vector env), ``minigrid``
+(``MiniGrid-*``, ``BabyAI-*``; auxrl/envs/minigrid.py), ``crafter`` (``CrafterReward-v1``;
+auxrl/envs/crafter.py) and ``gymnasium`` (every other registered
+id, through ``gymnasium.vector``; it takes any id, so it is asked last). A
 package adds a family as it adds an auxiliary task: a subclass of :class:`EnvFamily` registered
 under the ``auxrl.env_families`` entry-point group, or named by import path in the config
 (``env.family=my_pkg.envs:MyFamily``). ``env.family`` unset: the first family whose
@@ -36,7 +38,12 @@ if TYPE_CHECKING:
     from auxrl.envs.base import VecEnv
     from auxrl.envs.normalize import NormStats
 
-BUILTINS = {"atari": "auxrl.envs.builtin:AtariFamily", "gymnasium": "auxrl.envs.builtin:GymFamily"}
+BUILTINS = {
+    "atari": "auxrl.envs.builtin:AtariFamily",
+    "minigrid": "auxrl.envs.minigrid:MiniGridFamily",  # needs auxrl[minigrid] to make envs
+    "crafter": "auxrl.envs.crafter:CrafterFamily",  # needs auxrl[crafter]
+    "gymnasium": "auxrl.envs.builtin:GymFamily",
+}
 FALLBACK = "gymnasium"  # takes any id: asked after every other family
 ENTRY_POINT_GROUP = "auxrl.env_families"
 

@@ -23,6 +23,7 @@ import numpy as np
 
 from auxrl.config import EnvConfig
 from auxrl.envs.base import EpisodeTracker, Step, VecEnv
+from auxrl.envs.dictobs import DictLayout
 from auxrl.envs.image import ImageOptions, image_wrappers
 from auxrl.envs.labels import LabelReader, LabelSpec, label_spec
 from auxrl.envs.normalize import NormStats, wrap
@@ -104,6 +105,9 @@ def start_method() -> str | None:
     return "forkserver"
 
 
+METRIC_PREFIX = "episode_metric/"  # info keys of per-episode metrics (see GymVecEnv)
+
+
 class UserEnvError(ValueError):
     """The user's env (its module, or its constructor) raised: one line naming it and the error."""
 
@@ -140,7 +144,11 @@ class GymVecEnv(VecEnv):
     """``cfg.num_envs`` gymnasium envs as one VecEnv: ``gymnasium.make_vec(cfg.id)``, or, from an
     env family plugin (auxrl/envs/family.py), ``make_env(**env.kwargs)`` per env (an env class or
     function that need not be registered with gymnasium). ``image``: pixel preprocessing of each
-    env's frames (auxrl/envs/image.py)."""
+    env's frames (auxrl/envs/image.py).
+
+    Per-episode metrics: an env may put ``episode_metric/<name>`` numbers in the info of an
+    episode's last step; they come out with that episode in :attr:`Step.episode_metrics`, and
+    ``summarize`` (from its family) turns their means into scores."""
 
     def __init__(
         self,
@@ -151,6 +159,7 @@ class GymVecEnv(VecEnv):
         render: bool = False,
         make_env: Callable[..., gym.Env] | None = None,
         image: ImageOptions | None = None,
+        summarize: Callable[[dict[str, float]], dict[str, float]] | None = None,
     ) -> None:
         if make_env is None:
             find_spec(cfg.id)
@@ -204,6 +213,14 @@ class GymVecEnv(VecEnv):
                 raise
             raise _construction_failed(cfg.id, err) from err
         self.stats = stats if stats is not None else NormStats()
+        # Dict observations travel packed (auxrl/envs/dictobs.py); the space stays the Dict.
+        dict_obs = isinstance(env.single_observation_space, gym.spaces.Dict)
+        if dict_obs and cfg.normalize_obs:
+            env.close()
+            raise ValueError(
+                f"env.normalize_obs=true: {cfg.id} has dict observations, which are not normalised; drop it."
+            )
+        self._layout = DictLayout(env.single_observation_space) if dict_obs else None
         self.env, self._raw = wrap(env, cfg, self.stats, training)
         self.num_envs = cfg.num_envs
         self.env_id = cfg.id
@@ -211,30 +228,63 @@ class GymVecEnv(VecEnv):
         self.single_action_space = self.env.single_action_space
         self.tracker = EpisodeTracker(cfg.num_envs)
         self._done = np.zeros(cfg.num_envs, dtype=bool)
+        self._summarize = summarize
+        self._pending: list[dict[str, float]] = [{} for _ in range(cfg.num_envs)]  # per env
         spec = label_spec(cfg) if training else LabelSpec()  # env.labels: read for training only
         self.label_names = spec.names
         self._labels = LabelReader(spec, cfg.num_envs, cfg.id) if len(spec) else None
 
+    def _packed(self, obs: Any) -> np.ndarray:
+        if self._layout is None:
+            return obs
+        for value in obs.values():  # before packing: NaN as bytes would pass unseen
+            self._check_finite("observation", np.asarray(value))
+        return self._layout.pack(obs)
+
     def reset(self, seed: int | None = None) -> np.ndarray:
         obs, info = self.env.reset(seed=seed)
+        obs = self._packed(obs)
         self._check_finite("observation", obs)
         if self._labels is not None:
             self.reset_labels = self._labels.read(info)
         self.tracker = EpisodeTracker(self.num_envs)
         self._done[:] = False
+        self._pending = [{} for _ in range(self.num_envs)]
         return obs
 
     def step(self, actions: np.ndarray) -> Step:
         obs, reward, terminated, truncated, info = self.env.step(actions)  # ClipAction bounds the actions
+        obs = self._packed(obs)
         self._check_finite("observation", obs)
         self._check_finite("reward", reward)
         reset = self._done  # NEXT_STEP: the step after a done only resets
         self._done = terminated | truncated
         step = self.tracker.step(obs, self._raw.last_reward, terminated, truncated, reset)
+        step.episode_metrics = self._episode_metrics(info, reset)
         step.reward = np.asarray(reward, dtype=np.float32)  # what training sees (scaled, if configured)
         if self._labels is not None:  # a reset step's info is the reset's: the new episode's
             step.labels = self._labels.read(info, reset)
         return step
+
+    def _episode_metrics(self, info: dict[str, Any], reset: np.ndarray) -> dict[str, np.ndarray]:
+        """Hand out the metrics of the episodes reported at this step (those whose envs reset
+        now, in env order), then keep those of the episodes that just ended."""
+        out: dict[str, np.ndarray] = {}
+        ended = np.flatnonzero(reset)
+        rows = [self._pending[j] for j in ended]
+        for name in sorted({name for row in rows for name in row}):
+            out[name] = np.array([row.get(name, np.nan) for row in rows], dtype=np.float64)
+        for j in ended:
+            self._pending[j] = {}
+        for key, values in info.items():
+            if key.startswith(METRIC_PREFIX):
+                mask = info.get(f"_{key}", np.ones(self.num_envs, dtype=bool)) & self._done
+                for j in np.flatnonzero(mask):
+                    self._pending[j][key[len(METRIC_PREFIX) :]] = float(values[j])
+        return out
+
+    def summarize_metrics(self, means: dict[str, float]) -> dict[str, float]:
+        return self._summarize(means) if self._summarize is not None else {}
 
     def _check_finite(self, what: str, values: np.ndarray) -> None:
         """A NaN or inf from the env would reach the network and be found only as a NaN loss (or

@@ -8,9 +8,10 @@ import gymnasium as gym
 import torch
 from torch import nn
 
+from auxrl.envs.dictobs import DictLayout
 from auxrl.models.heads import SeparateValueHead, ValueHead, make_policy
 from auxrl.models.multitask import TaskPolicies, TaskSpec, TaskValueHead
-from auxrl.models.torsos import Torso, make_torso
+from auxrl.models.torsos import DictTorso, Torso, make_torso
 
 
 @dataclass
@@ -131,14 +132,27 @@ def build_agent(
 
     ``tasks``: per-task PPO heads (a policy head per task when there are several, a value output
     per task, with PopArt where ``popart``); one task with ``popart``: PopArt on a plain policy."""
-    if not isinstance(obs_space, gym.spaces.Box):
-        raise ValueError(f"Unsupported observation space {obs_space}: auxrl needs Box observations.")
-    shape = tuple(obs_space.shape)
+    if isinstance(obs_space, gym.spaces.Dict):  # packed rows (auxrl/envs/dictobs.py)
+        if separate_value:
+            raise ValueError("model.separate_value=true is not supported with dict observations.")
+        layout = DictLayout(obs_space)
+
+        def make() -> Torso:
+            return DictTorso(layout, torso_name, hidden_sizes)
+
+    elif isinstance(obs_space, gym.spaces.Box):
+        shape = tuple(obs_space.shape)
+
+        def make() -> Torso:
+            return make_torso(torso_name, shape, hidden_sizes)
+
+    else:
+        raise ValueError(f"Unsupported observation space {obs_space}: auxrl needs Box or Dict observations.")
     if tasks:
-        torso = make_torso(torso_name, shape, hidden_sizes)
+        torso = make()
         policy = TaskPolicies(torso.feature_dim, tasks) if len(tasks) > 1 else None
         value = TaskValueHead(torso.feature_dim, len(tasks), popart, popart_beta)
         return Agent(torso, tasks[0].action_space, value, policy, tasks)
     # (the value's own torso first: the order the weights are drawn in, as before)
-    value = SeparateValueHead(make_torso(torso_name, shape, hidden_sizes)) if separate_value else None
-    return Agent(make_torso(torso_name, shape, hidden_sizes), action_space, value)
+    value = SeparateValueHead(make()) if separate_value else None
+    return Agent(make(), action_space, value)

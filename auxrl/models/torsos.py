@@ -11,6 +11,7 @@ import math
 import torch
 from torch import nn
 
+from auxrl.envs.dictobs import DictLayout
 from auxrl.perf import set_torch_threads
 
 
@@ -104,6 +105,30 @@ class ImpalaCNN(Torso):
         return self.fc(self.stacks(scale_frames(obs)))
 
 
+class GridCNN(Torso):
+    """Small symbolic grids (MiniGrid's 7x7x3 object / colour / state codes), as in the
+    rl-starter-files model of the MiniGrid authors: three 2x2 convs with a max-pool, on the codes as
+    numbers (not scaled as brightness)."""
+
+    def __init__(self, in_channels: int, height: int = 7, width: int = 7) -> None:
+        super().__init__()
+        self.convs = nn.Sequential(
+            nn.Conv2d(in_channels, 16, 2),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(16, 32, 2),
+            nn.ReLU(),
+            nn.Conv2d(32, 64, 2),
+            nn.ReLU(),
+            nn.Flatten(),
+        )
+        with torch.no_grad():
+            self.feature_dim = self.convs(torch.zeros(1, in_channels, height, width)).shape[1]
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.convs(obs.float())
+
+
 class MLP(Torso):
     """Vector observations: tanh MLP (CleanRL's classic-control network)."""
 
@@ -121,9 +146,42 @@ class MLP(Torso):
         return self.net(obs.float())
 
 
+class DictTorso(Torso):
+    """Dict observations (auxrl/envs/dictobs.py): each image key through its own conv torso
+    (``model.torso``), the vector keys together through an MLP (``model.hidden_sizes``), the
+    features concatenated. Takes the packed uint8 rows and unpacks them on the device."""
+
+    def __init__(self, layout: DictLayout, name: str, hidden_sizes: list[int]) -> None:
+        super().__init__()
+        self.layout = layout
+        images = [k for k in layout.keys if k.image]
+        if images and name not in CONV_TORSOS:
+            raise ValueError(
+                f"model.torso={name!r}, but this env's observations hold images ({layout.describe()}); "
+                f"use model.torso=nature_cnn, impala or grid_cnn (the conv torso of each image key)."
+            )
+        self.images = nn.ModuleDict({k.name: make_torso(name, k.shape, hidden_sizes) for k in images})
+        size = layout.vector_size
+        self.vector = MLP(size, hidden_sizes) if size else None
+        self.feature_dim = sum(t.feature_dim for t in self.images.values()) + (
+            self.vector.feature_dim if self.vector is not None else 0
+        )
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        parts = self.layout.unpack(obs)
+        features = [torso(parts[name]) for name, torso in self.images.items()]
+        if self.vector is not None:
+            vectors = [parts[k.name] for k in self.layout.keys if not k.image]
+            features.append(self.vector(torch.cat(vectors, dim=-1)))
+        return torch.cat(features, dim=-1)
+
+
+CONV_TORSOS = ("nature_cnn", "impala", "grid_cnn")
+
+
 def make_torso(name: str, obs_shape: tuple[int, ...], hidden_sizes: list[int]) -> Torso:
     """Build a torso by name, checking that it fits the observation shape."""
-    if name in ("nature_cnn", "impala"):
+    if name in CONV_TORSOS:
         if len(obs_shape) != 3:
             raise ValueError(
                 f"model.torso={name!r} needs image observations (channels, height, width), but "
@@ -136,10 +194,16 @@ def make_torso(name: str, obs_shape: tuple[int, ...], hidden_sizes: list[int]) -
                 f"PongNoFrameskip-v4), which preprocesses frames for the CNN; for another image env, "
                 f"register a version of it that returns channels first."
             )
-        cls = NatureCNN if name == "nature_cnn" else ImpalaCNN
-        return cls(*obs_shape)
+        cls = {"nature_cnn": NatureCNN, "impala": ImpalaCNN, "grid_cnn": GridCNN}[name]
+        try:
+            return cls(*obs_shape)
+        except RuntimeError as err:  # a conv's kernel larger than what is left of the frame
+            raise ValueError(
+                f"model.torso={name!r} does not fit frames of {obs_shape[1]}x{obs_shape[2]} ({err}); "
+                f"use impala (any size) or grid_cnn (small grids)."
+            ) from None
     if name == "mlp":
         if len(obs_shape) == 3:
             raise ValueError(f"model.torso=mlp on image observations {obs_shape}: use nature_cnn or impala.")
         return MLP(math.prod(obs_shape), hidden_sizes)
-    raise ValueError(f"Unknown torso {name!r}. Valid torsos: nature_cnn, impala, mlp.")
+    raise ValueError(f"Unknown torso {name!r}. Valid torsos: nature_cnn, impala, grid_cnn, mlp.")

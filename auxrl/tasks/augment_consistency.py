@@ -38,6 +38,7 @@ from auxrl.tasks.base import (
     Sequences,
     TaskContext,
     TaskMismatch,
+    image_view,
     require_images,
 )
 
@@ -62,6 +63,7 @@ class AugmentConsistency(AuxTask):
     def __init__(self, cfg: AugmentConsistencyConfig, ctx: TaskContext) -> None:
         super().__init__(cfg, ctx)
         self.check(ctx)
+        self.view = image_view(self.name, ctx)  # the frames (a dict observation's image key)
         assert ctx.ppo_heads is not None
         # The agent's heads in a plain dataclass (not submodules): they are saved once, as
         # heads.policy / heads.value, and not again under this task's name.
@@ -92,7 +94,8 @@ class AugmentConsistency(AuxTask):
         obs = seq.obs[:, 0]
         with torch.no_grad():  # the target: pi(.|s) and V(s), detached
             pi, value = self._heads(obs, encode)
-        pi_aug, value_aug = self._heads(augment(obs, self.cfg.augment, seq.generator), encode)
+        shifted = self.view.with_frames(obs, augment(self.view.frames(obs), self.cfg.augment, seq.generator))
+        pi_aug, value_aug = self._heads(shifted, encode)
         kl = kl_divergence(pi, pi_aug)
         if kl.dim() > 1:  # Gaussian: independent action dimensions
             kl = kl.flatten(1).sum(-1)

@@ -37,6 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from auxrl.envs.dictobs import ImageView
+
 
 class TaskMismatch(ValueError):
     """An auxiliary task that cannot work with the configured environment or model."""
@@ -78,6 +80,8 @@ class TaskContext:
     # 0..255) or "real"; they arrive in Sequences.labels in this order. Empty: no labels.
     label_names: tuple[str, ...] = ()
     label_kinds: tuple[str, ...] = ()
+    # Dict observations: the image key that pixel tasks work on (aux.image_key; None: the only one).
+    image_key: str | None = None
 
 
 @dataclass(frozen=True)
@@ -253,16 +257,21 @@ def scale_free(features: torch.Tensor) -> torch.Tensor:
     return F.layer_norm(features, features.shape[-1:])
 
 
-def require_images(task: str, ctx: TaskContext) -> tuple[int, int, int]:
-    """Shared check for tasks that work on (stacked) image frames."""
-    shape = tuple(ctx.obs_space.shape)
-    if len(shape) != 3 or ctx.obs_space.dtype != torch.uint8 and str(ctx.obs_space.dtype) != "uint8":
+def image_view(task: str, ctx: TaskContext) -> ImageView:
+    """The frames a pixel task works on: the observations themselves, or a dict observation's
+    image key (``aux.image_key``); a TaskMismatch naming the task where there are none."""
+    try:
+        return ImageView(ctx.obs_space, ctx.image_key)
+    except ValueError as err:
         raise TaskMismatch(
-            f"aux task {task!r} needs uint8 image observations (stack, height, width), but this "
-            f"env's observations are {ctx.obs_space}. Disable it for this env "
+            f"aux task {task!r} works on image frames, but {err}. Disable it for this env "
             f"(aux.tasks.{task}.enabled=false)."
-        )
-    return shape  # type: ignore[return-value]
+        ) from None
+
+
+def require_images(task: str, ctx: TaskContext) -> tuple[int, int, int]:
+    """Shared check for tasks that work on (stacked) image frames: their (C, H, W)."""
+    return image_view(task, ctx).shape  # type: ignore[return-value]
 
 
 def require_discrete(task: str, ctx: TaskContext) -> int:

@@ -66,6 +66,7 @@ from torch import nn
 
 from auxrl.augment import augment
 from auxrl.config import ConfigError
+from auxrl.envs.dictobs import ImageView
 from auxrl.models.torsos import layer_init
 from auxrl.perf import float32
 from auxrl.tasks.base import (
@@ -76,6 +77,7 @@ from auxrl.tasks.base import (
     Sequences,
     TaskContext,
     TaskMismatch,
+    image_view,
 )
 
 # mode: spr. SPR's K, and its target's step toward the online weights: momentum tau 0 with
@@ -165,8 +167,10 @@ class NextStatePrediction(AuxTask):
         super().__init__(cfg, ctx)
         self.check(ctx)
         self.spr = cfg.mode == "spr"
+        self.view = None  # the frames to augment (a dict observation's image key)
         if cfg.augment != "none":
             self._check_images(cfg, ctx)
+            self.view = image_view(self.name, ctx)
         assert cfg.horizon is not None  # resolved by NextStateConfig
         self.needs = Needs(sequence_length=cfg.horizon, replay=True, minibatch=cfg.source == "minibatch")
         # The online torso belongs to the agent: keep a plain reference (not a submodule), so it
@@ -206,14 +210,19 @@ class NextStatePrediction(AuxTask):
 
     @classmethod
     def _check_images(cls, cfg: NextStateConfig, ctx: TaskContext) -> None:
-        shape = tuple(ctx.obs_space.shape or ())
-        if len(shape) != 3 or str(ctx.obs_space.dtype) != "uint8":
+        try:
+            ImageView(ctx.obs_space, ctx.image_key)
+        except ValueError as err:
             default = " (mode spr's default)" if cfg.mode == "spr" else ""
             raise TaskMismatch(
-                f"aux task {cls.name!r} with augment={cfg.augment!r}{default} shifts image frames "
-                f"(uint8, stack x height x width), but this env's observations are {ctx.obs_space}. "
-                f"Set aux.tasks.{cls.name}.augment=none (SPR's unaugmented form: ema_tau 0.01)."
-            )
+                f"aux task {cls.name!r} with augment={cfg.augment!r}{default} shifts image frames, but "
+                f"{err}. Set aux.tasks.{cls.name}.augment=none (SPR's unaugmented form: ema_tau 0.01)."
+            ) from None
+
+    def _augmented(self, obs: torch.Tensor, kind: str, generator: torch.Generator | None) -> torch.Tensor:
+        if self.view is None:  # augment "none": the frames themselves
+            return obs
+        return self.view.with_frames(obs, augment(self.view.frames(obs), kind, generator))
 
     def _action_inputs(self, actions: torch.Tensor) -> torch.Tensor:
         """[B, K, *action_shape] -> [B, K, action_dim] float."""
@@ -227,9 +236,9 @@ class NextStatePrediction(AuxTask):
         # learner's stream (augment "none" returns the frames themselves and draws nothing).
         kind = self.cfg.augment
         assert kind is not None  # resolved by NextStateConfig
-        online_obs = augment(seq.obs[:, 0], kind, seq.generator)
+        online_obs = self._augmented(seq.obs[:, 0], kind, seq.generator)
         with torch.no_grad():
-            target_obs = augment(seq.obs[:, 1:], kind, seq.generator)
+            target_obs = self._augmented(seq.obs[:, 1:], kind, seq.generator)
             # The torsos may run in bf16 (perf.bf16); the heads run in float32 (perf.float32).
             targets = float32(self.target_projection, self.target_torso(target_obs.flatten(0, 1)))
             targets = targets.reshape(batch, horizon, -1)

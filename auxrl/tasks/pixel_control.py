@@ -25,6 +25,7 @@ from auxrl.tasks.base import (
     Sequences,
     TaskContext,
     TaskMismatch,
+    image_view,
     require_discrete,
     require_images,
 )
@@ -107,6 +108,7 @@ class PixelControl(AuxTask):
     def __init__(self, cfg: PixelControlConfig, ctx: TaskContext) -> None:
         super().__init__(cfg, ctx)
         self.check(ctx)
+        self.view = image_view(self.name, ctx)  # the frames (a dict observation's image key)
         self._check_crop(ctx, cfg.crop)  # here: check() cannot see the configured crop
         self.needs = Needs(sequence_length=cfg.n_steps, replay=True)
         num_actions = require_discrete(self.name, ctx)
@@ -124,11 +126,11 @@ class PixelControl(AuxTask):
 
     @classmethod
     def _check_crop(cls, ctx: TaskContext, crop: int) -> None:
-        height, width = tuple(ctx.obs_space.shape)[-2:]
+        height, width = image_view(cls.name, ctx).shape[-2:]
         if height < crop or width < crop:
             raise TaskMismatch(
                 f"aux task {cls.name!r} crops a {crop}x{crop} window, but this env's frames are "
-                f"{height}x{width} ({ctx.obs_space}). Lower aux.tasks.{cls.name}.crop or "
+                f"{height}x{width}. Lower aux.tasks.{cls.name}.crop or "
                 f"disable it (aux.tasks.{cls.name}.enabled=false)."
             )
 
@@ -153,7 +155,8 @@ class PixelControl(AuxTask):
         q_taken = q[:, :-1].gather(2, index).squeeze(2)  # [B, L, n, n]
 
         with torch.no_grad():
-            pseudo = pixel_change(seq.obs[:, :-1], seq.obs[:, 1:], cfg.crop, cfg.cell_size)
+            frames = self.view.frames(seq.obs)
+            pseudo = pixel_change(frames[:, :-1], frames[:, 1:], cfg.crop, cfg.cell_size)
             bootstrap = q[:, -1].max(dim=1).values  # [B, n, n]
             done = seq.terminated | seq.truncated
             # continues[:, t]: step t + 1 (or the bootstrap obs after the last step) is still

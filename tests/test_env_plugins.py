@@ -1,0 +1,67 @@
+"""The MiniGrid and Crafter families (optional extras): their observations, metrics and configs."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from auxrl.cli import main
+from auxrl.config import load_config
+from auxrl.envs import make_envs
+from auxrl.envs.crafter import crafter_score
+from auxrl.plot import read_scalars
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
+
+def test_crafter_score_is_the_geometric_mean_of_success_rates_in_percent():
+    score = crafter_score({"achievement_a": 0.5, "achievement_b": 0.0})["crafter/score"]
+    assert score == pytest.approx(math.sqrt(51) - 1)  # exp(mean(ln 51, ln 1)) - 1
+    assert crafter_score({"achievement_a": 1.0, "achievement_b": 1.0})["crafter/score"] == pytest.approx(
+        100.0
+    )
+    assert crafter_score({"other": 1.0}) == {}
+
+
+def test_crafter_trains_logs_its_achievements_and_eval_reports_the_score(tmp_path, capsys):
+    pytest.importorskip("crafter")
+    short = [  # a small world: crafter generates a 64x64 one in seconds at every reset
+        "env.num_envs=2", "env.vector_mode=sync", "env.options.length=40", "env.options.size=32",
+        "env.options.area=20", "perf.threads=1",
+    ]  # fmt: skip
+    cfg = load_config("crafter", short)
+    with make_envs(cfg.env) as envs:
+        assert envs.reset(seed=0).shape == (2, 3, 32, 32)
+    run = tmp_path / "crafter"
+    args = ["train", "crafter", *short, "ppo.num_steps=64", "ppo.total_steps=256", "--run-dir", str(run)]
+    assert main([*args, "--no-progress"]) == 0
+    steps, wake = read_scalars(run, "episode/achievement_wake_up")
+    assert len(steps) and 0.0 <= wake[-1] <= 1.0
+    _, score = read_scalars(run, "crafter/score")
+    assert 0.0 <= score[-1] <= 100.0
+    assert main(["eval", str(run), "--episodes", "2", "--num-envs", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "CrafterReward-v1: 2 episodes" in out and "crafter/score:" in out
+    assert "achievement_collect_wood:" in out
+
+
+def test_minigrid_gives_a_dict_of_image_and_direction_and_trains(tmp_path):
+    pytest.importorskip("minigrid")
+    cfg = load_config(
+        "minigrid_doorkey", ["env.num_envs=2", "ppo.num_steps=32", "ppo.total_steps=256", "perf.threads=1"]
+    )
+    with make_envs(cfg.env) as envs:
+        space = envs.single_observation_space
+        assert set(space.spaces) == {"image", "direction"}  # mission (text) dropped
+        assert envs.reset(seed=0).shape == (2, 4 + 7 * 7 * 3)  # direction as float32, then the grid
+    from auxrl.trainer import train
+
+    train(cfg, tmp_path / "grid", progress=False)
+    rgb = load_config(
+        "minigrid_doorkey", ["env.num_envs=1", "env.options.rgb=true", "env.options.tile_size=4"]
+    )
+    with make_envs(rgb.env) as envs:
+        assert envs.single_observation_space["image"].shape == (28, 28, 3)
+        assert np.asarray(envs.reset(seed=0)).dtype == np.uint8
