@@ -907,11 +907,13 @@ def _check_applicable(cfg: Config) -> None:
     owners = family_keys()
     for key in inapplicable_env_keys(e):
         if getattr(e, key) != getattr(defaults, key):
-            owner = next(name for name, keys in owners.items() if key in keys)
-            where = {
-                "gymnasium": "gymnasium ids (not ALE/...)",
-                "atari": "Atari ids (ALE/<Game>-v5)",
-            }.get(owner, f"the {owner} family")
+            names = [name for name, keys in owners.items() if key in keys]
+            if "gymnasium" in names:
+                where = "gymnasium ids (not ALE/...)"
+            elif "atari" in names:
+                where = "Atari ids (ALE/<Game>-v5)"
+            else:
+                where = f"the {' / '.join(names)} family"
             raise ConfigError(
                 f"env.{key}={getattr(e, key)!r} applies to {where} only; {e.id} would ignore it. Drop it "
                 f"(or set it back to {getattr(defaults, key)!r})."

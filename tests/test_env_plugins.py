@@ -6,11 +6,13 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 from auxrl.cli import main
 from auxrl.config import load_config
 from auxrl.envs import make_envs
 from auxrl.envs.crafter import crafter_score
+from auxrl.envs.dictobs import DictLayout
 from auxrl.plot import read_scalars
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -65,3 +67,25 @@ def test_minigrid_gives_a_dict_of_image_and_direction_and_trains(tmp_path):
     with make_envs(rgb.env) as envs:
         assert envs.single_observation_space["image"].shape == (28, 28, 3)
         assert np.asarray(envs.reset(seed=0)).dtype == np.uint8
+
+
+def test_vizdoom_gives_the_stacked_screen_and_game_variables_as_labels(tmp_path, capsys):
+    pytest.importorskip("vizdoom")
+    pytest.importorskip("cv2")
+    short = ["env.num_envs=2", "env.vector_mode=sync", "perf.threads=1", "env.options.resize=[42,42]"]
+    cfg = load_config(
+        "vizdoom_health_gathering", [*short, "env.labels=[info:health]", "env.normalize_reward=false"]
+    )
+    with make_envs(cfg.env) as envs:
+        space = envs.single_observation_space
+        assert space["screen"].shape == (4, 42, 42) and space["gamevariables"].shape == (1,)
+        obs = envs.reset(seed=0)
+        health = DictLayout(space).unpack(torch.from_numpy(obs))["gamevariables"]
+        assert envs.reset_labels.tolist() == health.tolist() and 0 < health[0, 0] <= 100  # the label: health
+        step = envs.step(np.zeros(2, dtype=np.int64))
+        assert step.reward.tolist() == [4.0, 4.0]  # +1 per tic alive, 4 tics per step
+    run = tmp_path / "doom"
+    args = ["train", "vizdoom_defend_the_center", *short, "ppo.num_steps=32", "ppo.total_steps=128"]
+    assert main([*args, "--run-dir", str(run), "--no-progress"]) == 0
+    assert main(["eval", str(run), "--episodes", "1", "--num-envs", "1"]) == 0
+    assert "VizdoomDefendCenter-v1: 1 episodes" in capsys.readouterr().out

@@ -20,7 +20,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from auxrl.config import EnvConfig
+from auxrl.config import GYM_ENV_KEYS, EnvConfig
 from auxrl.envs.base import VecEnv
 from auxrl.envs.family import EnvFamily
 from auxrl.envs.gym import METRIC_PREFIX, GymVecEnv
@@ -106,6 +106,7 @@ class CrafterFamily(EnvFamily):
     """Crafter (CrafterReward-v1, CrafterNoReward-v1): 22 achievements and the Crafter score."""
 
     name = "crafter"
+    keys = GYM_ENV_KEYS  # gymnasium.vector's settings (kwargs, normalisation) apply
     Options = CrafterOptions
 
     def handles(self, env_id: str) -> bool:

@@ -3,8 +3,8 @@ options, and how it builds a :class:`~auxrl.envs.base.VecEnv`.
 
 Built in: ``atari`` (``ALE/<Game>-v5`` on ale-py's native vector env), ``minigrid``
 (``MiniGrid-*``, ``BabyAI-*``; auxrl/envs/minigrid.py), ``crafter`` (``CrafterReward-v1``;
-auxrl/envs/crafter.py) and ``gymnasium`` (every other registered
-id, through ``gymnasium.vector``; it takes any id, so it is asked last). A
+auxrl/envs/crafter.py), ``vizdoom`` (``Vizdoom*-v1``; auxrl/envs/vizdoom.py) and ``gymnasium``
+(every other registered id, through ``gymnasium.vector``; it takes any id, so it is asked last). A
 package adds a family as it adds an auxiliary task: a subclass of :class:`EnvFamily` registered
 under the ``auxrl.env_families`` entry-point group, or named by import path in the config
 (``env.family=my_pkg.envs:MyFamily``). ``env.family`` unset: the first family whose
@@ -42,6 +42,7 @@ BUILTINS = {
     "atari": "auxrl.envs.builtin:AtariFamily",
     "minigrid": "auxrl.envs.minigrid:MiniGridFamily",  # needs auxrl[minigrid] to make envs
     "crafter": "auxrl.envs.crafter:CrafterFamily",  # needs auxrl[crafter]
+    "vizdoom": "auxrl.envs.vizdoom:VizdoomFamily",  # needs auxrl[vizdoom]
     "gymnasium": "auxrl.envs.builtin:GymFamily",
 }
 FALLBACK = "gymnasium"  # takes any id: asked after every other family

@@ -15,7 +15,7 @@ from typing import Any
 
 import gymnasium as gym
 
-from auxrl.config import EnvConfig
+from auxrl.config import GYM_ENV_KEYS, EnvConfig
 from auxrl.envs.base import VecEnv
 from auxrl.envs.family import EnvFamily
 from auxrl.envs.gym import GymVecEnv
@@ -45,6 +45,7 @@ class MiniGridFamily(EnvFamily):
     """MiniGrid / BabyAI grid worlds (MiniGrid-*, BabyAI-*): dict observations (image, direction)."""
 
     name = "minigrid"
+    keys = GYM_ENV_KEYS  # gymnasium.vector's settings (kwargs, normalisation) apply
     Options = MiniGridOptions
 
     def handles(self, env_id: str) -> bool:
