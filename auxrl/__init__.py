@@ -18,7 +18,7 @@ __version__ = "0.1.0"
 _WHERE = {
     "train": "auxrl.api",
     "Config": "auxrl.config",
-    "load_config": "auxrl.config",
+    "load_config": "auxrl.configfile",
     "TrainedAgent": "auxrl.inference",
     "load_agent": "auxrl.inference",
     "AuxOutput": "auxrl.tasks.base",
@@ -46,7 +46,8 @@ __all__ = [
 
 if TYPE_CHECKING:
     from auxrl.api import train
-    from auxrl.config import Config, load_config
+    from auxrl.config import Config
+    from auxrl.configfile import load_config
     from auxrl.inference import TrainedAgent, load_agent
     from auxrl.tasks.base import AuxOutput, AuxTask, Needs, Sequences, TaskContext, TaskMismatch, scale_free
 

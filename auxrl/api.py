@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from auxrl import rundir
-from auxrl.config import Config, from_dict, load_config, override_texts, to_dict
+from auxrl.config import Config, to_dict
+from auxrl.configfile import from_dict, load_config, override_texts
 
 
 def train(

@@ -60,8 +60,8 @@ def task_specs(
                     )
                 continue
             if env_id not in known:
-                probe = dataclasses.replace(
-                    stage.cfg.env, id=env_id, tasks=[], num_envs=1, groups=1, vector_mode="sync"
+                probe = stage.cfg.env.model_copy(
+                    update=dict(id=env_id, tasks=[], num_envs=1, groups=1, vector_mode="sync")
                 )
                 with make_envs(probe) as one:
                     known[env_id] = one.single_action_space
@@ -110,7 +110,7 @@ def build_model(
 
 def load_tasks(aux: AuxConfig) -> dict[str, tuple[type[AuxTask], Any]]:
     """``enabled_tasks``, with a plugin that fails on import and option typos as config errors."""
-    common = [f.name for f in dataclasses.fields(AuxTaskConfig) if f.name != "params"]
+    common = [name for name in AuxTaskConfig.model_fields if name != "params"]
     # Every configured task is resolved and its keys checked, enabled or not: a bad type or key
     # fails at start-up, not when a stage or a later run turns the task on.
     for name, spec in aux.tasks.items():
@@ -194,7 +194,7 @@ def check_stage_spaces(
     """Check every later stage's env against the model before training (one env copy each)."""
     probed: list = []
     for stage in stages:
-        probe = dataclasses.replace(stage.cfg.env, num_envs=1, groups=1, vector_mode="sync")
+        probe = stage.cfg.env.model_copy(update=dict(num_envs=1, groups=1, vector_mode="sync"))
         if probe not in probed:
             probed.append(probe)
             with make_envs(probe) as envs:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import importlib.metadata
 import os
 import platform
@@ -13,7 +12,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from auxrl.config import Config, ConfigError, build, from_dict, load_config, load_dict, shipped_config_names
+from auxrl.config import Config, ConfigError
+from auxrl.configfile import from_dict, load_config, load_dict, shipped_config_names
 
 
 def _describe(err: OSError) -> str:
@@ -213,7 +213,7 @@ def _screen_available(cfg: Config) -> bool:
     from auxrl.envs import make_envs
     from auxrl.envs.gym import UserEnvError
 
-    probe = build(type(cfg.env), {**vars(cfg.env), "num_envs": 1})
+    probe = cfg.env.model_copy(update={"num_envs": 1})
     try:
         with make_envs(probe, training=False, render=True) as envs:
             envs.reset(seed=0)
@@ -262,7 +262,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         env_cfg = (
             cfg
             if task is None
-            else dataclasses.replace(cfg, env=dataclasses.replace(cfg.env, id=env_id, tasks=[]))
+            else cfg.model_copy(update={"env": cfg.env.model_copy(update=dict(id=env_id, tasks=[]))})
         )
         recorder, render = None, False
         if args.video:
@@ -395,13 +395,23 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
 def cmd_config(args: argparse.Namespace) -> int:
     from auxrl.build import load_tasks
-    from auxrl.confighelp import describe_config
+    from auxrl.confighelp import describe_config, describe_keys, is_key
     from auxrl.curriculum import plan_stages
 
-    cfg = load_config(args.config, args.overrides)
+    # `auxrl config ppo.lr` (a key, no config): that key's help; `auxrl config CONFIG KEY...`: the
+    # keys' help and their values in that config.
+    if is_key(args.config) and not Path(args.config).exists():
+        print(describe_keys([args.config, *args.overrides]))
+        return 0
+    keys = [text for text in args.overrides if "=" not in text]
+    overrides = [text for text in args.overrides if "=" in text]
+    cfg = load_config(args.config, overrides)
     for stage in plan_stages(cfg):  # the checks `train` makes before it builds anything
         load_tasks(stage.cfg.aux)
-    print(describe_config(cfg, " ".join([args.config, *args.overrides])))
+    if keys:
+        print(describe_keys(keys, cfg))
+    else:
+        print(describe_config(cfg, " ".join([args.config, *args.overrides])))
     return 0
 
 
@@ -490,13 +500,17 @@ def make_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "config",
-        help="print a resolved config and every valid key",
+        help="print a resolved config and every valid key, or the help of some keys",
         description="Print the config `auxrl train CONFIG [overrides]` would run, then every valid key with "
-        "its type, default and help.",
+        "its type, default and help. `auxrl config KEY...` prints the help of those keys (a section such "
+        "as ppo or aux.tasks.pixel_control: all of its keys); `auxrl config CONFIG KEY...` adds their "
+        "values in that config.",
     )
-    p.add_argument("config", help=f"config path or shipped config name ({shipped})")
+    p.add_argument("config", help=f"config path or shipped config name ({shipped}), or a key")
     # default=[]: argparse would otherwise call a "*" positional required in its usage error.
-    p.add_argument("overrides", nargs="*", default=[], help="overrides such as ppo.lr=1e-4 env.num_envs=16")
+    p.add_argument(
+        "overrides", nargs="*", default=[], help="overrides such as ppo.lr=1e-4, or keys such as ppo.lr"
+    )
     p.set_defaults(func=cmd_config)
 
     p = sub.add_parser(

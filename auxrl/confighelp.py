@@ -1,26 +1,23 @@
-"""Every config key with its type, default and help, from the config dataclasses themselves.
+"""Every config key with its type, default and help, read from the config models themselves.
 
-Used by ``auxrl config`` and ``auxrl train --help``. The help text of a key is the comment next
-to (or just above) its field in the dataclass source (``auxrl/config.py``, a task's ``Config``),
-so the code stays the one place where keys are documented.
+Used by ``auxrl config`` and ``auxrl train --help``. A key's help is its field's docstring in
+``auxrl/config.py`` (pydantic's ``use_attribute_docstrings``), or in a task's or env family's
+``Config``/``Options`` (pydantic dataclasses; a plain dataclass's keys are listed without help).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import inspect
-import re
+import difflib
 import textwrap
-import typing
 from dataclasses import dataclass
 from typing import Any
 
 import yaml
+from pydantic import BaseModel
+from pydantic_core import PydanticUndefined
 
-from auxrl.config import ATARI_ENV_KEYS, GYM_ENV_KEYS, AuxTaskConfig, Config, _type_name, to_dict
-
-_FIELD = re.compile(r"^\s+(\w+)\s*:\s*[^=]+?(?:=.*?)?(?:#\s*(.*))?$")
-_COMMENT = re.compile(r"^\s+#\s?(.*)$")
+from auxrl.config import ATARI_ENV_KEYS, GYM_ENV_KEYS, AuxTaskConfig, Config, ConfigError, to_dict, type_name
 
 
 @dataclass
@@ -31,58 +28,42 @@ class KeyInfo:
     help: str
 
 
-def field_help(cls: type) -> dict[str, str]:
-    """Field name -> its comment in ``cls``'s source (trailing, else the comment lines above it)."""
-    try:
-        lines = inspect.getsource(cls).splitlines()
-    except (OSError, TypeError):  # no source (a frozen app): keys are listed without help
-        return {}
-    names = {f.name for f in dataclasses.fields(cls)}
-    out: dict[str, str] = {}
-    above: list[str] = []
-    for line in lines[1:]:
-        comment = _COMMENT.match(line)
-        if comment:
-            above.append(comment.group(1).strip())
-            continue
-        match = _FIELD.match(line)
-        if match and match.group(1) in names:
-            text = (match.group(2) or "").strip() or " ".join(above)
-            out[match.group(1)] = text
-        above = []
-    return out
-
-
-def _default(f: dataclasses.Field) -> Any:
-    if f.default is not dataclasses.MISSING:
-        return f.default
-    if f.default_factory is not dataclasses.MISSING:
-        return f.default_factory()
-    return None
+def _fields(cls: type) -> list[tuple[str, Any, Any, str]]:
+    """(name, annotation, default, help) of a model's or dataclass's fields."""
+    infos = cls.model_fields if issubclass(cls, BaseModel) else getattr(cls, "__pydantic_fields__", None)
+    if infos is not None:
+        out = []
+        for name, f in infos.items():
+            default = f.get_default(call_default_factory=True)
+            default = None if default is PydanticUndefined else default
+            out.append((name, f.annotation, default, " ".join((f.description or "").split())))
+        return out
+    return [
+        (
+            f.name,
+            f.type,
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default,
+            "",
+        )
+        for f in dataclasses.fields(cls)
+    ]
 
 
 def config_keys(cls: type = Config, prefix: str = "") -> list[KeyInfo]:
     """Every settable key below ``cls`` (sections expanded; ``aux.tasks`` is listed by
     :func:`task_keys`)."""
-    hints = typing.get_type_hints(cls)
-    docs = field_help(cls)
     out = []
-    for f in dataclasses.fields(cls):
-        tp = hints[f.name]
-        key = f"{prefix}{f.name}"
-        if dataclasses.is_dataclass(tp):
+    for name, tp, default, help_text in _fields(cls):
+        key = f"{prefix}{name}"
+        if isinstance(tp, type) and issubclass(tp, BaseModel) and tp is not AuxTaskConfig:
             out += config_keys(tp, f"{key}.")
             continue
-        help_text = docs.get(f.name, "")
-        if cls.__name__ == "EnvConfig" and f.name in ATARI_ENV_KEYS + GYM_ENV_KEYS:
-            only = "[Atari ids only]" if f.name in ATARI_ENV_KEYS else "[gymnasium ids only]"
-            help_text = f"{only} {help_text.removeprefix('Atari path only.')}".strip()
-        out.append(KeyInfo(key, _pretty(_type_name(tp)), _default(f), help_text))
+        if cls.__name__ == "EnvConfig" and name in ATARI_ENV_KEYS + GYM_ENV_KEYS:
+            help_text = f"[{'Atari' if name in ATARI_ENV_KEYS else 'gymnasium'} ids only] {help_text}"
+        if isinstance(default, BaseModel):
+            default = default.model_dump()
+        out.append(KeyInfo(key, type_name(tp), default, help_text))
     return out
-
-
-def _pretty(type_name: str) -> str:
-    return type_name.replace("typing.", "").replace("auxrl.config.", "")
 
 
 def task_keys() -> list[KeyInfo]:
@@ -106,6 +87,15 @@ def task_keys() -> list[KeyInfo]:
     return common + own
 
 
+def _inline(value: Any) -> str:
+    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+
+
+def _row(r: KeyInfo, width: int, type_width: int) -> str:
+    line = f"{r.key:<{width}}  {r.type:<{type_width}}  {_inline(r.default)}"
+    return f"{line}  # {r.help}" if r.help else line
+
+
 def describe_config(cfg: Config, source: str) -> str:
     """``auxrl config``: the resolved config as YAML, then every valid key with type and default."""
     rows = config_keys() + task_keys()
@@ -117,11 +107,51 @@ def describe_config(cfg: Config, source: str) -> str:
         "",
         "# Every key: override it with key=value (values are YAML). TYPE, DEFAULT, what it does.",
     ]
-    for r in rows:
-        default = yaml.safe_dump(r.default, default_flow_style=True).strip().removesuffix("...").strip()
-        line = f"{r.key:<{width}}  {r.type:<{type_width}}  {default}"
-        lines.append(f"{line}  # {r.help}" if r.help else line)
+    return "\n".join(lines + [_row(r, width, type_width) for r in rows])
+
+
+def describe_keys(keys: list[str], cfg: Config | None = None) -> str:
+    """``auxrl config KEY``: each key (or every key below a section such as ``ppo`` or
+    ``aux.tasks.pixel_control``) with its type, default, help and, given a config, its value."""
+    rows = config_keys() + task_keys()
+    lines = []
+    flat = to_dict(cfg) if cfg is not None else {}
+    for key in keys:
+        found = [r for r in rows if r.key == key or r.key.startswith(f"{key}.")]
+        if not found:
+            close = difflib.get_close_matches(key, [r.key for r in rows], n=1)
+            hint = f"Did you mean {close[0]!r}? " if close else ""
+            raise ConfigError(f"No config key {key!r}. {hint}(`auxrl config cartpole` lists every key.)")
+        for r in found:
+            lines.append(f"{r.key}: {r.type} (default {_inline(r.default)})")
+            if cfg is not None:
+                value = _lookup(flat, r.key)
+                if value is not _MISSING:
+                    lines.append(f"  value here: {_inline(value)}")
+            if r.help:
+                lines += textwrap.wrap(r.help, 96, initial_indent="  ", subsequent_indent="  ")
     return "\n".join(lines)
+
+
+def is_key(text: str) -> bool:
+    """Whether ``text`` is a config key or section (``ppo.lr``, ``ppo``, ``aux.tasks.next_state``),
+    as opposed to a config file or a shipped config's name."""
+    if text.endswith((".yaml", ".yml")) or "=" in text or "/" in text:
+        return False
+    sections = {r.key.partition(".")[0] for r in config_keys()}
+    return text in sections or text.partition(".")[0] in sections and "." in text
+
+
+_MISSING = object()
+
+
+def _lookup(data: dict[str, Any], key: str) -> Any:
+    node: Any = data
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return _MISSING
+        node = node[part]
+    return node
 
 
 def key_summary() -> str:

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from auxrl.config import Config, ConfigError, from_dict, to_dict
+from auxrl.config import Config, ConfigError, to_dict
+from auxrl.configfile import from_dict
 
 
 @dataclass

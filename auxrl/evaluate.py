@@ -61,7 +61,7 @@ def evaluate(
     env = {"num_envs": num_envs}
     if agent.task_names:  # multi-task: that task's env alone
         env.update(id=agent.model.tasks[index].env_id, tasks=[])
-    env_cfg = build(type(cfg.env), {**vars(cfg.env), **env})
+    env_cfg = build(type(cfg.env), {**cfg.env.model_dump(), **env})
     per_env = math.ceil(episodes / num_envs)
     counts = np.zeros(num_envs, dtype=np.int64)
     returns: list[float] = []

@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 import yaml
 
-from auxrl.config import Config, ConfigError, build, flatten_dotted, to_dict
+from auxrl.config import Config, ConfigError, build, to_dict
+from auxrl.configfile import flatten_dotted
 
 EVENT_GLOB = "events.out.tfevents.*"
 GRID_POINTS = 400

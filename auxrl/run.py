@@ -26,7 +26,8 @@ import yaml
 from auxrl import checkpoint, rundir
 from auxrl.balance import Balancer
 from auxrl.build import build_model, check_stage_spaces, check_task_windows, make_optimizer, task_specs
-from auxrl.config import Config, flatten_dotted, save_config, to_dict
+from auxrl.config import Config, to_dict
+from auxrl.configfile import flatten_dotted, save_config
 from auxrl.curriculum import Stage, plan_stages
 from auxrl.device import resolve_device
 from auxrl.distributed import Dist, weights_checksum

@@ -652,7 +652,8 @@ PER_RUN_KEYS = ("name", "seed", "env.id", "aux.enabled", "aux.balance.method")
 
 def resolved_config(config: str, extra: Sequence[str], steps: int) -> dict[str, Any]:
     """The suite's config with the common overrides, as a flat dotted dict (games and variants aside)."""
-    from auxrl.config import flatten_dotted, load_config, to_dict
+    from auxrl.config import to_dict
+    from auxrl.configfile import flatten_dotted, load_config
 
     flat = flatten_dotted(to_dict(load_config(config, [*extra, f"ppo.total_steps={steps}"])))
     return {k: v for k, v in flat.items() if k not in PER_RUN_KEYS}
@@ -997,7 +998,8 @@ def phase_specs(args: argparse.Namespace, suite: dict[str, Any], out: Path) -> l
 
 def check_variants(config: str, extra: Sequence[str], specs: list[RunSpec]) -> list[RunSpec]:
     """Drop the runs of variants whose config does not load (e.g. a key this auxrl lacks)."""
-    from auxrl.config import ConfigError, load_config
+    from auxrl.config import ConfigError
+    from auxrl.configfile import load_config
 
     bad: dict[str, str] = {}
     for variant in dict.fromkeys(s.variant for s in specs):
@@ -1013,7 +1015,7 @@ def check_variants(config: str, extra: Sequence[str], specs: list[RunSpec]) -> l
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     use_checkout()
-    from auxrl.config import load_config
+    from auxrl.configfile import load_config
 
     steps = args.steps or load_config(args.config).ppo.total_steps
     out = (args.out_dir or default_out_dir(device_slug(args.device))).resolve()

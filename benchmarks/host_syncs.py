@@ -120,7 +120,8 @@ def measure() -> dict[str, Any]:
     from auxrl.balance import Balancer
     from auxrl.build import build_model, make_optimizer
     from auxrl.collect import collect_rollout
-    from auxrl.config import EnvConfig, load_config
+    from auxrl.config import EnvConfig
+    from auxrl.configfile import load_config
     from auxrl.curriculum import plan_stages
     from auxrl.envs import make_envs
     from auxrl.models.agent import build_agent

@@ -57,7 +57,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from auxrl.build import build_model, make_optimizer  # noqa: E402
-from auxrl.config import load_config  # noqa: E402
+from auxrl.configfile import load_config  # noqa: E402
 from auxrl.curriculum import plan_stages  # noqa: E402
 from auxrl.models.torsos import scale_frames  # noqa: E402
 from auxrl.ppo.rollout import RolloutStorage  # noqa: E402

@@ -103,7 +103,7 @@ def saved_step(run_dir: Path) -> int | None:
 
 def train_one(config: str, overrides: list[str], run_dir: Path, steps: int, device: str) -> tuple[str, float]:
     """Train (or resume, or skip) one run; returns (status, seconds)."""
-    from auxrl.config import load_config
+    from auxrl.configfile import load_config
     from auxrl.trainer import train
 
     cfg = load_config(config, overrides)
@@ -286,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     """Train every (variant, seed), then plot and write results.md; 1 if any run failed."""
     args = parse_args(argv)
     use_checkout()
-    from auxrl.config import load_config
+    from auxrl.configfile import load_config
     from auxrl.tasks.registry import enabled_tasks
 
     base = load_config(args.config, [*args.extra, f"ppo.total_steps={args.steps}"])

@@ -275,7 +275,7 @@ def run_env_only(cfg: Any, steps: int, warmup_steps: int, seed: int) -> Row:
 
 def run_training(config: str, overrides: list[str], device: str, label: str, workdir: Path) -> Row:
     """One auxrl ``train()`` call in a fresh run directory; SPS from its TensorBoard events."""
-    from auxrl.config import load_config
+    from auxrl.configfile import load_config
     from auxrl.trainer import train
 
     cfg = load_config(config, overrides)
@@ -604,7 +604,7 @@ def main(argv: list[str] | None = None) -> int:
     """Measure every requested variant, write the .md and .json, print the table."""
     args = parse_args(argv)
     use_checkout()
-    from auxrl.config import load_config, load_dict
+    from auxrl.configfile import load_config, load_dict
     from auxrl.device import resolve_device
 
     common = base_overrides(args, args.steps)

@@ -13,7 +13,8 @@ from auxrl import augment as aug
 from auxrl import checkpoint
 from auxrl.balance import Balancer
 from auxrl.cli import main
-from auxrl.config import AuxConfig, BalanceConfig, ConfigError, PPOConfig, build, load_config
+from auxrl.config import AuxConfig, BalanceConfig, ConfigError, PPOConfig, build
+from auxrl.configfile import load_config
 from auxrl.gradients import LearnerParams, set_gradients
 from auxrl.learner import Learner
 from auxrl.models.agent import build_agent

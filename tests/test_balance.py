@@ -13,7 +13,8 @@ from torch import nn
 
 from auxrl import checkpoint
 from auxrl.balance import Balancer, balance_cosine, balance_norm, balance_pcgrad, cosine
-from auxrl.config import BalanceConfig, PPOConfig, load_config
+from auxrl.config import BalanceConfig, PPOConfig
+from auxrl.configfile import load_config
 from auxrl.gradients import LearnerParams, NonFiniteError, check_finite, set_gradients
 from auxrl.models.agent import build_agent
 from auxrl.ppo.loss import ppo_loss

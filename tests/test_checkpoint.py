@@ -8,7 +8,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from auxrl import checkpoint
-from auxrl.config import load_config
+from auxrl.configfile import load_config
 from auxrl.inference import load_agent
 from auxrl.trainer import train
 

@@ -2,16 +2,8 @@
 
 import pytest
 
-from auxrl.config import (
-    Config,
-    ConfigError,
-    WeightSchedule,
-    from_dict,
-    load_config,
-    parse_override,
-    save_config,
-    shipped_config_names,
-)
+from auxrl.config import Config, ConfigError, WeightSchedule
+from auxrl.configfile import from_dict, load_config, parse_override, save_config, shipped_config_names
 
 
 def test_shipped_configs_load_and_have_expected_values():
@@ -85,7 +77,7 @@ def test_weight_schedule_and_new_task_via_override():
             "aux.tasks.rp.weight={start: 1.0, end: 0.0, steps: 1000}",
         ],
     )
-    assert cfg.aux.tasks["rp"].weight == WeightSchedule(1.0, 0.0, 1000)
+    assert cfg.aux.tasks["rp"].weight == WeightSchedule(start=1.0, end=0.0, steps=1000)
 
 
 def test_unknown_key_lists_valid_keys_and_suggests():
@@ -122,3 +114,38 @@ def test_resolved_config_round_trips(tmp_path):
     save_config(cfg, tmp_path / "config.yaml")
     again = load_config(str(tmp_path / "config.yaml"))
     assert again == cfg
+
+
+def test_every_key_has_help_from_its_model_and_auxrl_config_key_prints_it(capsys):
+    from auxrl.cli import main
+    from auxrl.confighelp import config_keys, task_keys
+
+    undocumented = [k.key for k in config_keys() + task_keys() if not k.help]
+    assert undocumented == []  # every key of the config models and the built-in tasks
+    assert main(["config", "ppo.gae_lambda", "aux.tasks.next_state.horizon"]) == 0
+    out = capsys.readouterr().out
+    assert "ppo.gae_lambda: float (default 0.95)\n  GAE's lambda." in out
+    assert "aux.tasks.next_state.horizon: int | null (default null)" in out and "steps predicted" in out
+    assert main(["config", "cartpole", "ppo.lr", "ppo.lr=3e-4"]) == 0  # a key with its value here
+    assert "value here: 0.0003" in capsys.readouterr().out
+    assert main(["config", "aux.balance"]) == 0  # a section: each of its keys
+    assert capsys.readouterr().out.count("aux.balance.") == 6
+    assert main(["config", "ppo.lrr"]) == 2
+    assert "No config key 'ppo.lrr'. Did you mean 'ppo.lr'?" in capsys.readouterr().err
+
+
+def test_ranges_live_in_the_fields_of_configs_and_task_configs():
+    from auxrl.config import build
+    from auxrl.tasks.next_state import NextStateConfig
+
+    with pytest.raises(ConfigError, match=r"^ppo.gamma must be <= 1.0, got 1.5 \(default 0.99\)$"):
+        from_dict({}, ["ppo.gamma=1.5"])
+    with pytest.raises(ConfigError, match=r"^ppo.total_steps: expected an integer, got 'many'$"):
+        from_dict({"ppo": {"total_steps": "many"}})
+    with pytest.raises(ConfigError, match=r"^ppo.lr: expected a number, got True$"):
+        from_dict({}, ["ppo.lr=true"])
+    assert from_dict({}, ["ppo.total_steps=2e5"]).ppo.total_steps == 200_000  # a whole float is an int
+    with pytest.raises(ConfigError, match=r"^aux.tasks.next_state.horizon must be >= 1, got 0$"):
+        build(NextStateConfig, {"horizon": 0}, "aux.tasks.next_state")
+    with pytest.raises(ConfigError, match=r"^Unknown config key 'aux.tasks.next_state.horizn'.*'horizon'"):
+        build(NextStateConfig, {"horizn": 3}, "aux.tasks.next_state")

@@ -12,7 +12,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from auxrl import checkpoint
-from auxrl.config import load_config
+from auxrl.configfile import load_config
 from auxrl.envs import NormStats, make_envs
 from auxrl.evaluate import evaluate
 from auxrl.inference import load_agent

@@ -4,7 +4,8 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from auxrl import checkpoint
-from auxrl.config import ConfigError, load_config
+from auxrl.config import ConfigError
+from auxrl.configfile import load_config
 from auxrl.curriculum import plan_stages
 from auxrl.trainer import train
 

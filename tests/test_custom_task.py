@@ -8,7 +8,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch import nn
 
 from auxrl import AuxOutput, AuxTask, Needs, TaskContext, TaskMismatch
-from auxrl.config import load_config
+from auxrl.configfile import load_config
 from auxrl.trainer import train
 
 

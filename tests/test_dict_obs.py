@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from auxrl import checkpoint
-from auxrl.config import load_config
+from auxrl.configfile import load_config
 from auxrl.envs import make_envs
 from auxrl.envs.dictobs import DictLayout
 from auxrl.inference import load_agent

@@ -11,7 +11,8 @@ import pytest
 
 from auxrl import checkpoint
 from auxrl.cli import main
-from auxrl.config import ConfigError, load_config
+from auxrl.config import ConfigError
+from auxrl.configfile import load_config
 from auxrl.envs import make_envs
 from auxrl.envs.family import family_for
 from auxrl.plot import read_scalars

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from auxrl.cli import main
-from auxrl.config import load_config
+from auxrl.configfile import load_config
 from auxrl.envs import make_envs
 from auxrl.envs.crafter import crafter_score
 from auxrl.envs.dictobs import DictLayout

@@ -41,7 +41,7 @@ def test_reset_steps_are_masked_and_truncation_bootstraps_in_a_real_rollout():
         collect_rollout(envs, agent, storage, lambda *args: None)
     with torch.no_grad():
         next_value = agent.value(agent.torso(storage.next_obs))
-    storage.finish(next_value, PPOConfig.gamma, PPOConfig.gae_lambda)
+    storage.finish(next_value, PPOConfig().gamma, PPOConfig().gae_lambda)
     done = storage.terminated | storage.truncated
     # Every step right after a done is a reset step, and only those are invalid.
     after_done = torch.zeros_like(done)
@@ -53,7 +53,7 @@ def test_reset_steps_are_masked_and_truncation_bootstraps_in_a_real_rollout():
     assert torch.all(storage.returns[~storage.valid] == 0)
     # A truncated step's advantage bootstraps from V(final obs) = the next stored value.
     t, e = [int(i) for i in torch.nonzero(storage.truncated[:-1] & ~storage.terminated[:-1])[0]]
-    delta = storage.rewards[t, e] + PPOConfig.gamma * storage.values[t + 1, e] - storage.values[t, e]
+    delta = storage.rewards[t, e] + PPOConfig().gamma * storage.values[t + 1, e] - storage.values[t, e]
     assert torch.isclose(storage.advantages[t, e], delta, atol=1e-5)
     # Slot t+1 holds that episode's final obs (a reset step, masked); t+2 holds the new episode.
     assert not storage.valid[t + 1, e]

@@ -205,7 +205,7 @@ def test_next_state_target_similarity_is_the_float32_mean_off_diagonal_cosine():
 def test_the_update_runs_forward_passes_under_autocast_and_gradients_and_steps_outside(monkeypatch):
     from auxrl.balance import Balancer
     from auxrl.build import build_model, make_optimizer
-    from auxrl.config import load_config
+    from auxrl.configfile import load_config
     from auxrl.curriculum import plan_stages
     from auxrl.learner import Learner
     from auxrl.ppo.rollout import RolloutStorage

@@ -55,7 +55,7 @@ def test_an_update_with_minibatch_tasks_runs_no_extra_torso_pass(monkeypatch):
     tasks' samples and on the rest, and nowhere else (next_state's target is its own EMA copy)."""
     from auxrl.balance import Balancer
     from auxrl.build import build_model
-    from auxrl.config import load_config
+    from auxrl.configfile import load_config
     from auxrl.curriculum import plan_stages
     from auxrl.learner import Learner
     from auxrl.tasks.combine import AuxTasks

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from auxrl.config import ConfigError, load_config
+from auxrl.config import ConfigError
+from auxrl.configfile import load_config
 from auxrl.evaluate import evaluate
 from auxrl.inference import load_agent
 from auxrl.models.agent import build_agent

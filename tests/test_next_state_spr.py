@@ -15,7 +15,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch import nn
 
 from auxrl import checkpoint
-from auxrl.config import build, load_config
+from auxrl.config import build
+from auxrl.configfile import load_config
 from auxrl.models.torsos import MLP, layer_init
 from auxrl.tasks import next_state as ns
 from auxrl.tasks.base import Needs, Sequences, TaskContext, TaskMismatch

@@ -82,7 +82,7 @@ def test_pairs_are_two_frames_gap_apart_with_the_episode_flag():
 
 def test_a_gap_beyond_a_rollout_is_refused_at_start_up(monkeypatch):
     import auxrl.build
-    from auxrl.config import load_config
+    from auxrl.configfile import load_config
     from auxrl.curriculum import plan_stages
 
     class Far(AuxTask):

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from auxrl.config import load_config
+from auxrl.configfile import load_config
 from auxrl.models.torsos import NatureCNN
 from auxrl.perf import autocast, check_bf16, try_compile
 from auxrl.trainer import train

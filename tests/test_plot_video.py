@@ -239,7 +239,7 @@ def test_eval_records_a_video(tmp_path, capsys):
     import imageio.v3 as iio
 
     from auxrl.cli import main
-    from auxrl.config import load_config
+    from auxrl.configfile import load_config
     from auxrl.trainer import train
 
     cfg = load_config(
@@ -288,7 +288,7 @@ def test_eval_records_a_video(tmp_path, capsys):
 def test_eval_video_falls_back_to_the_agent_view_when_the_screen_cannot_render(tmp_path, capsys, monkeypatch):
     pytest.importorskip("imageio")
     from auxrl.cli import main
-    from auxrl.config import load_config
+    from auxrl.configfile import load_config
     from auxrl.envs.gym import GymVecEnv
     from auxrl.trainer import train
 

@@ -10,7 +10,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from auxrl import checkpoint, rundir
 from auxrl.cli import main
-from auxrl.config import load_config, save_config
+from auxrl.configfile import load_config, save_config
 
 
 def steps_of(run: Path, tag: str = "losses/value_loss") -> list[int]:

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from auxrl.cli import main
-from auxrl.config import load_config
+from auxrl.configfile import load_config
 from auxrl.trainer import train
 
 TINY = ["ppo.total_steps=512", "ppo.update_epochs=1", "log.checkpoint_every=256"]

@@ -6,7 +6,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from auxrl import checkpoint
 from auxrl.cli import main
-from auxrl.config import load_config
+from auxrl.configfile import load_config
 from auxrl.trainer import train
 
 CLEANRL_TAGS = [

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from auxrl import checkpoint
-from auxrl.config import load_config
+from auxrl.configfile import load_config
 from auxrl.trainer import train
 
 SHORT = ["ppo.total_steps=1024", "log.checkpoint_every=0"]

@@ -16,7 +16,8 @@ from conftest import TINY_RUN as TINY
 
 from auxrl import checkpoint
 from auxrl.cli import main
-from auxrl.config import AuxConfig, AuxTaskConfig, load_dict
+from auxrl.config import AuxConfig, AuxTaskConfig
+from auxrl.configfile import load_dict
 from auxrl.logger import purge_events
 from auxrl.ppo.rollout import RolloutStorage
 from auxrl.tasks import registry

@@ -14,7 +14,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 import auxrl
 from auxrl import perf
 from auxrl.cli import main, make_parser
-from auxrl.config import ConfigError, load_config, to_dict
+from auxrl.config import ConfigError, to_dict
+from auxrl.configfile import load_config
 from auxrl.trainer import train
 
 TINY = ["ppo.total_steps=512", "ppo.update_epochs=1", "log.checkpoint_every=0"]
@@ -75,7 +76,7 @@ def test_configuring_an_aux_task_turns_the_heads_on():
     ).aux.enabled
     assert not load_config("cartpole", ["aux.tasks.reward_prediction.enabled=false"]).aux.enabled
     # Overrides of a resumed run or of a curriculum stage are applied literally.
-    from auxrl.config import from_dict, load_dict
+    from auxrl.configfile import from_dict, load_dict
 
     assert not from_dict(load_dict("cartpole"), ["aux.tasks.reward_prediction.weight=0.1"]).aux.enabled
 

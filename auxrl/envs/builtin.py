@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 from auxrl.config import ATARI_ENV_KEYS, GYM_ENV_KEYS, EnvConfig
@@ -36,7 +35,7 @@ class AtariFamily(EnvFamily):
             from auxrl.envs.grouped import GroupedVecEnv
 
             # Groups run in turn, so each may use every core while it steps.
-            share = dataclasses.replace(cfg, num_envs=cfg.num_envs // cfg.groups)
+            share = cfg.model_copy(update={"num_envs": cfg.num_envs // cfg.groups})
             return GroupedVecEnv([AtariVecEnv(share, training=training) for _ in range(cfg.groups)])
         return AtariVecEnv(cfg, training=training)
 

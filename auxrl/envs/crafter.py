@@ -14,13 +14,13 @@ inventory is in each step's ``info`` as ``inventory_<item>``, for ``env.labels=[
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
+from pydantic import Field
 
-from auxrl.config import GYM_ENV_KEYS, EnvConfig
+from auxrl.config import GYM_ENV_KEYS, EnvConfig, config_dataclass
 from auxrl.envs.base import VecEnv
 from auxrl.envs.family import EnvFamily
 from auxrl.envs.gym import METRIC_PREFIX, GymVecEnv
@@ -30,18 +30,15 @@ from auxrl.envs.normalize import NormStats
 IDS = {"CrafterReward-v1": True, "CrafterNoReward-v1": False}  # id -> reward
 
 
-@dataclass
+@config_dataclass
 class CrafterOptions:
-    size: int = 64  # frame side in pixels
-    length: int = 10_000  # steps per episode at most
-    area: int = 64  # world side in cells (the benchmark's 64; smaller worlds generate faster)
-
-    def __post_init__(self) -> None:
-        if self.size < 8 or self.length < 1 or self.area < 9:
-            raise ValueError(
-                f"env.options: size ({self.size}) must be >= 8, length ({self.length}) >= 1 and "
-                f"area ({self.area}) >= 9 (the 9x9 view)"
-            )
+    size: int = Field(64, ge=8)
+    """Frame side in pixels."""
+    length: int = Field(10_000, ge=1)
+    """Steps per episode at most."""
+    area: int = Field(64, ge=9)
+    """World side in cells (the benchmark's 64; at least the 9x9 view; smaller worlds generate
+    faster)."""
 
 
 def _crafter() -> Any:

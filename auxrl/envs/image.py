@@ -11,25 +11,27 @@ merged, so a stack of k colour frames is ``(3k, H, W)``.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import gymnasium as gym
 import numpy as np
+from pydantic import Field
+
+from auxrl.config import config_dataclass
 
 
-@dataclass
+@config_dataclass
 class ImageOptions:
     """The gymnasium family's options (``env.options.*``) for pixel envs; all off by default."""
 
-    # RGB frames to one grey channel (luminance).
     grayscale: bool = False
-    # [height, width] to resize frames to (e.g. [84, 84]); null: as the env renders them.
+    """RGB frames to one grey channel (luminance)."""
     resize: list[int] | None = None
-    # Frames stacked as channels (the newest last); 1: no stacking.
-    frame_stack: int = 1
-    # Move a channel-last image (H, W, C) to (C, H, W): null: when the last axis is 1, 3 or 4
-    # and the first is not; true / false to force it.
+    """[height, width] to resize frames to (e.g. [84, 84]). null: as the env renders them."""
+    frame_stack: int = Field(1, ge=1)
+    """Frames stacked as channels (the newest last). 1: no stacking."""
     channels_first: bool | None = None
+    """Move a channel-last image (H, W, C) to (C, H, W). null: when the last axis is 1, 3 or 4 and
+    the first is not; true / false to force it."""
 
     def __post_init__(self) -> None:
         if self.resize is not None and (len(self.resize) != 2 or min(self.resize) < 1):

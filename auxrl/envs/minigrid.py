@@ -10,27 +10,24 @@ the conv torsos and the pixel tasks. Rewards are sparse: 1 - 0.9 * steps / max_s
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import gymnasium as gym
+from pydantic import Field
 
-from auxrl.config import GYM_ENV_KEYS, EnvConfig
+from auxrl.config import GYM_ENV_KEYS, EnvConfig, config_dataclass
 from auxrl.envs.base import VecEnv
 from auxrl.envs.family import EnvFamily
 from auxrl.envs.gym import GymVecEnv
 from auxrl.envs.normalize import NormStats
 
 
-@dataclass
+@config_dataclass
 class MiniGridOptions:
-    # The partial view as RGB pixels (7 * tile_size a side) instead of symbolic codes.
     rgb: bool = False
-    tile_size: int = 8
-
-    def __post_init__(self) -> None:
-        if self.tile_size < 1:
-            raise ValueError(f"env.options.tile_size={self.tile_size} must be >= 1")
+    """The partial view as RGB pixels (7 x tile_size a side) instead of symbolic codes."""
+    tile_size: int = Field(8, ge=1)
+    """Pixels per grid cell with rgb."""
 
 
 def _import_minigrid() -> Any:

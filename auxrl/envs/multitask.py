@@ -8,8 +8,6 @@ policy act for one game while another's emulators run.
 
 from __future__ import annotations
 
-import dataclasses
-
 import gymnasium as gym
 import numpy as np
 
@@ -20,7 +18,7 @@ from auxrl.envs.grouped import GroupedVecEnv
 
 def task_env_configs(cfg: EnvConfig) -> list[EnvConfig]:
     """One single-task env config per entry of ``env.tasks``."""
-    return [dataclasses.replace(cfg, id=env_id, tasks=[]) for env_id in cfg.tasks]
+    return [cfg.model_copy(update=dict(id=env_id, tasks=[])) for env_id in cfg.tasks]
 
 
 class MultiTaskVecEnv(GroupedVecEnv):

@@ -13,33 +13,35 @@ each action for that many tics.
 from __future__ import annotations
 
 import collections
-from dataclasses import dataclass
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
+from pydantic import Field
 
-from auxrl.config import GYM_ENV_KEYS, EnvConfig
+from auxrl.config import GYM_ENV_KEYS, EnvConfig, config_dataclass
 from auxrl.envs.base import VecEnv
 from auxrl.envs.family import EnvFamily
 from auxrl.envs.gym import GymVecEnv
 from auxrl.envs.normalize import NormStats
 
 
-@dataclass
+@config_dataclass
 class VizdoomOptions:
-    frame_skip: int = 4
+    frame_skip: int = Field(4, ge=1)
+    """Game tics per agent step (the action repeated)."""
     grayscale: bool = True
-    resize: list[int] | None = None  # [height, width]; null: [84, 84]
-    frame_stack: int = 4
+    """The screen as one grey channel."""
+    resize: list[int] | None = None
+    """[height, width] of the screen. null: [84, 84]."""
+    frame_stack: int = Field(4, ge=1)
+    """Screens stacked as channels."""
 
     def __post_init__(self) -> None:
         if self.resize is None:
             self.resize = [84, 84]
         if len(self.resize) != 2 or min(self.resize) < 8:
             raise ValueError(f"env.options.resize={self.resize}: give [height, width], e.g. [84, 84]")
-        if self.frame_skip < 1 or self.frame_stack < 1:
-            raise ValueError("env.options.frame_skip and env.options.frame_stack must be >= 1")
 
 
 def _import_vizdoom() -> Any:

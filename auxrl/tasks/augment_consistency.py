@@ -20,7 +20,6 @@ lists in ``shared_parameters()``: it owns no parameters and adds nothing to the 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Literal
 
 import gymnasium as gym
@@ -28,6 +27,7 @@ import torch
 from torch.distributions import kl_divergence
 
 from auxrl.augment import augment
+from auxrl.config import config_dataclass
 from auxrl.models.heads import CategoricalPolicy, GaussianPolicy
 from auxrl.tasks.base import (
     AuxOutput,
@@ -43,9 +43,10 @@ from auxrl.tasks.base import (
 )
 
 
-@dataclass
+@config_dataclass
 class AugmentConsistencyConfig:
-    augment: Literal["shift", "shift_intensity"] = "shift"  # aug(s): +-4 px shift, or shift + SPR intensity
+    augment: Literal["shift", "shift_intensity"] = "shift"
+    """aug(s): a +-4 px shift, or the shift and SPR's intensity noise."""
 
 
 class AugmentConsistency(AuxTask):

@@ -56,16 +56,16 @@ from __future__ import annotations
 import copy
 import math
 import warnings
-from dataclasses import dataclass
 from typing import Literal
 
 import gymnasium as gym
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
 from auxrl.augment import augment
-from auxrl.config import ConfigError
+from auxrl.config import ConfigError, config_dataclass
 from auxrl.envs.dictobs import ImageView
 from auxrl.models.torsos import layer_init
 from auxrl.perf import float32
@@ -88,21 +88,26 @@ SPR_EMA_TAU_UNAUGMENTED = 0.01
 CHEAP_EMA_TAU = 0.01
 
 
-@dataclass
+@config_dataclass
 class NextStateConfig:
-    mode: Literal["cheap", "spr"] = "cheap"  # cheap: 1 step, no augmentation, EMA target; spr: SPR's recipe
-    horizon: int | None = None  # K: steps predicted ahead (None: the mode's, cheap 1, spr 5)
-    # target <- (1 - tau) * target + tau * online after every update (None: the mode's: 0.01;
-    # spr with augmentation 1.0, the online weights under a stop-gradient, SPR's momentum 0)
-    ema_tau: float | None = None
-    # augmentation of the online and target frames, independent draws (None: cheap none, spr shift_intensity)
+    mode: Literal["cheap", "spr"] = "cheap"
+    """cheap: 1 step, no augmentation, EMA target; spr: SPR's recipe (Schwarzer et al. 2021)."""
+    horizon: int | None = Field(None, ge=1)
+    """K: steps predicted ahead. null: the mode's (cheap 1, spr 5)."""
+    ema_tau: float | None = Field(None, ge=0, le=1)
+    """target <- (1 - tau) target + tau online after every update. null: the mode's (0.01; spr
+    with augmentation 1.0: the online weights under a stop-gradient, SPR's momentum 0)."""
     augment: Literal["none", "shift", "shift_intensity"] | None = None
-    hidden: int = 256
-    projection_dim: int = 256
-    # minibatch: z_0 is PPO's own features of its minibatch's first samples (no torso pass of the
-    # task's own; one step, no augmentation); replay: windows of K steps from the replay.
-    # None: minibatch for one unaugmented step (the cheap form), else replay.
+    """Augmentation of the online and target frames, independent draws. null: cheap none, spr
+    shift_intensity."""
+    hidden: int = Field(256, ge=1)
+    """Width of the transition model's and projection's hidden layers."""
+    projection_dim: int = Field(256, ge=1)
+    """Size of the projected latents compared by the cosine loss."""
     source: Literal["minibatch", "replay"] | None = None
+    """minibatch: z_0 is PPO's own features of its minibatch's first samples (no torso pass of the
+    task's own; one step, no augmentation); replay: windows of K steps from the replay. null:
+    minibatch for one unaugmented step (the cheap form), else replay."""
 
     def __post_init__(self) -> None:
         spr = self.mode == "spr"
@@ -116,12 +121,6 @@ class NextStateConfig:
             else:
                 augmented = self.augment != "none"
                 self.ema_tau = SPR_EMA_TAU_AUGMENTED if augmented else SPR_EMA_TAU_UNAUGMENTED
-        if self.horizon < 1:
-            raise ConfigError("next_state: horizon must be >= 1.")
-        if not 0.0 <= self.ema_tau <= 1.0:
-            raise ConfigError("next_state: ema_tau must be in [0, 1].")
-        if self.hidden < 1 or self.projection_dim < 1:
-            raise ConfigError("next_state: hidden and projection_dim must be >= 1.")
         one_plain_step = self.horizon == 1 and self.augment == "none"
         if self.source is None:
             self.source = "minibatch" if one_plain_step else "replay"

@@ -9,12 +9,11 @@ the torso toward features of the controllable parts of the screen.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
+from pydantic import Field
 from torch import nn
 
-from auxrl.config import ConfigError
+from auxrl.config import ConfigError, config_dataclass
 from auxrl.models.torsos import layer_init
 from auxrl.perf import float32
 from auxrl.tasks.base import (
@@ -66,18 +65,18 @@ def nstep_q_targets(
     return targets
 
 
-@dataclass
+@config_dataclass
 class PixelControlConfig:
-    n_steps: int = 10  # sequence length and Q-learning horizon (UNREAL: 20 on Labyrinth)
-    gamma: float = 0.9
-    cell_size: int = 4
-    crop: int = 80
+    n_steps: int = Field(10, ge=1)
+    """Sequence length and Q-learning horizon (UNREAL: 20 on Labyrinth)."""
+    gamma: float = Field(0.9, ge=0, le=1)
+    """Discount of the pixel-change returns."""
+    cell_size: int = Field(4, ge=1)
+    """Side of a cell in pixels: the reward of a cell is its mean absolute pixel change."""
+    crop: int = Field(80, ge=4)
+    """Side of the central crop divided into cells (UNREAL: 80 of 84)."""
 
     def __post_init__(self) -> None:
-        if self.n_steps < 1:
-            raise ConfigError("pixel_control: n_steps must be >= 1.")
-        if not 0.0 <= self.gamma <= 1.0:
-            raise ConfigError("pixel_control: gamma must be in [0, 1].")
         cells = self.crop // self.cell_size if self.cell_size > 0 else 0
         # The head upsamples s -> 2s + 2 cells, so the grid side must be even and at least 4.
         if self.cell_size < 1 or self.crop % self.cell_size or cells % 2 or cells < 4:

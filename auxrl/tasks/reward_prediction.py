@@ -16,13 +16,14 @@ predictor of the real reward rate. Two sources (``source``):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
-from auxrl.config import ConfigError
+from auxrl.config import config_dataclass
 from auxrl.models.torsos import layer_init
 from auxrl.perf import float32
 from auxrl.tasks.base import AuxOutput, AuxTask, Encoder, Needs, Sequences, TaskContext, scale_free
@@ -36,23 +37,17 @@ def reward_class(rewards: torch.Tensor) -> torch.Tensor:
     return (rewards > 0).long() * POSITIVE + (rewards < 0).long() * NEGATIVE
 
 
-@dataclass
+@config_dataclass
 class RewardPredictionConfig:
-    rewarding_fraction: float = 0.5  # share of samples whose reward is non-zero (UNREAL: 0.5)
-    hidden: int = 128
-    # minibatch: PPO's minibatch and its torso features (cheap); replay: UNREAL's 3-frame windows
-    source: str = "minibatch"
-    # The head reads layer-normalised features, so its cross-entropy cannot grow the shared
-    # torso's feature scale (tasks/base.py: scale_free); false: raw features, as UNREAL
+    rewarding_fraction: float = Field(0.5, ge=0, le=1)
+    """Share of replay samples whose reward is non-zero (UNREAL: 0.5)."""
+    hidden: int = Field(128, ge=1)
+    """Width of the head's hidden layer."""
+    source: Literal["minibatch", "replay"] = "minibatch"
+    """minibatch: PPO's minibatch and its torso features (cheap); replay: UNREAL's 3-frame windows."""
     scale_free: bool = True
-
-    def __post_init__(self) -> None:
-        if self.source not in ("minibatch", "replay"):
-            raise ConfigError(f"reward_prediction: source must be minibatch or replay, not {self.source!r}.")
-        if not 0.0 <= self.rewarding_fraction <= 1.0:
-            raise ConfigError("reward_prediction: rewarding_fraction must be in [0, 1].")
-        if self.hidden < 1:
-            raise ConfigError("reward_prediction: hidden must be >= 1.")
+    """The head reads layer-normalised features, so its cross-entropy cannot grow the shared
+    torso's feature scale (tasks/base.py: scale_free); false: raw features, as UNREAL."""
 
 
 class RewardPrediction(AuxTask):

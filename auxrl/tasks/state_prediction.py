@@ -34,13 +34,14 @@ Samples are single observations (windows of length 1), from ``source``:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
-from auxrl.config import ConfigError
+from auxrl.config import ConfigError, config_dataclass
 from auxrl.models.torsos import layer_init
 from auxrl.perf import float32
 from auxrl.tasks.base import (
@@ -59,25 +60,18 @@ BYTE = "byte"  # TaskContext.label_kinds: a RAM byte (auxrl.envs.labels.BYTE)
 STD_EPS = 1e-8  # added to the running variance before its square root
 
 
-@dataclass
+@config_dataclass
 class StatePredictionConfig:
-    # minibatch: PPO's minibatch and its features (cheapest); rollout: the current rollout;
-    # replay: the last aux.replay_size transitions
-    source: str = "minibatch"
-    hidden: int = 0  # 0: a linear head on the torso's features; >0: one hidden ReLU layer this wide
-    # The head reads layer-normalised features, so its cross-entropy cannot grow the shared
-    # torso's feature scale (tasks/base.py: scale_free); false: raw features
+    source: Literal["minibatch", "rollout", "replay"] = "minibatch"
+    """minibatch: PPO's minibatch and its features (cheapest); rollout: the current rollout;
+    replay: the last aux.replay_size transitions."""
+    hidden: int = Field(0, ge=0)
+    """0: a linear head on the torso's features; > 0: one hidden ReLU layer this wide."""
     scale_free: bool = True
-    # Names of the env.labels to predict (RAM variable names, info KEYs); []: every label.
-    labels: list[str] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        if self.source not in ("minibatch", "rollout", "replay"):
-            raise ConfigError(
-                f"state_prediction: source must be minibatch, rollout or replay, not {self.source!r}."
-            )
-        if self.hidden < 0:
-            raise ConfigError("state_prediction: hidden must be >= 0 (0: a linear head).")
+    """The head reads layer-normalised features, so its cross-entropy cannot grow the shared
+    torso's feature scale (tasks/base.py: scale_free); false: raw features."""
+    labels: list[str] = Field(default_factory=list)
+    """Names of the env.labels to predict (RAM variable names, info KEYs). []: every label."""
 
 
 class StatePrediction(AuxTask):
