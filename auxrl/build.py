@@ -20,15 +20,89 @@ from auxrl.models.multitask import TaskSpec, popart_enabled, task_name
 from auxrl.tasks.base import AuxTask, PPOHeads, TaskContext
 from auxrl.tasks.registry import enabled_tasks, resolve
 
+# An optimizer parameter group's key naming the task whose head it holds (aux.tasks.NAME.lr).
+TASK_GROUP = "aux_task"
 
-def make_optimizer(params: list[nn.Parameter], lr: float, eps: float) -> torch.optim.Optimizer:
+
+def make_optimizer(
+    params: list[nn.Parameter] | list[dict[str, Any]], lr: float, eps: float
+) -> torch.optim.Optimizer:
     """Adam with its fused kernel where this torch and device have one (one kernel for every
     parameter: ~5x faster steps on CPU than the default loop), else the multi-tensor one.
-    Same update rule either way, up to float rounding; checkpoints load into both."""
+    Same update rule either way, up to float rounding; checkpoints load into both. ``params``:
+    the parameters, or :func:`param_groups`' groups (``lr``: the default of a group without one)."""
     try:
         return torch.optim.Adam(params, lr=lr, eps=eps, fused=True)
     except (RuntimeError, TypeError, ValueError):
         return torch.optim.Adam(params, lr=lr, eps=eps, foreach=True)
+
+
+def own_lr_tasks(stages: list[Stage]) -> list[str]:
+    """The tasks that set ``aux.tasks.NAME.lr`` or ``anneal_lr`` in any stage, in order of appearance:
+    each gets a parameter group of its own."""
+    names: dict[str, None] = {}
+    for stage in stages:
+        for name, spec in stage.cfg.aux.tasks.items():
+            if spec.lr is not None or spec.anneal_lr is not None:
+                names[name] = None
+    return list(names)
+
+
+def group_lr(cfg: Config, task: str | None) -> tuple[float, bool]:
+    """(learning rate, annealed?) of a parameter group under ``cfg`` (a stage's config): ``ppo.lr``
+    and ``ppo.anneal_lr``, or for the group of ``task``'s head the task's own where it sets them."""
+    spec = cfg.aux.tasks.get(task) if task is not None else None
+    if spec is None:
+        return cfg.ppo.lr, cfg.ppo.anneal_lr
+    return (
+        spec.lr if spec.lr is not None else cfg.ppo.lr,
+        spec.anneal_lr if spec.anneal_lr is not None else cfg.ppo.anneal_lr,
+    )
+
+
+def annealed(lr: float, anneal: bool, step: int, total: int) -> float:
+    """Linear LR annealing to 0 over the whole run (PPO implementation detail #4), or ``lr``."""
+    return lr * (1.0 - step / total) if anneal else lr
+
+
+def param_groups(
+    agent: nn.Module, trainable: list[nn.Parameter], stages: list[Stage]
+) -> list[nn.Parameter] | list[dict[str, Any]]:
+    """The optimizer's parameters. Where no task sets ``aux.tasks.NAME.lr`` / ``anneal_lr``:
+    ``trainable`` itself, one group, exactly as before those keys existed (same group, same order,
+    so fixed-seed runs and older checkpoints are unchanged). Otherwise a first group of every other
+    trainable parameter, in the same order, then one group per such task (:func:`own_lr_tasks`)
+    with its head's own parameters, tagged ``TASK_GROUP``, at its first stage's rate. A parameter
+    a task shares with the agent (the torso, PPO's heads) stays in the first group."""
+    tasks = own_lr_tasks(stages)
+    if not tasks:
+        return trainable
+    owner: dict[int, str] = {}
+    for key, param in agent.named_parameters():  # each once, under its first owner: torso before task
+        parts = key.split(".")
+        if len(parts) > 2 and parts[0] == "heads" and parts[1] in tasks:
+            owner[id(param)] = parts[1]
+    groups: list[dict[str, Any]] = [{"params": [p for p in trainable if id(p) not in owner]}]
+    for name in tasks:
+        lr = group_lr(stages[0].cfg, name)[0]
+        groups.append(
+            {"params": [p for p in trainable if owner.get(id(p)) == name], "lr": lr, TASK_GROUP: name}
+        )
+    return [group for group in groups if group["params"]]
+
+
+def check_param_groups(optimizer: torch.optim.Optimizer, saved: dict[str, Any]) -> None:
+    """A ValueError when a checkpoint's optimizer state (``saved``) has other parameter groups than
+    ``optimizer``: loading it would give one group's Adam moments to another's parameters."""
+    mine = [group.get(TASK_GROUP) for group in optimizer.param_groups]
+    theirs = [group.get(TASK_GROUP) for group in saved.get("param_groups", [])]
+    if mine != theirs:
+        describe = lambda tags: ", ".join(t or "the rest" for t in tags) or "none"  # noqa: E731
+        raise ValueError(
+            f"its optimizer's parameter groups are [{describe(theirs)}], this config's [{describe(mine)}]: "
+            f"aux.tasks.NAME.lr / anneal_lr give a task's head a group of its own, set or unset them as "
+            f"the run had them"
+        )
 
 
 def task_specs(

@@ -304,6 +304,18 @@ def cmd_tasks(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_task(args: argparse.Namespace) -> int:
+    """``auxrl task check NAME``: can the task's head learn on a fixed set of real samples?"""
+    from auxrl.taskcheck import CheckOptions, check_task, report
+
+    options = CheckOptions(args.steps, args.batches, args.collect, args.measure_chance, args.device)
+    result = check_task(
+        args.name, args.overrides, args.config, options, log=lambda message: print(message, flush=True)
+    )
+    print(report(result))
+    return 0
+
+
 def cmd_plot(args: argparse.Namespace) -> int:
     from auxrl.plot import out_file, plot_runs
 
@@ -391,6 +403,124 @@ def cmd_probe(args: argparse.Namespace) -> int:
         f"Wrote {md} and {js}; TensorBoard scalars probe/* at step {result.meta['global_step']:,} in {folder}"
     )
     return 0
+
+
+def _option_value(text: str) -> Any:
+    """A --slurm value as submitit wants it: an integer, a number, true / false, else the text
+    (``time=01:00:00`` stays a string, where YAML would read a base-60 number)."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(text.lower(), text)
+
+
+def _backend_options(args: argparse.Namespace) -> tuple[Any, list[list[str]]]:
+    """``auxrl study``'s backend options, and the ones given (for the command recorded)."""
+    from auxrl.perf import available_cores
+    from auxrl.study.backends import BackendOptions
+
+    if args.ray_address is not None and args.backend != "ray":
+        raise ValueError(f"--ray-address is for --backend ray (this study runs on {args.backend}).")
+    if args.slurm and args.backend != "slurm":
+        raise ValueError(f"--slurm KEY=VALUE is for --backend slurm (this study runs on {args.backend}).")
+    if args.cpus_per_run is not None and args.cpus_per_run < 1:
+        raise ValueError(f"--cpus-per-run {args.cpus_per_run}: give 1 or more.")
+    if args.gpus_per_run < 0:
+        raise ValueError(f"--gpus-per-run {args.gpus_per_run}: give 0 or more.")
+    slurm: dict[str, Any] = {}
+    for text in args.slurm:
+        key, sep, value = text.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--slurm {text}: give KEY=VALUE, e.g. --slurm partition=gpu.")
+        slurm[key.strip()] = _option_value(value.strip())
+    given = [["--cpus-per-run", str(args.cpus_per_run)]] if args.cpus_per_run is not None else []
+    given += [["--gpus-per-run", f"{args.gpus_per_run:g}"]] if args.gpus_per_run else []
+    given += [["--ray-address", args.ray_address]] if args.ray_address is not None else []
+    given += [["--slurm", text] for text in args.slurm]
+    options = BackendOptions(
+        cpus_per_run=args.cpus_per_run or max(1, available_cores() // max(1, args.jobs)),
+        gpus_per_run=args.gpus_per_run,
+        ray_address=args.ray_address or "auto",
+        slurm=slurm,
+    )
+    return options, given
+
+
+def cmd_study(args: argparse.Namespace) -> int:
+    """``auxrl study SPEC`` runs a study, then reports it; ``auxrl study report DIR`` reports."""
+    import shlex
+
+    from auxrl.study.report import summary_lines, write_report
+
+    if args.spec == "report":
+        if args.dir is None:
+            raise ValueError("auxrl study report needs the study's output folder: auxrl study report DIR.")
+        if args.reps < 1:
+            raise ValueError(f"--reps {args.reps}: give 1 or more bootstrap resamples, e.g. --reps 2000.")
+        path = write_report(args.dir, reps=args.reps, spec_file=args.report_spec, out=args.out)
+        for line in summary_lines(path.parent):
+            print(line)
+        print(f"Wrote {path}")
+        return 0
+    if args.dir is not None:
+        raise ValueError(
+            f"auxrl study takes one SPEC ({args.spec}); {args.dir!r} is extra: give the output folder "
+            f"with --out."
+        )
+    if args.report_spec is not None:
+        raise ValueError(
+            f"--spec is for auxrl study report DIR --spec SPEC; to run a study: auxrl study "
+            f"{args.report_spec}."
+        )
+    from auxrl.study.analysis import rliable
+    from auxrl.study.backends import check_backend
+    from auxrl.study.runner import run_study, say
+    from auxrl.study.spec import load_spec
+
+    study = load_spec(args.spec)
+    options, given = _backend_options(args)
+    check_backend(args.backend, options)
+    out = Path(args.out) if args.out else Path("studies") / Path(args.spec).stem
+    try:
+        rliable()
+        can_report = True
+    except ImportError as err:
+        say(f"note: no report at the end ({err}); the runs train all the same.")
+        can_report = False
+    command = shlex.join(["auxrl", "study", args.spec, "--jobs", str(args.jobs), "--out", str(out)])
+    command += f" --backend {args.backend}" if args.backend != "local" else ""
+    command += "".join(f" {shlex.join(option)}" for option in given)
+    code = run_study(
+        study, out, jobs=args.jobs, backend=args.backend, device=args.device, command=command, options=options
+    )
+    if code >= 128 or not can_report:  # stopped: the report waits for the runs
+        return code
+    path = write_report(out, reps=args.reps)
+    for line in summary_lines(out):
+        say(line)
+    say(f"wrote {path}")
+    return code
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    """``auxrl tune SPEC``: an Optuna search over config keys (auxrl/tune/runner.py)."""
+    from auxrl.tune.runner import import_optuna, run_tune
+    from auxrl.tune.spec import load_tune_spec
+
+    import_optuna()  # before anything else: one line saying how to install it
+    tuning = load_tune_spec(args.spec)
+    out = Path(args.out) if args.out else Path("tuning") / Path(args.spec).stem
+    return run_tune(
+        tuning,
+        out,
+        trials=args.trials,
+        storage=args.storage,
+        study_name=args.study_name,
+        jobs=args.jobs,
+        device=args.device,
+    )
 
 
 def cmd_config(args: argparse.Namespace) -> int:
@@ -582,6 +712,61 @@ def make_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("tasks", help="list the available auxiliary tasks")
     p.set_defaults(func=cmd_tasks)
 
+    p = sub.add_parser("task", help="check an auxiliary task: auxrl task check NAME")
+    task_sub = p.add_subparsers(
+        dest="task_command", required=True, metavar="check", help="check: can the task learn at all?"
+    )
+    p = task_sub.add_parser(
+        "check",
+        help="can the task's head learn at all? train it on a fixed batch of real samples, against chance",
+        description="Play the config's env with random actions, draw a fixed set of the samples the task "
+        "asks for (its Needs: windows, pairs, PPO's minibatch samples) as the learner draws them, build the "
+        "agent's torso and the task's head as a run builds them, and train both on that set only. Prints "
+        "the loss at the start and the end, the chance loss (the task's chance_loss, or measured by the "
+        "same training with each sample's features taken from another sample) and a verdict: learns, or "
+        "stays at chance (its target may not be predictable from its inputs).",
+    )
+    p.add_argument(
+        "name",
+        metavar="NAME",
+        help="a built-in or registered task name, or package.module:Class (as aux.tasks.NAME.type)",
+    )
+    # default=[]: argparse would otherwise call a "*" positional required in its usage error.
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        default=[],
+        metavar="key=value",
+        help="the task's keys (hidden=64, lr=1e-3: aux.tasks.NAME.KEY), or config overrides (a dotted "
+        "key, e.g. env.labels=[ram])",
+    )
+    p.add_argument(
+        "--config",
+        help="config path or shipped name whose env and model are used (default: cartpole, or breakout "
+        "for a task that does not fit CartPole)",
+    )
+    p.add_argument("--steps", type=int, default=200, help="Adam steps on the fixed set (default: 200)")
+    p.add_argument(
+        "--batches",
+        type=int,
+        default=8,
+        help="batches of the task's batch size in the fixed set, one per step in turn (default: 8)",
+    )
+    p.add_argument(
+        "--collect",
+        type=int,
+        metavar="STEPS",
+        help="env steps of random play to draw from (default: aux.replay_size, at least one rollout)",
+    )
+    p.add_argument(
+        "--measure-chance",
+        action="store_true",
+        help="measure chance (the same training, each sample given another's features) also where the "
+        "task has a chance_loss: a chance_loss does not allow for memorising the fixed set",
+    )
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help=DEVICE_HELP)
+    p.set_defaults(func=cmd_task)
+
     p = sub.add_parser(
         "plot",
         help="plot episodic return against steps from TensorBoard files",
@@ -613,6 +798,109 @@ def make_parser() -> argparse.ArgumentParser:
         "run on its own",
     )
     p.set_defaults(func=cmd_plot)
+
+    p = sub.add_parser(
+        "study",
+        help="did my head help? train a matrix of variants x envs x seeds, report IQM and P(improvement)",
+        description="`auxrl study SPEC.yaml`: train every env x variant x seed of a study spec (each an "
+        "auxrl train run in OUT/runs/<env>__<variant>__<seed>, scored by auxrl eval into score.json), "
+        "resumably: run it again to continue after a stop. Then writes the report. `auxrl study report "
+        "DIR`: report.md, results.json and plots of a study's folder (rliable IQM, median, mean, optimality "
+        "gap and P(improvement) over the baseline with 95% bootstrap intervals, learning curves, per-env "
+        "tables); `auxrl study report DIR --spec SPEC --out OUT`: DIR's runs reported as SPEC's, into OUT "
+        '(re-reports a benchmarks/atari100k.py suite). The report needs pip install "auxrl[study]". '
+        "Example: configs/studies/cartpole_heads.yaml.",
+    )
+    p.add_argument("spec", metavar="SPEC|report", help="a study spec (YAML), or the word report")
+    p.add_argument("dir", nargs="?", metavar="DIR", help="with report: the study's output folder")
+    p.add_argument(
+        "--jobs", type=int, default=1, help="runs at a time; each gets cores // jobs threads (default: 1)"
+    )
+    p.add_argument(
+        "--out",
+        metavar="DIR",
+        help="output folder (default: studies/<spec name>); with report: the report's folder (default: DIR)",
+    )
+    p.add_argument(
+        "--spec",
+        dest="report_spec",
+        metavar="SPEC",
+        help="with report: report DIR/runs as this spec's runs (e.g. a benchmarks/atari100k.py suite's "
+        "<Game>__<variant>__<seed> runs, scored in eval.json, with configs/studies/atari100k.yaml); "
+        "give --out too",
+    )
+    p.add_argument(
+        "--backend",
+        choices=["local", "ray", "slurm"],
+        default="local",
+        help="where runs execute: local processes (default); ray: actors on a Ray cluster (pip install "
+        '"auxrl[ray]"); slurm: Slurm jobs through submitit (pip install "auxrl[slurm]")',
+    )
+    p.add_argument(
+        "--cpus-per-run",
+        type=int,
+        metavar="N",
+        help="each run's CPU threads (OMP_NUM_THREADS), and the CPUs it asks ray / slurm for (default: "
+        "this machine's cores // --jobs)",
+    )
+    p.add_argument(
+        "--gpus-per-run",
+        type=float,
+        default=0.0,
+        metavar="G",
+        help="GPUs each run asks for: ray num_gpus (a fraction shares one), slurm gpus_per_node; give it "
+        "with --device cuda there (default: 0; local runs see this machine's GPUs)",
+    )
+    p.add_argument(
+        "--ray-address",
+        metavar="ADDR",
+        help="with --backend ray, the cluster: auto (default: the one `ray start --head` runs here, or "
+        "RAY_ADDRESS), HOST:6379, ray://HOST:10001, or local (start a Ray instance here for this study)",
+    )
+    p.add_argument(
+        "--slurm",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="with --backend slurm, a submitit parameter (repeatable): partition=gpu, timeout_min=240 "
+        "(default 1440), mem_gb=16, account=..., or cluster=local (submitit's local executor, no Slurm)",
+    )
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help=DEVICE_HELP)
+    p.add_argument(
+        "--reps", type=int, default=2000, help="bootstrap resamples of the intervals (default: 2000)"
+    )
+    p.set_defaults(func=cmd_study)
+
+    p = sub.add_parser(
+        "tune",
+        help="search auxiliary weights and PPO settings with Optuna (TPE, median pruning)",
+        description="`auxrl tune SPEC.yaml`: Optuna trials of a tuning spec (base config, env, steps, seeds, "
+        "search_space of dotted keys). Each trial trains one auxrl train run per seed with its values, "
+        "evaluates each run's checkpoints at steps * k / evals while it trains (whole games, as auxrl eval) "
+        "and reports them for pruning; a pruned trial's runs save and stop. The study is kept in --storage, "
+        "so the same command continues a stopped search and several processes or machines can share one. "
+        "Writes OUT/trials.csv, OUT/trials.md and OUT/best.yaml (the base config with the best values, for "
+        'auxrl train). Needs pip install "auxrl[tune]". Example: configs/tune/cartpole.yaml.',
+    )
+    p.add_argument("spec", metavar="SPEC", help="a tuning spec (YAML)")
+    p.add_argument(
+        "--trials",
+        type=int,
+        default=20,
+        help="finished (complete or pruned) trials the study should have, counting earlier runs and other "
+        "processes (default: 20)",
+    )
+    p.add_argument(
+        "--storage",
+        metavar="URL",
+        help="Optuna storage: sqlite:///PATH.db, or a database server (postgresql://...) for several "
+        "machines (default: sqlite:///OUT/optuna.db)",
+    )
+    p.add_argument("--study-name", metavar="NAME", help="the study in the storage (default: the spec's name)")
+    p.add_argument("--jobs", type=int, default=1, help="trials at a time in this process (default: 1)")
+    p.add_argument("--out", metavar="DIR", help="output folder (default: tuning/<spec name>)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help=DEVICE_HELP)
+    p.set_defaults(func=cmd_tune)
     return parser
 
 
@@ -621,7 +909,7 @@ def main(argv: list[str] | None = None) -> int:
     # Overrides may come after options (`train cfg --no-progress ppo.lr=1e-4`), which plain
     # argparse cannot mix with nargs="*" positionals: collect them from the leftovers.
     args, extra = parser.parse_known_args(argv)
-    takes_overrides = args.command in ("train", "config")
+    takes_overrides = args.command in ("train", "config", "task")
     unknown = [x for x in extra if x.startswith("-") or "=" not in x or not takes_overrides]
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")

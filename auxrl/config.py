@@ -231,6 +231,11 @@ class AuxTaskConfig(Section):
     """Train this task."""
     batch_size: Int | None = Field(None, ge=1)
     """Sequences per minibatch. null: aux.batch_size."""
+    lr: float | None = Field(None, gt=0, lt=1)
+    """Adam's learning rate for this task's own head (its own parameter group; the torso's share of
+    its gradient steps with ppo.lr). null: ppo.lr."""
+    anneal_lr: bool | None = None
+    """This task's head's learning rate annealed linearly to 0 over the run. null: as ppo.anneal_lr."""
     params: dict[str, Any] = {}
     """The task's own parameters (written beside type and weight)."""
 

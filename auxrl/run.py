@@ -25,7 +25,15 @@ import yaml
 
 from auxrl import checkpoint, rundir
 from auxrl.balance import Balancer
-from auxrl.build import build_model, check_stage_spaces, check_task_windows, make_optimizer, task_specs
+from auxrl.build import (
+    build_model,
+    check_param_groups,
+    check_stage_spaces,
+    check_task_windows,
+    make_optimizer,
+    param_groups,
+    task_specs,
+)
 from auxrl.config import Config, to_dict
 from auxrl.configfile import flatten_dotted, save_config
 from auxrl.curriculum import Stage, plan_stages
@@ -399,7 +407,8 @@ def _build(
             f"model.freeze={cfg.model.freeze} leaves nothing to train. Unfreeze a head or add an "
             f"auxiliary task to train on the frozen torso."
         )
-    optimizer = make_optimizer(trainable, cfg.ppo.lr, cfg.ppo.adam_eps)
+    # One group, or one per task with its own aux.tasks.NAME.lr / anneal_lr after the rest's.
+    optimizer = make_optimizer(param_groups(agent, trainable, stages), cfg.ppo.lr, cfg.ppo.adam_eps)
     # amp: each minibatch's forward passes only (auxrl/learner.py)
     amp = functools.partial(autocast, bf16, dev)
     frames = None
@@ -416,7 +425,8 @@ def _restore(learner: Learner, saved: dict[str, Any], cfg: Config, run_dir: Path
     """Weights, optimizer, RNG and balancer state from a resumed run's checkpoint."""
     try:
         learner.agent.load_state_dict(saved["model"])
-        learner.optimizer.load_state_dict(saved["optimizer"])
+        check_param_groups(learner.optimizer, saved["optimizer"])
+        learner.optimizer.load_state_dict(saved["optimizer"])  # each group's lr and tag too
     except (RuntimeError, ValueError) as err:
         raise ValueError(_resume_mismatch(run_dir, saved["config"], cfg, err)) from None
     checkpoint.set_rng_state(saved["rng"], dev)

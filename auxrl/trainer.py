@@ -21,7 +21,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from auxrl.build import check_spaces, stage_tasks
+from auxrl.build import TASK_GROUP, annealed, check_spaces, group_lr, stage_tasks
 from auxrl.collect import collect_rollout
 from auxrl.config import Config
 from auxrl.curriculum import Stage, plan_stages
@@ -130,7 +130,8 @@ def train_stages(run: Run) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def _storage(scfg: Config, envs: VecEnv, device: torch.device) -> RolloutStorage:
+def rollout_storage(scfg: Config, envs: VecEnv, device: torch.device) -> RolloutStorage:
+    """The rollout storage of a stage's envs (``ppo.num_steps`` x ``env.num_envs``) on ``device``."""
     obs_space = transport_space(envs.single_observation_space)  # a dict: its packed uint8 rows
     return RolloutStorage(
         scfg.ppo.num_steps,
@@ -268,7 +269,7 @@ class _Episodes:
 def train_stage(run: Run, stage: Stage, envs: VecEnv) -> str | None:
     """Train one stage; returns why it ended ("budget", "threshold"), None at total_steps."""
     cfg, scfg, state, agent, dev = run.cfg, stage.cfg, run.state, run.agent, run.device
-    storage = _storage(scfg, envs, dev)
+    storage = rollout_storage(scfg, envs, dev)
     env_tasks = _env_tasks(run, stage, envs)
     storage.task.copy_(torch.from_numpy(env_tasks))
     aux = run.aux = _stage_tasks(run, stage, storage)
@@ -287,7 +288,7 @@ def train_stage(run: Run, stage: Stage, envs: VecEnv) -> str | None:
         reason = stage.finished(state.global_step - state.stage_start_step, state.stage_returns)
         if reason is not None:
             return reason
-        lr = _anneal_lr(run, scfg)
+        lrs = _anneal_lr(run, scfg)
 
         # 1. Collect a rollout with the current policy.
         agent.eval()  # no dropout/batch-norm today, but keep the modes honest for user heads
@@ -320,18 +321,26 @@ def train_stage(run: Run, stage: Stage, envs: VecEnv) -> str | None:
         state.update += 1
 
         # 4. Log, 5. checkpoint.
-        _log_update(run, scfg, storage, metrics, weights, lr)
+        _log_update(run, scfg, storage, metrics, weights, lrs)
         run.save_if_due()
     return None
 
 
-def _anneal_lr(run: Run, scfg: Config) -> float:
-    """Linear LR annealing over the whole run (PPO implementation detail #4)."""
+def _anneal_lr(run: Run, scfg: Config) -> dict[str, float]:
+    """Each parameter group's learning rate at this step: linear annealing over the whole run (PPO
+    implementation detail #4), a task's own group by its ``aux.tasks.NAME.lr`` / ``anneal_lr``
+    (build.param_groups). Returns the rates to log: ``charts/learning_rate`` (PPO's) and
+    ``aux/NAME/learning_rate`` per task group."""
     step, total = run.state.global_step, run.cfg.ppo.total_steps
-    lr = scfg.ppo.lr * (1.0 - step / total) if scfg.ppo.anneal_lr else scfg.ppo.lr
+    rates = {"charts/learning_rate": annealed(scfg.ppo.lr, scfg.ppo.anneal_lr, step, total)}
     for group in run.learner.optimizer.param_groups:
-        group["lr"] = lr
-    return lr
+        task = group.get(TASK_GROUP)
+        group["lr"] = (
+            rates["charts/learning_rate"] if task is None else annealed(*group_lr(scfg, task), step, total)
+        )
+        if task is not None:
+            rates[f"aux/{task}/learning_rate"] = group["lr"]
+    return rates
 
 
 def _log_update(
@@ -340,7 +349,7 @@ def _log_update(
     storage: RolloutStorage,
     metrics: dict[str, torch.Tensor],
     weights: dict[str, float],
-    lr: float,
+    lrs: dict[str, float],
 ) -> None:
     state = run.state
     if (state.update - 1) % scfg.aux.diagnostics_every:  # logging throttle for the per-task diagnostics
@@ -349,7 +358,7 @@ def _log_update(
     # One host sync per update for all logged scalars.
     values = dict(zip(metrics, torch.stack([v.float() for v in metrics.values()]).tolist(), strict=True))
     sps = (state.global_step - run.start_step) / max(time.monotonic() - run.start_time, 1e-9)
-    values["charts/learning_rate"] = lr
+    values.update(lrs)  # charts/learning_rate, aux/NAME/learning_rate
     values["charts/SPS"] = sps
     for name, w in weights.items():
         values[f"aux/{name}/weight"] = w

@@ -97,6 +97,7 @@ def test_separate_value_network_leaves_the_torso_to_the_policy():
     assert torch.allclose(agent.get_value(obs), value)
 
 
+@pytest.mark.slow
 def test_pendulum_learns(tmp_path):
     # The shipped config, shortened to 20 updates (~20-40 s on 2 busy cores). Random play scores
     # about -1,200; the full 100k steps reach about -200.

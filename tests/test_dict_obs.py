@@ -48,6 +48,7 @@ def test_pack_and_unpack_round_trip():
     assert out["direction"].tolist() == [[float(d)] for d in batch["direction"]]
 
 
+@pytest.mark.slow
 def test_a_dict_env_trains_resumes_and_predicts(tmp_path):
     run = tmp_path / "dict"
     train(load_config("cartpole", [*DICT, "ppo.total_steps=2048"]), run, progress=False)

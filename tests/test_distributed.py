@@ -20,6 +20,9 @@ from auxrl import checkpoint
 from auxrl.plot import read_scalars
 from auxrl.tasks.base import AuxOutput, AuxTask, Needs, Sequences, TaskContext
 
+# Each test starts several processes (a launcher and its workers).
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

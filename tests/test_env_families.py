@@ -166,6 +166,7 @@ PIXEL_ENV = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_the_image_env_config_trains_a_users_own_pixel_env(tmp_path, monkeypatch):
     """configs/image_env.yaml on an (84, 84, 3) env: grey, 84x84, 4 frames -> (4, 84, 84) uint8."""
     pytest.importorskip("cv2")

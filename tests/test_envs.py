@@ -89,6 +89,7 @@ def test_atari_episodic_life_terminates_on_life_loss_without_reset():
     assert set(np.unique(np.concatenate([s.reward for s in steps]))) <= {-1.0, 0.0, 1.0}
 
 
+@pytest.mark.slow
 def test_atari_episode_stats_are_unclipped_whole_games():
     # The same seed and actions with and without reward clipping: the reported game scores are
     # identical (whole games over all lives, raw score).
@@ -195,6 +196,7 @@ def test_unknown_atari_game_error_is_helpful():
         make_envs(EnvConfig(id="ALE/NotAGame-v5", num_envs=1))
 
 
+@pytest.mark.slow
 def test_grouped_atari_rollout_matches_env_semantics():
     # Two groups stepped in turn fill the same [steps, envs] layout as one synchronous env.
     cfg = EnvConfig(id="ALE/Breakout-v5", num_envs=4, groups=2)

@@ -1,6 +1,7 @@
 """Auxiliary tasks on PPO's own minibatch: the right transitions, PPO's features, no extra pass."""
 
 import gymnasium as gym
+import pytest
 import torch
 
 from auxrl.models.agent import build_agent
@@ -50,6 +51,7 @@ def test_ppo_heads_on_a_split_pass_equal_one_pass():
     assert torch.allclose(pi.logits, pi2.logits, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_an_update_with_minibatch_tasks_runs_no_extra_torso_pass(monkeypatch):
     """reward_prediction and next_state on PPO's minibatch: per minibatch the torso runs on the
     tasks' samples and on the rest, and nowhere else (next_state's target is its own EMA copy)."""

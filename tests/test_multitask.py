@@ -68,6 +68,7 @@ def test_each_tasks_heads_get_gradients_only_from_its_own_samples():
     assert torch.isfinite(dist.entropy()).all()
 
 
+@pytest.mark.slow
 def test_a_two_task_run_learns_both_logs_each_and_eval_reports_each(tmp_path, capsys):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

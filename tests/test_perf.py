@@ -64,6 +64,7 @@ def test_bf16_is_ignored_off_cuda_and_training_runs(tmp_path):
     assert result.global_step == 256
 
 
+@pytest.mark.slow
 def test_compiled_torso_trains_with_aux_heads_and_diagnostics(tmp_path):
     # A real torch.compile (CPU inductor where a compiler exists, else the eager fallback), with
     # gradient diagnostics, which take several gradients of one graph.

@@ -232,6 +232,7 @@ def test_video_rejects_unknown_suffix(tmp_path):
         VideoRecorder(tmp_path / "game.webm")
 
 
+@pytest.mark.slow
 def test_eval_records_a_video(tmp_path, capsys):
     pytest.importorskip("imageio")
     pytest.importorskip("imageio_ffmpeg")

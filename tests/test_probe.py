@@ -167,6 +167,7 @@ def breakout_run(tmp_path_factory) -> Path:
     return run
 
 
+@pytest.mark.slow
 def test_probe_breakout_end_to_end(breakout_run, capsys):
     code, out, err = run_cli(
         capsys, "probe", str(breakout_run), "--frames", "1200", "--num-envs", "4", "--epochs", "4"

@@ -4,6 +4,7 @@ import re
 import sys
 from pathlib import Path
 
+import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from auxrl.cli import main
@@ -18,6 +19,7 @@ def test_readme_starts_with_the_two_commands():
     assert 'pip install -e ".[dev]" && python -m pytest -q' in first_block
 
 
+@pytest.mark.slow
 def test_readme_custom_task_example_trains(tmp_path, monkeypatch):
     text = README.read_text()
     code = re.search(r"```python\n(# my_tasks\.py\n.*?)```", text, re.S).group(1)

@@ -315,6 +315,7 @@ def test_resuming_a_finished_run_adds_no_file(tmp_path):
     assert steps_of(run) == [256, 512]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig, code", [("SIGINT", 130), ("SIGTERM", 143)])
 def test_a_signal_to_the_whole_process_group_stops_async_envs_cleanly(tmp_path, sig, code):
     """A terminal's Ctrl-C, or a scheduler's SIGTERM, reaches the whole process group, env workers

@@ -362,6 +362,7 @@ SQUARE_RUN = [
 ]
 
 
+@pytest.mark.slow
 def test_a_torso_trained_with_state_prediction_holds_what_a_probe_reads(tmp_path):
     import auxrl
     from auxrl.probe import probe
@@ -387,6 +388,7 @@ def test_a_torso_trained_with_state_prediction_holds_what_a_probe_reads(tmp_path
     assert r2["trained"] > r2["ppo"] + 0.05, r2
 
 
+@pytest.mark.slow
 def test_breakout_ram_labels_train_checkpoint_and_resume(tmp_path, capsys):
     run = tmp_path / "breakout"
     common = ["--run-dir", str(run), "--device", "cpu", "--no-progress"]

@@ -40,6 +40,7 @@ def scalars(run_dir, tag):
     return np.array([e.value for e in acc.Scalars(tag)]) if tag in acc.Tags()["scalars"] else None
 
 
+@pytest.mark.slow
 def test_cartpole_learns(tmp_path):
     # The shipped config, shortened: 30k steps (the full 100k run reaches a 500 return).
     cfg = load_config("cartpole", ["ppo.total_steps=30000"])
@@ -51,6 +52,7 @@ def test_cartpole_learns(tmp_path):
     assert returns[-20:].mean() > 2 * early
 
 
+@pytest.mark.slow
 def test_breakout_all_heads_end_to_end_via_cli(tmp_path, capsys):
     run = tmp_path / "breakout"
     code = main(
@@ -58,6 +60,7 @@ def test_breakout_all_heads_end_to_end_via_cli(tmp_path, capsys):
             "train",
             "breakout",
             "ppo.total_steps=1024",
+            "aux.enabled=true",  # the config holds the three heads, off
             "env.num_envs=4",
             "ppo.num_steps=128",
             "aux.batch_size=4",
@@ -119,6 +122,7 @@ def test_tasks_command_lists_builtins(capsys):
         assert name in out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("torso", ["impala"])
 def test_other_torso_trains_a_step(tmp_path, torso):
     cfg = load_config(

@@ -14,7 +14,9 @@ An auxiliary task is one ``nn.Module`` (its head plus its loss) in one file:
   ``on_torso_loaded()``, called when the torso changed without the task seeing it
   (``model.init_from`` replaced its weights, or the task joins in a later curriculum stage), and
   ``check_data(rewards, terminated)``: why this env's data gives the task nothing to learn, if
-  it does (a one-line warning is printed, naming the task and the env).
+  it does (a one-line warning is printed, naming the task and the env), and
+  ``chance_loss(seq)``: the loss of the best guess that ignores the inputs, which ``auxrl task
+  check`` compares the trained loss with (None: unknown; the check then measures it).
 
 A task that regularises PPO's own heads (e.g. ``augment_consistency``, DrAC) reads them from
 ``ctx.ppo_heads`` (:class:`PPOHeads`: ``ppo_heads(obs, encode) -> (pi, V)``) and lists their
@@ -243,6 +245,20 @@ class AuxTask(nn.Module):
         """Called when the shared torso changed without this task (``model.init_from``, or the
         task becomes active in a later curriculum stage): e.g. sync a target copy of it."""
 
+    def chance_loss(self, seq: Sequences | Pairs) -> float | None:
+        """The loss on ``seq`` of the best prediction that ignores the inputs, or None (the
+        default: unknown). For a cross-entropy it is the entropy of the target classes' frequencies
+        in ``seq``, weighted as ``loss`` weights the samples (:func:`chance_cross_entropy`); ln 8
+        only when the 8 classes are equally frequent.
+
+        ``auxrl task check`` (auxrl/taskcheck.py) trains the head on a fixed set of samples and
+        then calls this once, on the whole set as one batch (so statistics the task keeps, such
+        as running means, are those the final loss used): a final loss well below it says the
+        head learns. Where it is None the check measures chance instead, by training the head the
+        same way with every sample's features taken from another sample of its batch.
+        """
+        return None
+
 
 def scale_free(features: torch.Tensor) -> torch.Tensor:
     """Features normalised per sample (layer norm, no parameters) for a task head to read.
@@ -255,6 +271,19 @@ def scale_free(features: torch.Tensor) -> torch.Tensor:
     gradient on them is orthogonal to that direction.
     """
     return F.layer_norm(features, features.shape[-1:])
+
+
+def chance_cross_entropy(target: torch.Tensor, weight: torch.Tensor, classes: int) -> float:
+    """The weighted cross-entropy ``sum_i weight_i CE_i`` of the best constant prediction of the
+    class indices ``target`` (any shape; ``weight`` the same shape, >= 0): ``-sum_c w_c log(w_c /
+    W)``, with ``w_c`` the weight of class c and ``W`` the total weight. For a plain mean
+    (``weight`` 1/B) it is the entropy of the class frequencies; 0 when one class has all the
+    weight (a constant target: nothing to learn). The usual :meth:`AuxTask.chance_loss` of a
+    classification head."""
+    w = torch.zeros(classes, dtype=torch.float64, device=target.device)
+    w.index_add_(0, target.flatten().long(), weight.detach().flatten().double())
+    present = w[w > 0]
+    return float(-(present * torch.log(present / w.sum())).sum()) if present.numel() else 0.0
 
 
 def image_view(task: str, ctx: TaskContext) -> ImageView:

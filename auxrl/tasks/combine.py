@@ -10,7 +10,7 @@ import torch
 
 from auxrl.config import AuxConfig, WeightSchedule
 from auxrl.ppo.rollout import RolloutStorage
-from auxrl.tasks.base import AuxOutput, AuxTask, Encoder, Sequences
+from auxrl.tasks.base import AuxOutput, AuxTask, Encoder, Needs, Pairs, Sequences
 from auxrl.tasks.replay import Replay
 
 CHECK_ROLLOUTS = 10  # a stage's first rollouts are shown to each task's check_data()
@@ -51,6 +51,42 @@ class PPOSamples:
             labels=pair(labels, st.next_labels) if labels is not None else None,
             features=self.features,
         )
+
+
+def draw_samples(
+    replay: Replay, needs: Needs, count: int, recent: int, generator: torch.Generator
+) -> tuple[torch.Tensor, ...]:
+    """Where ``count`` samples of a task with ``needs`` come from, drawn as the learner draws them:
+    ``(start, env)`` of its windows, ``(start, env, gap)`` of its pairs (``Needs.gap``). ``recent``:
+    the current rollout's steps per env, all that a task with ``Needs.replay`` false samples. A
+    ``Needs.minibatch`` task learns from PPO's minibatch, whose samples are one-step windows of
+    the current rollout drawn uniformly: drawn here from the whole replay (``auxrl task check``)."""
+    if needs.minibatch:
+        return replay.draw(count, 1, generator=generator)
+    if needs.gap is not None:  # pairs: windows of the largest gap, a gap per sample
+        start, env = replay.draw(count, needs.span, generator=generator)
+        lo, hi = needs.gap
+        gap = torch.randint(lo, hi + 1, (count,), device=start.device, generator=generator)
+        return start, env, gap
+    return replay.draw(
+        count,
+        needs.sequence_length,
+        recent=None if needs.replay else recent,
+        rewarding_fraction=needs.rewarding_fraction,
+        generator=generator,
+    )
+
+
+def gather_samples(replay: Replay, needs: Needs, drawn: tuple[torch.Tensor, ...]) -> Sequences | Pairs:
+    """The samples :func:`draw_samples` drew (or some of them), as the task's loss takes them."""
+    if needs.minibatch:
+        start, env = drawn
+        return replay.gather(start, env, 1)
+    if needs.gap is not None:
+        start, env, gap = drawn
+        return replay.gather_pairs(start, env, gap, needs.span)
+    start, env = drawn
+    return replay.gather(start, env, needs.sequence_length)
 
 
 def scheduled_weight(weight: float | WeightSchedule, step: int) -> float:
@@ -138,20 +174,8 @@ class AuxTasks:
             if needs.minibatch:  # takes PPO's minibatch samples, nothing to draw
                 continue
             count, size = self.batch_sizes[name] * minibatches, self.batch_sizes[name]
-            if needs.gap is not None:  # pairs: windows of the largest gap, a gap per sample
-                start, env = self.replay.draw(count, needs.span, generator=self.generator)
-                lo, hi = needs.gap
-                gap = torch.randint(lo, hi + 1, (count,), device=start.device, generator=self.generator)
-                self._drawn[name] = (start.split(size), env.split(size), gap.split(size))
-                continue
-            start, env = self.replay.draw(
-                count,
-                needs.sequence_length,
-                recent=None if needs.replay else self.recent,
-                rewarding_fraction=needs.rewarding_fraction,
-                generator=self.generator,
-            )
-            self._drawn[name] = (start.split(size), env.split(size))
+            drawn = draw_samples(self.replay, needs, count, self.recent, self.generator)
+            self._drawn[name] = tuple(part.split(size) for part in drawn)
         self._minibatch = 0
 
     def minibatch_size(self, names: list[str] | None = None) -> int:
@@ -182,15 +206,9 @@ class AuxTasks:
                 raise RuntimeError(
                     f"aux task {name!r}: no windows drawn for minibatch {i}; call draw() first"
                 )
-            start, env = self._drawn[name][0][i], self._drawn[name][1][i]
-            if task.needs.gap is not None:
-                pairs = self.replay.gather_pairs(start, env, self._drawn[name][2][i], task.needs.span)
-                pairs.generator = self.generator
-                out[name] = task.loss(pairs, encode)
-                continue
-            seq = self.replay.gather(start, env, task.needs.sequence_length)
-            seq.generator = self.generator  # a task's own draws (augmentations): the seeded stream
-            out[name] = task.loss(seq, encode)
+            samples = gather_samples(self.replay, task.needs, tuple(part[i] for part in self._drawn[name]))
+            samples.generator = self.generator  # a task's own draws (augmentations): the seeded stream
+            out[name] = task.loss(samples, encode)
         self._minibatch += 1
         return out
 

@@ -26,7 +26,16 @@ from torch import nn
 from auxrl.config import config_dataclass
 from auxrl.models.torsos import layer_init
 from auxrl.perf import float32
-from auxrl.tasks.base import AuxOutput, AuxTask, Encoder, Needs, Sequences, TaskContext, scale_free
+from auxrl.tasks.base import (
+    AuxOutput,
+    AuxTask,
+    Encoder,
+    Needs,
+    Sequences,
+    TaskContext,
+    chance_cross_entropy,
+    scale_free,
+)
 
 FRAMES = 3  # UNREAL predicts r_t from the three observations before it
 ZERO, POSITIVE, NEGATIVE = 0, 1, 2
@@ -111,9 +120,27 @@ class RewardPrediction(AuxTask):
         """The head on the (scale-free) features, in float32 (also under bf16 autocast)."""
         return float32(lambda x: self.head(self._input(x)), features)
 
+    def chance_loss(self, seq: Sequences) -> float:
+        """The entropy of the reward classes in ``seq``, each sample weighted as the loss weights
+        it (the skew of the minibatch form; the real samples of the replay form alike)."""
+        if self.needs.minibatch:
+            target, weight = self._minibatch_weights(seq)
+        else:
+            target = reward_class(seq.rewards[:, FRAMES - 1])
+            mask = seq.in_episode[:, FRAMES - 1].float()
+            weight = mask / mask.sum().clamp(min=1.0)
+        return chance_cross_entropy(target, weight, 3)
+
     def _minibatch_loss(self, seq: Sequences, encode: Encoder) -> AuxOutput:
         """One observation per sample (its frame stack), the skew as a weighting (no host sync)."""
         logits = self._logits(seq.first_features(encode))
+        target, weight = self._minibatch_weights(seq)
+        loss = (F.cross_entropy(logits, target, reduction="none") * weight).sum()
+        correct = (logits.argmax(-1) == target).float()
+        return AuxOutput(loss, {"accuracy": (correct * weight).sum().detach()})
+
+    def _minibatch_weights(self, seq: Sequences) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each sample's class and its weight in the minibatch form's loss (summing to 1)."""
         target = reward_class(seq.rewards[:, 0])
         real = seq.in_episode[:, 0]  # a real transition: its reward is the game's
         rewarding = real & (target != ZERO)
@@ -124,6 +151,4 @@ class RewardPrediction(AuxTask):
         plain = 1.0 / real.sum().clamp(min=1)
         # Both kinds present: each gets its share; only one kind: a plain mean over real samples.
         weight = torch.where((n_rewarding > 0) & (n_zero > 0), skewed, plain) * real
-        loss = (F.cross_entropy(logits, target, reduction="none") * weight).sum()
-        correct = (logits.argmax(-1) == target).float()
-        return AuxOutput(loss, {"accuracy": (correct * weight).sum().detach()})
+        return target, weight

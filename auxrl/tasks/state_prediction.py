@@ -52,6 +52,7 @@ from auxrl.tasks.base import (
     Sequences,
     TaskContext,
     TaskMismatch,
+    chance_cross_entropy,
     scale_free,
 )
 
@@ -193,6 +194,33 @@ class StatePrediction(AuxTask):
             metrics["nmse"] = mse.detach()
             metrics["r2"] = (1.0 - mse).detach()
         return AuxOutput(total / (kb + kr), metrics)
+
+    @torch.no_grad()
+    def chance_loss(self, seq: Sequences) -> float | None:
+        """The loss of predicting every label's batch distribution, whatever the observation: per
+        RAM byte the entropy of its values in ``seq`` (each finite entry weighted as in the loss),
+        per real label the variance of its normalised targets (running statistics as they are
+        now), averaged as the loss averages them."""
+        labels = seq.labels[:, 0] if seq.labels is not None else None
+        if labels is None or labels.shape[-1] != self.num_labels:
+            return None  # loss() says why
+        kb, kr = len(self.byte_names), len(self.real_names)
+        total = 0.0
+        if kb:
+            y = labels[:, self.byte_idx]
+            ok = torch.isfinite(y)
+            target = y.nan_to_num(0.0).long().clamp(0, CLASSES - 1)
+            weight = ok.double() / ok.sum().clamp(min=1)
+            ce = sum(chance_cross_entropy(target[:, k], weight[:, k], CLASSES) for k in range(kb))
+            total += ce * kb
+        if kr:
+            y = labels[:, self.real_idx].double()
+            ok = torch.isfinite(y)
+            z = torch.where(ok, self.normalise(y), torch.zeros_like(y))
+            n = ok.sum(0).clamp(min=1)
+            spread = torch.where(ok, z - z.sum(0) / n, torch.zeros_like(z)).square().sum()
+            total += float(spread / ok.sum().clamp(min=1)) * kr
+        return total / (kb + kr)
 
 
 def _pooled(sums: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,116 @@
+"""Score one trained run of a study: ``python -m auxrl.study.score RUN_DIR --episodes K --steps N``.
+
+Plays ``K`` whole games (``auxrl eval``'s evaluation, through its Python API rather than parsing
+its output) on the run's latest checkpoint and writes ``score.json`` beside it, plus
+``curve.json``: the run's episodic returns from its TensorBoard files, small enough to commit
+where the event files and checkpoints are not. A separate process so that any backend (local
+processes, a cluster's jobs) runs it as it runs ``auxrl train``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from auxrl.study.state import CURVE_FILE, SCORE_FILE, checkpoint_step, write_json
+
+RETURN_TAG = "charts/episodic_return"
+
+
+def score_run(
+    run_dir: Path,
+    *,
+    episodes: int,
+    steps: int,
+    device: str = "auto",
+    seed: int = 12345,
+    labels: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Evaluate the run's latest checkpoint and write ``score.json`` (and ``curve.json``)."""
+    from auxrl import __version__, checkpoint
+    from auxrl.evaluate import evaluate
+    from auxrl.inference import load_agent
+
+    step = checkpoint_step(run_dir)
+    if step is None or step < steps:
+        raise ValueError(
+            f"{run_dir}: trained to step {step or 0:,} of {steps:,}; finish it first "
+            f"(auxrl train --resume {run_dir})."
+        )
+    path = checkpoint.find(run_dir)
+    started = time.monotonic()
+    agent = load_agent(path, device)
+    result = evaluate(agent, episodes, seed=seed)
+    data = {
+        **(labels or {}),
+        "score": result.mean,
+        "std": result.std,
+        "min": min(result.returns),
+        "max": max(result.returns),
+        "episodes": len(result.returns),
+        "returns": result.returns,
+        **({"env_scores": result.scores} if result.scores else {}),
+        "step": step,
+        "checkpoint": path.name,
+        "eval_seed": seed,
+        "seconds": round(time.monotonic() - started, 1),
+        "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "auxrl": __version__,
+    }
+    write_curve(run_dir)
+    write_json(run_dir / SCORE_FILE, data)
+    return data
+
+
+def write_curve(run_dir: Path) -> None:
+    """``curve.json``: (env step, episodic return) of every training episode, from the events."""
+    from auxrl.plot import read_scalars
+
+    try:
+        steps, returns = read_scalars(run_dir, RETURN_TAG)
+    except (OSError, ValueError):  # no events, or no finished episode: the report goes without
+        return
+    write_json(run_dir / CURVE_FILE, {"tag": RETURN_TAG, "step": steps.tolist(), "value": returns.tolist()})
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m auxrl.study.score", description=__doc__.split("\n\n")[0])
+    p.add_argument("run", type=Path, help="the run directory")
+    p.add_argument("--episodes", type=int, required=True, help="whole games to play")
+    p.add_argument("--steps", type=int, required=True, help="the step the run must have reached")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--seed", type=int, default=12345, help="seed of the evaluation envs (default: 12345)")
+    p.add_argument("--label", action="append", default=[], metavar="KEY=VALUE", help="recorded in score.json")
+    args = p.parse_args(argv)
+    labels: dict[str, Any] = {}
+    for text in args.label:
+        key, _, value = text.partition("=")
+        labels[key] = int(value) if key == "seed" else value
+    try:
+        data = score_run(
+            args.run,
+            episodes=args.episodes,
+            steps=args.steps,
+            device=args.device,
+            seed=args.seed,
+            labels=labels,
+        )
+    except (ValueError, OSError) as err:
+        print(f"auxrl study score: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:  # the study is stopping: score.json is written whole or not at all
+        return 130
+    print(
+        f"{args.run.name}: {data['episodes']} episodes at step {data['step']:,}, score {data['score']:.2f} "
+        f"+- {data['std']:.2f} (min {data['min']:.1f}, max {data['max']:.1f})",
+        flush=True,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
