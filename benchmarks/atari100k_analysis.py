@@ -27,36 +27,14 @@ import numpy as np
 # --------------------------------------------------------------------------------------------
 # Reference scores
 # --------------------------------------------------------------------------------------------
-
-# The 26 games of Atari 100k (Kaiser et al. 2019, SimPLe), as listed by rliable.
-ATARI_100K_GAMES = (
-    "Alien", "Amidar", "Assault", "Asterix", "BankHeist", "BattleZone", "Boxing", "Breakout",
-    "ChopperCommand", "CrazyClimber", "DemonAttack", "Freeway", "Frostbite", "Gopher", "Hero",
-    "Jamesbond", "Kangaroo", "Krull", "KungFuMaster", "MsPacman", "Pong", "PrivateEye", "Qbert",
-    "RoadRunner", "Seaquest", "UpNDown",
-)  # fmt: skip
-
-# Random-agent and human reference scores of the DQN literature (Mnih et al. 2015; the random
-# scores with up to 30 no-op starts), as used for Atari 100k by DER, CURL, DrQ and SPR.
-# Copied from RANDOM_SCORES / HUMAN_SCORES in google-research/rliable's
-# deep_rl_precipice_colab.ipynb (Agarwal et al. 2021), which normalises its Atari 100k data
-# with them. HNS = (score - random) / (human - random).
-RANDOM_SCORES: dict[str, float] = {
-    "Alien": 227.8, "Amidar": 5.8, "Assault": 222.4, "Asterix": 210.0, "BankHeist": 14.2,
-    "BattleZone": 2360.0, "Boxing": 0.1, "Breakout": 1.7, "ChopperCommand": 811.0,
-    "CrazyClimber": 10780.5, "DemonAttack": 152.1, "Freeway": 0.0, "Frostbite": 65.2,
-    "Gopher": 257.6, "Hero": 1027.0, "Jamesbond": 29.0, "Kangaroo": 52.0, "Krull": 1598.0,
-    "KungFuMaster": 258.5, "MsPacman": 307.3, "Pong": -20.7, "PrivateEye": 24.9, "Qbert": 163.9,
-    "RoadRunner": 11.5, "Seaquest": 68.4, "UpNDown": 533.4,
-}  # fmt: skip
-HUMAN_SCORES: dict[str, float] = {
-    "Alien": 7127.7, "Amidar": 1719.5, "Assault": 742.0, "Asterix": 8503.3, "BankHeist": 753.1,
-    "BattleZone": 37187.5, "Boxing": 12.1, "Breakout": 30.5, "ChopperCommand": 7387.8,
-    "CrazyClimber": 35829.4, "DemonAttack": 1971.0, "Freeway": 29.6, "Frostbite": 4334.7,
-    "Gopher": 2412.5, "Hero": 30826.4, "Jamesbond": 302.8, "Kangaroo": 3035.0, "Krull": 2665.5,
-    "KungFuMaster": 22736.3, "MsPacman": 6951.6, "Pong": 14.6, "PrivateEye": 69571.3,
-    "Qbert": 13455.0, "RoadRunner": 7845.0, "Seaquest": 42054.7, "UpNDown": 11693.2,
-}  # fmt: skip
+# The 26 games of Atari 100k and the random / human reference scores of the DQN literature (from
+# rliable's colab) live in the package, for `auxrl study`'s hns normalisation as well.
+from auxrl.study.scores import (  # noqa: E402, F401  (re-exported for atari100k.py and its tests)
+    ATARI_100K_GAMES,
+    HUMAN_SCORES,
+    RANDOM_SCORES,
+    REFERENCE_SOURCE,
+)
 
 # PPO after 100k agent steps elsewhere, per game: (mean, std over seeds or None), for the table's
 # comparison columns. Neither used our settings (network, envs, evaluation), so they place our
@@ -82,7 +60,6 @@ PPO_100K_REFERENCES: dict[str, tuple[dict[str, tuple[float, float | None]], str]
     ),
 }  # fmt: skip
 
-REFERENCE_SOURCE = "RANDOM_SCORES / HUMAN_SCORES, google-research/rliable deep_rl_precipice_colab.ipynb"
 BASELINE = "no_aux"
 # PPO alone; a phase's baseline is the first of these it plans (no_aux_ram: PPO alone on the env
 # path that reads the RAM labels, the matched baseline of state_prediction).
@@ -90,12 +67,7 @@ BASELINES = ("no_aux", "no_aux_ram")
 METRICS = ("IQM", "median", "mean")
 
 
-def human_normalized(game: str, score: float) -> float:
-    """Human-normalised score: 0 is the random agent, 1 the human reference."""
-    if game not in RANDOM_SCORES:
-        raise KeyError(f"No reference scores for {game!r}; Atari 100k games: {', '.join(ATARI_100K_GAMES)}")
-    return (score - RANDOM_SCORES[game]) / (HUMAN_SCORES[game] - RANDOM_SCORES[game])
-
+from auxrl.study.scores import human_normalized  # noqa: E402
 
 # --------------------------------------------------------------------------------------------
 # Finished runs and matched blocks

@@ -53,7 +53,7 @@ def atari_game(env_id: str) -> str | None:
 def human_normalized(game: str, score: float) -> float:
     """Human-normalised score: 0 is the random agent, 1 the human reference."""
     if game not in RANDOM_SCORES:
-        raise KeyError(f"No reference scores for {game!r}; games with them: {', '.join(ATARI_100K_GAMES)}")
+        raise KeyError(f"No reference scores for {game!r}; Atari 100k games: {', '.join(ATARI_100K_GAMES)}")
     return (score - RANDOM_SCORES[game]) / (HUMAN_SCORES[game] - RANDOM_SCORES[game])
 
 
