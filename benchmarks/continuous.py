@@ -7,18 +7,19 @@ Tasks (1M env steps each, seeds 1 2 3 by default):
   CleanRL's published table (``--env-version v5`` runs the shipped configs' v5 envs instead);
 * ``pendulum``: ``configs/pendulum.yaml`` (CleanRL publishes no PPO figure for Pendulum-v1).
 
-Every run is a normal ``auxrl train`` run directory trained by a subprocess (``--jobs`` at a
-time, one torch thread each) under ``<out-dir>/runs/<task>__<seed>/``, then scored: the mean
-return of its last 20 training episodes (what CleanRL's table reports: the episodic return of
-training, stochastic policy) and ``auxrl eval RUN --episodes 10`` (whole episodes, sampled
-actions, frozen observation statistics). Re-running the same command continues: finished runs
-are skipped, runs with a checkpoint continue with ``auxrl train --resume`` (one every 100k
-steps), a run directory without a checkpoint is trained from scratch. Killing the runner (even
-``kill -9``) makes its training processes save a checkpoint and exit. Each invocation ends by
-writing ``results.md`` / ``results.json`` and one learning-curve plot per task for whatever
-is finished, and what is not finished yet; ``--analyze`` does only that. A finished run's
-``result.json``, config and events are committed (its checkpoints stay local), so a fresh clone
-skips it too.
+The runs are a plan for ``auxrl study``'s runner (auxrl/study/runner.py; ``--jobs`` at a time,
+one torch thread each): each is a normal ``auxrl train`` run directory under
+``<out-dir>/runs/<task>__<seed>/``, scored by ``python -m auxrl.study.score`` (10 whole episodes,
+sampled actions, frozen observation statistics) into its ``score.json`` beside ``curve.json``
+(its training returns), from which the analysis takes the mean return of its last 20 training
+episodes (what CleanRL's table reports: the episodic return of training, stochastic policy).
+Re-running the same command continues: finished runs are skipped, runs with a checkpoint continue
+with ``auxrl train --resume`` (one every 100k steps), a run directory without a checkpoint starts
+over; Ctrl-C or SIGTERM makes the training processes save a checkpoint and exit. Each invocation
+ends by writing ``results.md`` / ``results.json`` and one learning-curve plot per task for
+whatever is finished, and what is not finished yet; ``--analyze`` does only that. A finished
+run's ``score.json``, ``curve.json`` and config are committed (its checkpoints stay local), so a
+fresh clone skips it too.
 
 Examples::
 
@@ -32,29 +33,22 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import shlex
-import shutil
-import signal
-import subprocess
 import sys
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling modules, also when imported by tests
 
-from atari100k import (  # noqa: E402
-    SuiteLock,
-    _raise_interrupt,
-    checkpoint_step,
-    parse_eval_output,
-    run_status,
-    start_child,
-    write_json,
-)
-from learning import REPO_ROOT, final_return, make_plot, mean_std, setup_info, use_checkout  # noqa: E402
+from learning import REPO_ROOT, make_plot, mean_std, setup_info, use_checkout  # noqa: E402
+
+use_checkout()
+
+from auxrl.configfile import resolve_config_path  # noqa: E402
+from auxrl.study.analysis import read_curve  # noqa: E402
+from auxrl.study.runner import run_study  # noqa: E402
+from auxrl.study.state import read_json, read_score, run_status, write_json  # noqa: E402
 
 # CleanRL, ppo_continuous_action.py, "MuJoCo v4" table (openrlbenchmark tag pr-424), episodic
 # return after 1M steps, mean +- std over seeds: https://docs.cleanrl.dev/rl-algorithms/ppo/
@@ -89,172 +83,102 @@ LAST_EPISODES = 20  # training episodes averaged for a run's final return
 EVAL_EPISODES = 10
 
 
-@dataclass
-class Job:
+@dataclass(frozen=True)
+class ContinuousRun:
     task: Task
     seed: int
-    run_dir: Path
-    stage: str  # train | eval
-    proc: subprocess.Popen
-    log: Path
-    started: float = field(default_factory=time.monotonic)
+    env: str  # the env id trained on (score.json's label)
+
+    @property
+    def name(self) -> str:
+        return f"{self.task.name}__{self.seed}"
+
+    @property
+    def variant(self) -> str:
+        return self.task.name
 
 
-class Runner:
-    """Trains and scores runs, ``jobs`` at a time, polling its child processes."""
+class ContinuousPlan:
+    """The benchmark's runs as a plan for auxrl study's runner (see ``auxrl.study.runner.Plan``)."""
 
-    def __init__(self, out: Path, version: str, device: str, jobs: int) -> None:
-        self.out, self.version, self.device, self.jobs = out, version, device, jobs
-        self.runs, self.logs = out / "runs", out / "logs"
-        self.failed: list[str] = []
-        self.pass_fds: tuple[int, ...] = ()
+    eval_episodes = EVAL_EPISODES
 
-    def run_dir(self, task: Task, seed: int) -> Path:
-        return self.runs / f"{task.name}__{seed}"
+    def __init__(self, tasks: list[Task], seeds: list[int], version: str) -> None:
+        self._runs = [ContinuousRun(t, s, t.env_id(version)) for s in seeds for t in tasks]
+        self.tasks, self.seeds = tasks, seeds
 
-    def status(self, task: Task, seed: int) -> str:
-        return run_status(self.run_dir(task, seed), task.steps, lambda d: _read_json(d / "result.json"))
+    def runs(self) -> list[ContinuousRun]:
+        return self._runs
 
-    def run(self, plan: list[tuple[Task, int]]) -> int:
-        self.runs.mkdir(parents=True, exist_ok=True)
-        self.logs.mkdir(parents=True, exist_ok=True)
-        self.pass_fds = SuiteLock(self.out / ".lock").pass_fds
-        todo = [(t, s) for t, s in plan if self.status(t, s) != "done"]
-        print(
-            f"[continuous] {len(plan)} runs, {len(plan) - len(todo)} done; {self.jobs} at a time", flush=True
-        )
-        running: list[Job] = []
-        previous = signal.signal(signal.SIGTERM, _raise_interrupt)
-        try:
-            while todo or running:
-                while todo and len(running) < self.jobs:
-                    job = self._start(*todo.pop(0))
-                    if job is not None:
-                        running.append(job)
-                time.sleep(1.0)
-                for job in [j for j in running if j.proc.poll() is not None]:
-                    running.remove(job)
-                    follow = self._finish(job)
-                    if follow is not None:
-                        running.append(follow)
-        except KeyboardInterrupt:
-            for job in running:
-                if job.proc.poll() is None:
-                    job.proc.send_signal(signal.SIGINT)  # the trainer saves a checkpoint
-            for job in running:
-                try:
-                    job.proc.wait(timeout=120)
-                except subprocess.TimeoutExpired:
-                    job.proc.kill()
-            print("[continuous] stopped; run the same command again to continue.", flush=True)
-            return 130
-        finally:
-            signal.signal(signal.SIGTERM, previous)
-        return 1 if self.failed else 0
+    def describe(self) -> str:
+        return f"{len(self.tasks)} tasks x {len(self.seeds)} seeds"
 
-    def train_command(self, task: Task, seed: int, resume: bool) -> list[str]:
-        base = [sys.executable, "-m", "auxrl.cli", "train"]
-        run_dir = str(self.run_dir(task, seed))
-        if resume:  # the run's saved config; --steps may have changed
-            return [
-                *base,
-                "--resume",
-                run_dir,
-                f"ppo.total_steps={task.steps}",
-                "--device",
-                self.device,
-                "--no-progress",
-            ]
-        overrides = [f"seed={seed}", f"ppo.total_steps={task.steps}", "perf.threads=1"]
-        env_id = task.env_id(self.version)
-        if env_id != TASKS[task.name].env_ids["v5"]:
-            overrides += [f"env.id={env_id}", f"name={task.name}"]
-        return [*base, task.name, *overrides, "--run-dir", run_dir, "--device", self.device, "--no-progress"]
+    def steps_of(self, run: ContinuousRun) -> int:
+        return run.task.steps
 
-    def _start(self, task: Task, seed: int) -> Job | None:
-        status, run_dir = self.status(task, seed), self.run_dir(task, seed)
-        if status == "done":
-            return None
-        if status == "eval":
-            return self._spawn(task, seed, "eval", self._eval_command(run_dir))
-        if status == "fresh" and run_dir.exists():
-            shutil.rmtree(run_dir)  # killed before its first checkpoint: nothing to keep
-        return self._spawn(task, seed, "train", self.train_command(task, seed, status == "resume"))
+    def train_args(self, run: ContinuousRun, runs_dir: Path) -> list[str]:
+        overrides = [f"seed={run.seed}", f"ppo.total_steps={run.task.steps}", "perf.threads=1"]
+        if run.env != run.task.env_ids["v5"]:  # the shipped config's env is the v5 one
+            overrides += [f"env.id={run.env}", f"name={run.task.name}"]
+        return [str(resolve_config_path(run.task.name)), *overrides]
 
-    def _eval_command(self, run_dir: Path) -> list[str]:
-        episodes = ["--episodes", str(EVAL_EPISODES), "--device", self.device]
-        return [sys.executable, "-m", "auxrl.cli", "eval", str(run_dir), *episodes]
+    def ready(self, run: ContinuousRun, runs_dir: Path) -> bool:
+        return True
 
-    def _spawn(self, task: Task, seed: int, stage: str, command: list[str]) -> Job:
-        log = self.logs / f"{task.name}__{seed}.{stage}.log"
-        proc = start_child(command, log, 1, self.pass_fds, append=stage == "train")
-        print(f"[continuous] {task.name}__{seed}: {stage} (log {log})", flush=True)
-        return Job(task, seed, self.run_dir(task, seed), stage, proc, log)
-
-    def _finish(self, job: Job) -> Job | None:
-        name = f"{job.task.name}__{job.seed}"
-        if job.proc.returncode != 0:
-            self.failed.append(name)
-            tail = job.log.read_text().strip().splitlines()[-6:]
-            print(f"[continuous] FAILED {name} ({job.stage}); last lines of {job.log}:", flush=True)
-            for line in tail:
-                print(f"    {line}", flush=True)
-            return None
-        if job.stage == "train":
-            follow = self._spawn(job.task, job.seed, "eval", self._eval_command(job.run_dir))
-            follow.started = job.started
-            return follow
-        final, episodes, counted = final_return(job.run_dir, LAST_EPISODES)
-        result = {
-            "task": job.task.name,
-            "env_id": _read_config(job.run_dir).get("env", {}).get("id"),
-            "seed": job.seed,
-            "step": checkpoint_step(job.run_dir),
-            "final_return": final,
-            "episodes": episodes,
-            "final_return_episodes": counted,
-            "eval": parse_eval_output(job.log.read_text()),
-            "minutes": round((time.monotonic() - job.started) / 60, 1),
-            "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-        }
-        write_json(job.run_dir / "result.json", result)
-        print(
-            f"[continuous] {name}: final return {_fmt(final)}, eval {_fmt(result['eval']['score'])}",
-            flush=True,
-        )
+    def probe_frames(self, run: ContinuousRun) -> int | None:
         return None
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
+def adopt_result_json(runs_dir: Path) -> None:
+    """Runs scored by this benchmark's first runner (until 2026-12-05: ``auxrl eval RUN
+    --episodes 10`` into ``result.json``) get the same score as a ``score.json``."""
+    for old in sorted(runs_dir.glob("*/result.json")):
+        data, new = read_json(old), old.with_name("score.json")
+        if new.exists() or data is None or not isinstance(data.get("eval"), dict):
+            continue
+        write_json(
+            new,
+            {
+                "env": data.get("env_id"), "variant": data.get("task"), "seed": data.get("seed"),
+                **data["eval"], "step": data.get("step"), "eval_seed": 12345, "date": data.get("date"),
+                "scored_by": "auxrl eval RUN --episodes 10 (benchmarks/continuous.py's first runner)",
+            },
+        )  # fmt: skip
 
 
-def _read_config(run_dir: Path) -> dict[str, Any]:
-    from auxrl.plot import read_config
+def final_return(run_dir: Path, last_n: int = LAST_EPISODES) -> tuple[float | None, int, int]:
+    """(mean of the last ``last_n`` training returns, episodes logged, episodes averaged), from
+    the run's curve.json or else its events."""
+    curve = read_curve(run_dir)
+    if curve is None or len(curve[1]) == 0:
+        return None, 0, 0
+    tail = curve[1][-last_n:]
+    return float(tail.mean()), len(curve[1]), len(tail)
 
-    return read_config(run_dir)
 
-
-def analyze(out: Path, plan: list[tuple[Task, int]], meta: dict[str, Any]) -> str:
+def analyze(out: Path, plan: ContinuousPlan, meta: dict[str, Any]) -> str:
     """results.md / results.json and a plot per task, from the finished runs."""
     rows, data, missing = [], [], []
-    tasks = {t.name: t for t, _ in plan}
-    for task in tasks.values():
-        seeds = [s for t, s in plan if t.name == task.name]
-        read = {s: _read_json(out / "runs" / f"{task.name}__{s}" / "result.json") for s in seeds}
-        missing += [f"{task.name}__{s}" for s, r in read.items() if not r]
-        results = [r for r in read.values() if r]
-        env_id = results[0]["env_id"] if results else task.env_id(meta["env_version"])
-        finals = [r["final_return"] for r in results if r.get("final_return") is not None]
-        evals = [r["eval"]["score"] for r in results]
+    for task in plan.tasks:
+        results = []
+        for run in [r for r in plan.runs() if r.task.name == task.name]:
+            run_dir = out / "runs" / run.name
+            score = read_score(run_dir)
+            if score is None or run_status(run_dir, task.steps) != "done":
+                missing.append(run.name)
+                continue
+            final, _, _ = final_return(run_dir)
+            minutes = (read_json(run_dir / "result.json") or {}).get("minutes")  # the first runner's
+            results.append(
+                {"seed": run.seed, "final_return": final, "eval": score["score"], "minutes": minutes}
+            )
+        env_id = task.env_id(meta["env_version"])
+        finals = [r["final_return"] for r in results if r["final_return"] is not None]
+        evals = [r["eval"] for r in results]
         final, final_std = mean_std(finals)
         score, score_std = mean_std(evals)
         published = CLEANRL_PUBLISHED.get(env_id)
-        minutes = [r["minutes"] for r in results]
+        minutes = [r["minutes"] for r in results if r["minutes"] is not None]
         data.append(
             {
                 "task": task.name,
@@ -268,13 +192,13 @@ def analyze(out: Path, plan: list[tuple[Task, int]], meta: dict[str, Any]) -> st
         )
         cleanrl = f"{published[0]:.2f} ± {published[1]:.2f}" if published else "none published"
         per_seed = ", ".join(f"{r['seed']}: {_fmt(r.get('final_return'))}" for r in results) or "n/a"
+        train_minutes = f"{sum(minutes) / len(minutes):.0f}" if minutes else "n/a"
         rows.append(
-            f"| {task.name} | {env_id} | {cleanrl} | "
-            f"{_fmt(final, final_std)} | {_fmt(score, score_std)} | "
-            f"{per_seed} | "
-            f"{(sum(minutes) / len(minutes)) if minutes else float('nan'):.0f} |"
+            f"| {task.name} | {env_id} | {cleanrl} | {_fmt(final, final_std)} | {_fmt(score, score_std)} | "
+            f"{per_seed} | {train_minutes} |"
         )
         runs = [out / "runs" / f"{task.name}__{r['seed']}" for r in results]
+        runs = [d for d in runs if any(d.glob("events.out.tfevents.*"))]  # committed plots stay otherwise
         if runs:
             make_plot(runs, out / f"curves_{task.name}.png")
     lines = [
@@ -285,7 +209,7 @@ def analyze(out: Path, plan: list[tuple[Task, int]], meta: dict[str, Any]) -> st
         f"Command: `{meta['command']}`",
         "",
         "| task | env | CleanRL (published) | auxrl: last 20 training episodes | auxrl: eval, 10 episodes "
-        "| training return per seed | min per run |",
+        "| training return per seed | min per run (train + eval) |",
         "|---|---|---|---|---|---|---|",
         *rows,
         "",
@@ -297,7 +221,7 @@ def analyze(out: Path, plan: list[tuple[Task, int]], meta: dict[str, Any]) -> st
         "",
         f"Not finished yet (the same command continues them): {', '.join(missing) or 'nothing'}",
         "",
-        *[f"![{name}](curves_{name}.png)" for name in tasks],
+        *[f"![{name}](curves_{name}.png)" for name in (t.name for t in plan.tasks)],
     ]
     text = "\n".join(lines) + "\n"
     (out / "results.md").write_text(text)
@@ -326,26 +250,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--analyze", action="store_true", help="only write the tables and plots")
     args = parser.parse_args(argv)
-    use_checkout()
-    out = args.out_dir or _default_out_dir()
+    out = (args.out_dir or _default_out_dir()).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    plan = [
-        (Task(TASKS[name].name, TASKS[name].env_ids, args.steps), seed)
-        for seed in args.seeds
-        for name in args.tasks
-    ]
+    tasks = [Task(TASKS[name].name, TASKS[name].env_ids, args.steps) for name in args.tasks]
+    plan = ContinuousPlan(tasks, args.seeds, args.env_version)
+    given = sys.argv[1:] if argv is None else argv
+    # the command that trains these runs (--analyze only re-reads them)
+    command = shlex.join(["python", "benchmarks/continuous.py", *[a for a in given if a != "--analyze"]])
+    adopt_result_json(out / "runs")
     code = 0
     if not args.analyze:
-        code = Runner(out, args.env_version, args.device, args.jobs).run(plan)
-    given = sys.argv[1:] if argv is None else argv
-    meta = {
-        **setup_info(args.device),
-        "env_version": args.env_version,
-        "command": shlex.join(
-            # the command that trains these runs (--analyze only re-reads them)
-            ["python", "benchmarks/continuous.py", *[a for a in given if a != "--analyze"]]
-        ),
-    }
+        code = run_study(plan, out, jobs=args.jobs, device=args.device, command=command)
+    meta = {**setup_info(args.device), "env_version": args.env_version, "command": command}
     print(analyze(out, plan, meta))
     return code
 

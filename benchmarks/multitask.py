@@ -13,11 +13,15 @@ multi-task update reading three games' rollouts):
   frozen (``model.init_from=RUN model.init_modules=[torso] model.freeze=[torso]``): only the new
   game's policy and value heads learn. Its baseline is ``single`` on that game (from scratch).
 
-Rewards are clipped in every run (the config's ``env.reward_clip``), as in the single-task runs,
-so PopArt corrects the games' return scales (episode lengths, reward frequency) but not their
-raw reward sizes. Scores: ``auxrl eval RUN --episodes 10`` (whole games, unclipped) per game;
-HNS and rliable's aggregates over (game, seed) as in benchmarks/atari100k.py, whose runner this
-reuses: re-running the command skips finished runs and resumes interrupted ones.
+Rewards are clipped in every run (the config's ``env.reward_clip``), so PopArt corrects the
+games' return scales (episode lengths, reward frequency) but not their raw reward sizes.
+
+The runs are a plan for ``auxrl study``'s runner (auxrl/study/runner.py): each is trained, then
+scored by ``python -m auxrl.study.score`` (10 whole, unclipped games per game at the final
+checkpoint; a multi-task run's games of each of its tasks) into its ``score.json``; re-running
+the command skips finished runs and resumes interrupted ones, and a transfer run starts once its
+torso's run is done. The aggregates are the study report's (auxrl/study/analysis.py: rliable's
+IQM and P(improvement) with stratified-bootstrap intervals over (game, seed), HNS).
 
 Examples::
 
@@ -29,7 +33,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
+import math
 import re
 import subprocess
 import sys
@@ -41,10 +45,16 @@ from typing import Any
 
 import numpy as np
 
+from auxrl.configfile import resolve_config_path
+from auxrl.study import analysis
+from auxrl.study.analysis import Interval, RunResult
+from auxrl.study.runner import run_study
+from auxrl.study.scores import atari_game, human_normalized
+from auxrl.study.spec import Run
+from auxrl.study.state import checkpoint_step, read_json, read_score, run_status, write_json
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling modules
 
-import atari100k as suite  # noqa: E402
-import atari100k_analysis as analysis  # noqa: E402
 from learning import REPO_ROOT, setup_info  # noqa: E402
 
 CONFIG = "atari100k"
@@ -55,22 +65,25 @@ GAMES = ("Freeway", "MsPacman", "Boxing")
 NEW_GAME = "Seaquest"
 SEEDS = (1, 2, 3)
 STEPS_PER_GAME = 100_000
+EVAL_EPISODES = 10
 MULTI = ("mt_popart", "mt_plain")
 VARIANTS = ("single", *MULTI)
 COMMON = ("aux.enabled=false",)
 _SPS = re.compile(r"SPS (\d+)")
-_TASK_EVAL = re.compile(r"^ALE/(?P<game>\w+)-v5: .*episodes, score", re.MULTILINE)
+
+
+def env_id(game: str) -> str:
+    return f"ALE/{game}-v5"
 
 
 @dataclass(frozen=True)
-class Spec:
+class MultitaskRun:
     """One run: ``game`` for single-game runs, None for the multi-task ones."""
 
     variant: str
     seed: int
     game: str | None = None
     per_game: int = STEPS_PER_GAME
-    phase: str = "multitask"
 
     @property
     def name(self) -> str:
@@ -85,135 +98,91 @@ class Spec:
         return GAMES if self.game is None else (self.game,)
 
     @property
-    def steps(self) -> int:
-        return self.per_game * len(self.games)
+    def env(self) -> str:  # score.json's env label
+        return ",".join(env_id(g) for g in self.games)
 
     @property
-    def kind(self) -> str:  # the runner's ETA: seconds per step of runs of this length
-        return str(self.steps)
+    def steps(self) -> int:
+        return self.per_game * len(self.games)
 
     def source(self, runs_dir: Path) -> Path | None:
         """The run whose torso this one starts from (transfer only)."""
         return runs_dir / f"mt_popart__{self.seed}" if self.variant == "transfer_head" else None
 
     def overrides(self, runs_dir: Path) -> list[str]:
-        first = f"env.id=ALE/{self.games[0]}-v5"
-        out = [*COMMON, first, f"seed={self.seed}", f"name={self.variant}", f"ppo.total_steps={self.steps}"]
+        out = [*COMMON, f"env.id={env_id(self.games[0])}", f"seed={self.seed}", f"name={self.variant}"]
+        out.append(f"ppo.total_steps={self.steps}")
         if self.game is None:
-            tasks = ",".join(f"ALE/{g}-v5" for g in GAMES)
+            tasks = ",".join(env_id(g) for g in GAMES)
             out += [f"env.tasks=[{tasks}]", f"model.popart={str(self.variant == 'mt_popart').lower()}"]
-        if self.variant == "transfer_head":
-            source = self.source(runs_dir)
+        source = self.source(runs_dir)
+        if source is not None:
             out += [f"model.init_from={source}", "model.init_modules=[torso]", "model.freeze=[torso]"]
         return out
 
 
-def plan(seeds: Sequence[int], per_game: int = STEPS_PER_GAME) -> list[Spec]:
-    """Seed-major, so a stopped benchmark has whole seeds; a transfer run after its torso's run."""
-    specs: list[Spec] = []
-    for seed in seeds:
-        specs += [Spec("single", seed, g, per_game) for g in (*GAMES, NEW_GAME)]
-        specs += [Spec(v, seed, None, per_game) for v in MULTI]
-        specs.append(Spec("transfer_head", seed, NEW_GAME, per_game))
-    return specs
+class MultitaskPlan:
+    """The benchmark's runs as a plan for auxrl study's runner (see ``auxrl.study.runner.Plan``)."""
 
+    eval_episodes = EVAL_EPISODES
 
-class _BoundSpec:
-    """A Spec with the runner's view of it (overrides resolved against the results directory)."""
+    def __init__(self, seeds: Sequence[int], per_game: int = STEPS_PER_GAME) -> None:
+        self.seeds, self.per_game = list(seeds), per_game
 
-    def __init__(self, spec: Spec, runs_dir: Path) -> None:
-        self.spec, self._runs_dir = spec, runs_dir
-        self.name, self.kind, self.game = spec.name, spec.kind, spec.game
-        self.variant, self.seed, self.phase = spec.variant, spec.seed, spec.phase
+    def runs(self) -> list[MultitaskRun]:
+        """Seed-major, so a stopped benchmark has whole seeds; a transfer run after its torso's run."""
+        runs: list[MultitaskRun] = []
+        for seed in self.seeds:
+            runs += [MultitaskRun("single", seed, g, self.per_game) for g in (*GAMES, NEW_GAME)]
+            runs += [MultitaskRun(v, seed, None, self.per_game) for v in MULTI]
+            runs.append(MultitaskRun("transfer_head", seed, NEW_GAME, self.per_game))
+        return runs
 
-    def overrides(self) -> list[str]:
-        return self.spec.overrides(self._runs_dir)
-
-
-class Runner(suite.Runner):
-    """The Atari 100k runner with runs of several lengths, per-game scores and transfer runs that
-    wait for their torso's run; no probes (not what this benchmark asks)."""
-
-    probe = False
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.durations = defaultdict(list)
-
-    def steps_of(self, spec: Any) -> int:
-        return spec.spec.steps
-
-    def ready(self, spec: Any) -> bool:
-        source = spec.spec.source(self.runs_dir)
-        if source is None:
-            return True
-        steps = spec.spec.per_game * len(GAMES)
+    def describe(self) -> str:
         return (
-            suite.run_status(source, steps, probe=False) == "done"
-            and suite.checkpoint_step(source) is not None
+            f"{len(GAMES)} games x {', '.join(VARIANTS)}, transfer to {NEW_GAME}, {len(self.seeds)} seeds, "
+            f"{self.per_game:,} steps per game"
         )
 
-    def status(self, spec: Any) -> suite.Status:
-        """As the suite's, except that an ``mt_popart`` run scored in an earlier session whose
-        checkpoint is gone (checkpoints are not committed) trains again while its seed's transfer
-        run, which starts from it, is not done."""
-        status = super().status(spec)
-        s: Spec = spec.spec
-        if (
-            status == "done"
-            and s.variant == "mt_popart"
-            and suite.checkpoint_step(self.runs_dir / s.name) is None
-        ):
-            transfer = Spec("transfer_head", s.seed, NEW_GAME, s.per_game)
-            if suite.run_status(self.runs_dir / transfer.name, transfer.steps, probe=False) != "done":
-                return "fresh"
-        return status
+    def steps_of(self, run: MultitaskRun) -> int:
+        return run.steps
 
-    def record(self, job: suite.Job) -> tuple[dict[str, Any], str]:
-        text = job.log.read_text()
-        spec: Spec = job.spec.spec
-        scores = parse_task_scores(text) if spec.game is None else {spec.game: suite.parse_eval_output(text)}
-        missing = [g for g in spec.games if g not in scores]
-        if missing:
-            raise ValueError(f"no score of {missing} in the auxrl eval output")
-        result: dict[str, Any] = {
-            "score": float(np.mean([s["score"] for s in scores.values()])),
-            "scores": {g: s["score"] for g, s in scores.items()},
-            "games": list(spec.games),
-            "variant": spec.variant,
-            "seed": spec.seed,
-            "sps": train_sps(self.logs_dir / f"{spec.name}.train.log"),
-        }
-        said = ", ".join(f"{g} {s['score']:.1f}" for g, s in scores.items())
-        return result, f"scores {said}"
+    def train_args(self, run: MultitaskRun, runs_dir: Path) -> list[str]:
+        return [str(resolve_config_path(CONFIG)), *run.overrides(runs_dir)]
 
-    def _eta(self, todo: Sequence[Any]) -> str:
-        if not todo:
-            return "nothing left"
-        measured = [(sec, int(kind)) for kind, secs in self.durations.items() for sec in secs]
-        per_step = sum(s for s, _ in measured) / sum(n for _, n in measured) if measured else 540.0 / 1e5
-        seconds = per_step * sum(s.spec.steps for s in todo) / max(1, self.jobs)
-        basis = f"{per_step * 1e5 / 60:.1f} min per 100k steps" if measured else "estimated"
-        return f"~{seconds / 3600:.1f} h for {len(todo)} runs ({basis})"
+    def ready(self, run: MultitaskRun, runs_dir: Path) -> bool:
+        """A transfer run waits for its torso's run, trained and with its checkpoint at hand
+        (checkpoints are not committed: a torso run scored in another session's checkout is
+        missing here; train it again with ``rm -r`` of its directory)."""
+        source = run.source(runs_dir)
+        if source is None:
+            return True
+        return (
+            run_status(source, self.per_game * len(GAMES)) == "done" and checkpoint_step(source) is not None
+        )
+
+    def probe_frames(self, run: MultitaskRun) -> int | None:
+        return None  # not what this benchmark asks
 
 
-def parse_task_scores(text: str) -> dict[str, dict[str, float]]:
-    """Per-game scores of a multi-task ``auxrl eval`` (one summary line per game)."""
-    out = {}
-    for line in text.splitlines():
-        m = _TASK_EVAL.match(line)
-        if m:
-            out[m["game"]] = suite.parse_eval_output(line)
-    return out
-
-
-def train_sps(log: Path) -> float | None:
-    """The last SPS the run's training printed (all of its games' steps per second)."""
-    try:
-        found = _SPS.findall(log.read_text())
-    except OSError:
-        return None
-    return float(found[-1]) if found else None
+def adopt_suite_scores(runs_dir: Path) -> None:
+    """Runs scored by this benchmark's first runner (benchmarks/atari100k.py's, until 2026-12-05:
+    ``auxrl eval RUN --episodes 10``, eval seed 12345, per-game means in ``eval.json``) get the
+    same scores as a ``score.json``, so the runner counts them done and the analysis reads them."""
+    for old in sorted(runs_dir.glob("*/eval.json")):
+        data, new = read_json(old), old.with_name("score.json")
+        if new.exists() or data is None or not isinstance(data.get("scores"), dict):
+            continue
+        tasks = {env_id(g): {"score": float(x)} for g, x in data["scores"].items()}
+        adopted = {
+            "env": ",".join(tasks), "variant": data.get("variant"), "seed": data.get("seed"),
+            "score": data["score"], "episodes": EVAL_EPISODES * len(tasks), "step": data["step"],
+            "eval_seed": 12345, "sps": data.get("sps"), "seconds": data.get("seconds"),
+            "date": data.get("date"),
+            **({"task_scores": tasks} if len(tasks) > 1 else {}),
+            "scored_by": "auxrl eval RUN --episodes 10 (benchmarks/atari100k.py's runner, eval.json)",
+        }  # fmt: skip
+        write_json(new, adopted)
 
 
 # --------------------------------------------------------------------------------------------
@@ -221,91 +190,125 @@ def train_sps(log: Path) -> float | None:
 # --------------------------------------------------------------------------------------------
 
 
-def collect_scores(runs_dir: Path) -> list[analysis.Score]:
-    """One Score per (game, variant, seed): a multi-task run gives one per game."""
-    scores = []
-    for run_dir in sorted(runs_dir.glob("*__*")):
-        data = suite.read_eval(run_dir)
-        if data is None or "scores" not in data:
+def train_sps(logs_dir: Path, name: str) -> float | None:
+    """The last SPS the run's training printed (all of its games' steps per second)."""
+    for log in (logs_dir / f"{name}.log", logs_dir / f"{name}.train.log"):  # the runner's, the old runner's
+        try:
+            found = _SPS.findall(log.read_text(errors="replace"))
+        except OSError:
             continue
-        for game, score in data["scores"].items():
-            scores.append(analysis.Score(game, data["variant"], int(data["seed"]), float(score)))
-    return scores
+        if found:
+            return float(found[-1])
+    return None
 
 
-def write_curves(runs_dir: Path) -> None:
-    """``curve.json`` of every scored run with events: per game, (steps of that game, return)."""
-    from auxrl.plot import read_scalars
-
-    for run_dir in sorted(runs_dir.glob("*__*")):
-        data = suite.read_eval(run_dir)
-        if (
-            (run_dir / "curve.json").is_file()
-            or data is None
-            or not any(run_dir.glob("events.out.tfevents.*"))
-        ):
+def finished(out: Path, plan: MultitaskPlan) -> list[tuple[MultitaskRun, dict[str, Any]]]:
+    """The scored runs with their score.json; their training SPS is kept in it (logs are not
+    committed), read from the log the first time."""
+    done = []
+    for run in plan.runs():
+        run_dir = out / "runs" / run.name
+        data = read_score(run_dir)
+        if data is None or run_status(run_dir, run.steps) != "done":
             continue
-        games, curves = data.get("games", []), {}
-        for game in games:
-            tag = "charts/episodic_return" if len(games) == 1 else f"charts/{game}/episodic_return"
-            try:
-                steps, returns = read_scalars(run_dir, tag)
-            except (OSError, ValueError):
-                continue
-            # The global step counts every game's env steps; each game has an equal share.
-            curves[game] = {"game_step": (steps / len(games)).tolist(), "episodic_return": returns.tolist()}
-        suite.write_json(run_dir / "curve.json", curves)
+        if data.get("sps") is None:
+            data["sps"] = train_sps(out / "logs", run.name)
+            if data["sps"] is not None:
+                write_json(run_dir / "score.json", data)
+        done.append((run, data))
+    return done
 
 
-def _run_table(runs_dir: Path) -> list[str]:
-    rows = ["| run | steps | SPS (all games) | minutes | scores |", "|---|--:|--:|--:|---|"]
-    for run_dir in sorted(runs_dir.glob("*__*")):
-        data = suite.read_eval(run_dir)
-        if data is None or "scores" not in data:
-            continue
-        scores = ", ".join(f"{g} {s:.1f}" for g, s in data["scores"].items())
-        sps = "n/a" if data.get("sps") is None else f"{data['sps']:.0f}"
-        rows.append(f"| {run_dir.name} | {data['step']:,} | {sps} | {data['seconds'] / 60:.1f} | {scores} |")
-    return rows
+def per_game_results(done: list[tuple[MultitaskRun, dict[str, Any]]]) -> list[RunResult]:
+    """One result per (game, variant, seed): a multi-task run gives one per game."""
+    results = []
+    for run, data in done:
+        tasks = data.get("task_scores") or {run.env: {"score": data["score"], "std": data.get("std")}}
+        for env, task in tasks.items():
+            score, std = float(task["score"]), task.get("std")
+            hns = human_normalized(atari_game(env) or env, score)
+            std = math.nan if std is None else float(std)
+            results.append(
+                RunResult(Run(env, run.variant, run.seed), score, hns, std, EVAL_EPISODES, data["step"])
+            )
+    return results
 
 
-def _sps_summary(runs_dir: Path) -> dict[str, list[float]]:
-    out: dict[str, list[float]] = defaultdict(list)
-    for run_dir in sorted(runs_dir.glob("*__*")):
-        data = suite.read_eval(run_dir)
-        if data and data.get("sps") is not None:
-            out[data["variant"]].append(float(data["sps"]))
-    return dict(out)
+def _cell(x: Interval | None) -> str:
+    return "n/a" if x is None else f"{x[0]:.3f} [{x[1]:.3f}, {x[2]:.3f}]"
 
 
-def analyze(out: Path, info: dict[str, Any], reps: int, plots: bool = True) -> Path:
+def compare(
+    results: list[RunResult], games: Sequence[str], variants: Sequence[str], reps: int
+) -> dict[str, Any]:
+    """rliable's aggregates of ``variants`` on ``games`` (matched runs) and P(v > variants[0])."""
+    envs = [env_id(g) for g in games]
+    block = analysis.matched_block(results, envs, list(variants))
+    if not block.envs:
+        return {"block": block, "aggregates": {}, "improvement": {}}
+    return {
+        "block": block,
+        "aggregates": analysis.aggregate_estimates(block.scores, gap=True, reps=reps),
+        "improvement": analysis.improvement_estimates(block.scores, variants[0], reps=reps),
+    }
+
+
+def aggregate_table(c: dict[str, Any], baseline: str) -> list[str]:
+    block = c["block"]
+    if not block.envs:
+        return ["No matched runs yet."]
+    lines = [
+        f"HNS over {block.describe()} (95% stratified-bootstrap CIs):",
+        "",
+        f"| variant | IQM | median | mean | optimality gap | P(variant > {baseline}) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for v, agg in c["aggregates"].items():
+        cells = [_cell(agg[m]) for m in analysis.METRICS]
+        lines.append(
+            f"| {v} | {' | '.join(cells)} | {_cell(c['improvement'].get(v)) if v != baseline else '-'} |"
+        )
+    return lines
+
+
+def per_game_table(results: list[RunResult], games: Sequence[str], variants: Sequence[str]) -> list[str]:
+    lines = ["| game | " + " | ".join(variants) + " |", "|---|" + "--:|" * len(variants)]
+    for game in games:
+        cells = []
+        for v in variants:
+            xs = [r.score for r in results if r.run.env == env_id(game) and r.run.variant == v]
+            sd = f" ± {np.std(xs, ddof=1):.1f}" if len(xs) > 1 else ""
+            cells.append(f"{np.mean(xs):.1f}{sd} (n={len(xs)})" if xs else "-")
+        lines.append(f"| {game} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _json(c: dict[str, Any]) -> dict[str, Any]:
+    block = c["block"]
+    return {
+        "envs": block.envs,
+        "seeds": block.seeds,
+        "hns": {v: x.tolist() for v, x in block.scores.items()},
+        "aggregates": {v: {m: list(x) for m, x in agg.items()} for v, agg in c["aggregates"].items()},
+        "p_improvement": {v: list(x) for v, x in c["improvement"].items()},
+    }
+
+
+def analyze(out: Path, info: dict[str, Any], reps: int) -> Path:
     """results.md and results.json of everything finished under ``out``."""
-    runs_dir = out / "runs"
     per_game = int(info.get("steps_per_game", STEPS_PER_GAME))
-    write_curves(runs_dir)
-    scores = collect_scores(runs_dir)
-    seeds = sorted({int(s) for s in info.get("seeds", SEEDS)})
-    main = analysis.analyze_phase(
-        "multitask",
-        [(g, v, s) for g in GAMES for v in VARIANTS for s in seeds],
-        scores,
-        reps,
-        baseline="single",
-    )
-    transfer = analysis.analyze_phase(
-        "transfer", [(NEW_GAME, v, s) for v in ("single", "transfer_head") for s in seeds], scores, reps,
-        baseline="single",
-    )  # fmt: skip
-    popart_vs_plain = {}
-    if all(v in main.block.hns for v in MULTI):
-        pair = {v: main.block.hns[v] for v in MULTI}
-        popart_vs_plain = analysis.improvement_estimates(pair, "mt_plain", reps)
-    sps = _sps_summary(runs_dir)
-    written = []
-    if plots:
-        for a in (main, transfer):
-            if a.aggregates:
-                written += analysis.rliable_plots(a, out, reps)
+    plan = MultitaskPlan(info.get("seeds", SEEDS), per_game)
+    done = finished(out, plan)
+    results = per_game_results(done)
+    main = compare(results, GAMES, VARIANTS, reps)
+    popart = compare(results, GAMES, ("mt_plain", "mt_popart"), reps)["improvement"].get("mt_popart")
+    transfer = compare(results, (NEW_GAME,), ("single", "transfer_head"), reps)
+    sps: dict[str, list[float]] = defaultdict(list)
+    for run, data in done:
+        if data.get("sps") is not None:
+            sps[run.variant].append(float(data["sps"]))
+    scored = {run.name for run, _ in done}
+    missing = [run.name for run in plan.runs() if run.name not in scored]
     lines = [
         "# One torso, three Atari games: multi-task PPO with and without PopArt "
         f"({info.get('device', 'cpu')}, {dt.date.today().isoformat()})",
@@ -315,56 +318,61 @@ def analyze(out: Path, info: dict[str, Any], reps: int, plots: bool = True) -> P
         f"{per_game // 256} updates). `single`: one game per run; `mt_popart` / `mt_plain`: "
         f"{', '.join(GAMES)} in one run (`env.tasks`), a policy head per game and a value output per "
         f"game with / without PopArt; `transfer_head`: {NEW_GAME} with the `mt_popart` torso of the same "
-        "seed, frozen (heads only). Rewards clipped in training in every run. Score: mean unclipped "
-        "return of `auxrl eval RUN --episodes 10` (whole games) per game at the final checkpoint; HNS as "
-        "in the Atari 100k suite.",
+        "seed, frozen (heads only). Rewards clipped in training in every run. Score: the mean unclipped "
+        f"return of {EVAL_EPISODES} whole games per game at the final checkpoint; HNS against the random "
+        "and human references of auxrl/study/scores.py.",
         "",
         "Command: " + "; ".join(f"`{c}`" for c in info.get("commands", [])),
         "",
         f"Machine: {info.get('cpu', '?')}, {info.get('cores', '?')} cores, {info.get('jobs', '?')} runs at a "
-        "time with 1 torch thread each; auxrl " + str(info.get("commit", "?")) + ".",
+        f"time with 1 torch thread each; auxrl {info.get('commit', '?')}.",
         "",
         "## Multi-task against single-task (the three games)",
         "",
-        *analysis.aggregate_table(main),
+        *aggregate_table(main, "single"),
         "",
-    ]
-    if popart_vs_plain:
-        p = popart_vs_plain["mt_popart"]
-        lines += [f"P(mt_popart > mt_plain) = {p[0]:.2f} [{p[1]:.2f}, {p[2]:.2f}]", ""]
-    lines += ["Per game (raw score mean ± sample std over seeds):", "", *analysis.per_game_table(main), ""]
-    lines += [f"## Transfer: {NEW_GAME} head-only on the multi-task torso against from scratch", ""]
-    lines += [*analysis.aggregate_table(transfer), "", *analysis.per_game_table(transfer), ""]
-    lines += ["## Throughput", ""]
-    lines += [
+        f"P(mt_popart > mt_plain) = {_cell(popart)}",
+        "",
+        "Per game (raw score, mean ± sample std over seeds):",
+        "",
+        *per_game_table(results, GAMES, VARIANTS),
+        "",
+        f"## Transfer: {NEW_GAME} head-only on the multi-task torso against from scratch",
+        "",
+        *aggregate_table(transfer, "single"),
+        "",
+        *per_game_table(results, (NEW_GAME,), ("single", "transfer_head")),
+        "",
+        "## Throughput",
+        "",
         "Steps per second of each run's training (all its games' env steps; the last SPS it printed; two "
-        "runs at a time on the machine above, so figures are per run under that load):",
+        "runs at a time on the machine above, so the figures are per run under that load):",
         "",
         "| variant | runs | SPS mean | SPS range |",
         "|---|--:|--:|--:|",
+        *(f"| {v} | {len(xs)} | {np.mean(xs):.0f} | {min(xs):.0f}-{max(xs):.0f} |" for v, xs in sps.items()),
+        "",
+        "## Runs",
+        "",
+        "| run | step | SPS | score (per game) |",
+        "|---|--:|--:|---|",
     ]
-    for variant, values in sps.items():
-        lines.append(
-            f"| {variant} | {len(values)} | {np.mean(values):.0f} | {min(values):.0f}-{max(values):.0f} |"
-        )
-    lines += ["", "## Runs", "", *_run_table(runs_dir), ""]
-    missing = main.missing + transfer.missing
-    lines += ["## Not finished yet", ""]
-    lines += [
-        f"- {', '.join('__'.join(map(str, k)) for k in missing)}"
-        if missing
-        else "- nothing: every planned run is scored"
-    ]
-    lines += ["", *(f"![{p}]({p})" for p in written), ""]
-    (out / "results.md").write_text("\n".join(lines))
-    suite.write_json(
+    for run, data in done:
+        tasks = data.get("task_scores") or {run.env: {"score": data["score"]}}
+        games = ", ".join(f"{atari_game(e)} {t['score']:.1f}" for e, t in tasks.items())
+        rate = "n/a" if data.get("sps") is None else f"{data['sps']:.0f}"
+        lines.append(f"| {run.name} | {data['step']:,} | {rate} | {games} |")
+    lines += ["", "## Not finished yet", "", f"- {', '.join(missing)}" if missing else "- nothing"]
+    (out / "results.md").write_text("\n".join(lines) + "\n")
+    write_json(
         out / "results.json",
         {
             "info": info,
-            "multitask": main.to_json(),
-            "transfer": transfer.to_json(),
-            "p_mt_popart_over_mt_plain": popart_vs_plain.get("mt_popart"),
+            "multitask": _json(main),
+            "transfer": _json(transfer),
+            "p_mt_popart_over_mt_plain": popart,
             "sps": sps,
+            "missing": missing,
         },
     )
     return out / "results.md"
@@ -382,13 +390,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
     p.add_argument("--steps-per-game", type=int, default=STEPS_PER_GAME, help="agent steps per game and run")
     p.add_argument("--jobs", type=int, default=2, help="runs at a time (1 torch thread each)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
     p.add_argument(
         "--out-dir", type=Path, default=None, help="default: benchmarks/results/multitask-<device>-<date>"
     )
     p.add_argument("--analyze", action="store_true", help="only write results.md / results.json")
     p.add_argument("--reps", type=int, default=2000, help="bootstrap resamples")
-    p.add_argument("--no-plots", action="store_true")
     return p.parse_args(argv)
 
 
@@ -401,20 +408,15 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    slug = suite.device_slug(args.device)
+    results = REPO_ROOT / "benchmarks" / "results"
     if args.out_dir is None:
-        existing = sorted((REPO_ROOT / "benchmarks" / "results").glob(f"multitask-{slug}-*/info.json"))
+        existing = sorted(results.glob(f"multitask-{args.device}-*/info.json"))
         args.out_dir = (
-            existing[-1].parent
-            if existing
-            else REPO_ROOT / "benchmarks" / "results" / f"multitask-{slug}-{dt.date.today()}"
+            existing[-1].parent if existing else results / f"multitask-{args.device}-{dt.date.today()}"
         )
     out: Path = args.out_dir.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    try:
-        info = json.loads((out / "info.json").read_text())
-    except (OSError, ValueError):
-        info = {}
+    info = read_json(out / "info.json") or {}
     if info.get("steps_per_game", args.steps_per_game) != args.steps_per_game and not args.analyze:
         print(
             f"multitask.py: {out} holds runs of --steps-per-game {info['steps_per_game']}; use that, or "
@@ -422,8 +424,10 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    command = "python benchmarks/multitask.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    adopt_suite_scores(out / "runs")
+    rc = 0
     if not args.analyze:
+        command = "python benchmarks/multitask.py " + " ".join(argv if argv is not None else sys.argv[1:])
         commit = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True
         ).stdout.strip()
@@ -435,13 +439,10 @@ def main(argv: list[str] | None = None) -> int:
         )  # fmt: skip
         if command not in info.setdefault("commands", []):
             info["commands"].append(command)
-        suite.write_json(out / "info.json", info)
-        runner = Runner(out, CONFIG, [], args.steps_per_game, args.device, args.jobs, threads=1)
-        specs = [_BoundSpec(s, out / "runs") for s in plan(args.seeds, args.steps_per_game)]
-        rc = runner.run(specs)
-    else:
-        rc = 0
-    print(f"[multitask] results: {analyze(out, info, args.reps, plots=not args.no_plots)}", flush=True)
+        write_json(out / "info.json", info)
+        plan = MultitaskPlan(args.seeds, args.steps_per_game)
+        rc = run_study(plan, out, jobs=args.jobs, device=args.device, command=command)
+    print(f"[multitask] results: {analyze(out, info, args.reps)}", flush=True)
     return rc
 
 

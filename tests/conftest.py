@@ -1,7 +1,15 @@
 """Fixtures shared by the test modules."""
 
+import os
+
 import pytest
 import torch
+
+# submitit configures logging when imported (logging.config.dictConfig), which closes every logging
+# handler of the process; absl's (tensorboard imports it) then closes the stream it holds, which in a
+# test session can be pytest's captured stderr: the session loses its stderr. auxrl's slurm backend
+# imports it the same way (auxrl/study/cluster.py); tests that import it themselves need this too.
+os.environ.setdefault("SUBMITIT_LOG_LEVEL", "NOCONFIG")
 
 # A CartPole run that trains, checkpoints (twice) and finishes in about a second.
 TINY_RUN = [

@@ -214,6 +214,7 @@ def test_the_update_runs_forward_passes_under_autocast_and_gradients_and_steps_o
     cfg = load_config(
         "atari100k",
         [
+            "aux.enabled=true",  # the shipped config has its heads off
             "ppo.num_steps=16",
             "env.num_envs=2",
             "aux.batch_size=4",

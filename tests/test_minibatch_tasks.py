@@ -65,7 +65,13 @@ def test_an_update_with_minibatch_tasks_runs_no_extra_torso_pass(monkeypatch):
     torch.manual_seed(0)
     cfg = load_config(
         "atari100k",
-        ["aux.tasks.pixel_control.enabled=false", "ppo.num_steps=8", "env.num_envs=4", "aux.batch_size=6"],
+        [
+            "aux.enabled=true",
+            "aux.tasks.pixel_control.enabled=false",
+            "ppo.num_steps=8",
+            "env.num_envs=4",
+            "aux.batch_size=6",
+        ],
     )
     space = gym.spaces.Box(0, 255, (4, 84, 84), "uint8")
     agent = build_model(cfg, plan_stages(cfg), space, gym.spaces.Discrete(4))

@@ -97,6 +97,20 @@ def test_a_two_task_run_learns_both_logs_each_and_eval_reports_each(tmp_path, ca
     out = capsys.readouterr().out
     assert "CueA-v0: 2 episodes" in out and "CueB-v0: 2 episodes" in out
 
+    # A study scores each task's games; the run's score is the mean of the tasks' (as `auxrl study`
+    # and benchmarks/multitask.py read it), and its curve keeps each task's returns.
+    import json
+
+    from auxrl.study.score import score_run
+
+    data = score_run(run, episodes=2, steps=16384, device="cpu")
+    tasks = data["task_scores"]
+    assert sorted(tasks) == ["CueA-v0", "CueB-v0"] and data["episodes"] == 4
+    assert tasks["CueA-v0"]["score"] >= 14.0 and tasks["CueB-v0"]["score"] >= 1400.0
+    assert data["score"] == pytest.approx((tasks["CueA-v0"]["score"] + tasks["CueB-v0"]["score"]) / 2)
+    curve = json.loads((run / "curve.json").read_text())
+    assert sorted(curve["tasks"]) == ["CueA", "CueB"] and len(curve["tasks"]["CueA"]["value"]) > 0
+
 
 def test_a_resumed_multi_task_run_continues_from_its_checkpoint(tmp_path):
     import shutil

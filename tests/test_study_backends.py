@@ -115,6 +115,28 @@ def test_no_ray_cluster_at_auto_is_one_line(tmp_path, capsys, monkeypatch):
     assert not out.exists()
 
 
+def test_the_slurm_backend_imports_submitit_without_closing_the_processs_log_handlers():
+    pytest.importorskip("submitit")
+    # submitit's own import runs logging.config.dictConfig, which closes every handler of the
+    # process (a test session lost its stderr that way: absl's handler closed pytest's capture).
+    code = """
+        import io, logging, os
+        os.environ.pop("SUBMITIT_LOG_LEVEL", None)
+        class Closing(logging.StreamHandler):  # closes its stream with itself, as absl's handler does
+            def close(self):
+                super().close()
+                self.stream.close()
+        stream = io.StringIO()
+        logging.getLogger("mine").addHandler(Closing(stream))
+        from auxrl.study.cluster import _import_submitit
+        _import_submitit()
+        print(stream.closed)
+    """
+    env = {k: v for k, v in os.environ.items() if k != "SUBMITIT_LOG_LEVEL"}
+    done = subprocess.run(python(code), capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0 and done.stdout.split() == ["False"], done.stderr
+
+
 # ------------------------------------------------------------------------------ running a work remotely
 
 

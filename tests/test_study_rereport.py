@@ -5,7 +5,6 @@ with the numbers auxrl.study.analysis gives for those scores; and the shipped At
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +12,7 @@ import pytest
 import yaml
 
 from auxrl.cli import main
-from auxrl.configfile import override_texts
+from auxrl.configfile import load_config
 from auxrl.study import analysis
 from auxrl.study.report import write_report
 from auxrl.study.scores import human_normalized
@@ -160,33 +159,41 @@ def test_the_report_never_writes_into_a_suite_folder(tmp_path, capsys):
     assert "no such folder" in capsys.readouterr().err
 
 
-def suite_module():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    import atari100k
-
-    return atari100k
-
-
 @pytest.mark.parametrize(
-    ("spec", "folder"),
+    ("spec", "folder", "phase"),
     [
-        ("atari100k.yaml", "atari100k-cpu-2026-11-30"),
-        ("atari100k_candidates.yaml", "atari100k-candidates-cpu-2026-12-04"),
+        ("atari100k_screen.yaml", "atari100k-cpu-2026-11-30", "screen"),
+        ("atari100k.yaml", "atari100k-cpu-2026-11-30", "final"),
+        ("atari100k_candidates_screen.yaml", "atari100k-candidates-cpu-2026-12-04", "screen"),
+        ("atari100k_candidates.yaml", "atari100k-candidates-cpu-2026-12-04", "final"),
     ],
 )
-def test_the_shipped_atari_specs_are_the_suites_final_phases(spec, folder):
+def test_the_shipped_atari_specs_are_the_suites_phases(spec, folder, phase):
     study = load_spec(STUDIES / spec)  # builds every env x variant run config
-    suite = suite_module()
-    plan = json.loads((ROOT / "benchmarks" / "results" / folder / "suite.json").read_text())["plans"]["final"]
-    # The runs of the suite's final phase, its games and variants in its order (the order of the
-    # bootstrap's draws: benchmarks/atari100k_analysis.py's analyze_phase takes them from its plan).
+    plan = json.loads((ROOT / "benchmarks" / "results" / folder / "suite.json").read_text())["plans"][phase]
+    # The runs of the suite's phase, its games and variants in its order (the order of the
+    # bootstrap's draws, as the suite's analysis took them from its plan).
     assert {(f"ALE/{g}-v5", v, s) for g, v, s in plan} == {(r.env, r.variant, r.seed) for r in study.runs()}
     assert [f"ALE/{g}-v5" for g in dict.fromkeys(g for g, _, _ in plan)] == study.spec.envs
     assert list(dict.fromkeys(v for _, v, _ in plan)) == study.variants
-    for variant in study.variants:  # override for override, as benchmarks/atari100k.py ran them
-        assert override_texts(study.spec.variants[variant]) == list(suite.VARIANTS[variant])
-    assert study.spec.steps == 100000 and study.spec.eval_episodes == suite.EVAL_EPISODES
+    assert study.spec.steps == 100000 and study.spec.eval_episodes == 10
     assert study.spec.normalize == "hns" and study.baseline in ("no_aux", "no_aux_ram")
+    # Override for override as the suite ran them: every key a variant sets has, in the spec's run
+    # config, the value in the committed run's config.yaml (aux.tasks: the same tasks enabled).
+    for run in study.runs():
+        game = run.env.split("/")[1].split("-")[0]
+        run_dir = ROOT / "benchmarks" / "results" / folder / "runs" / f"{game}__{run.variant}__{run.seed}"
+        committed = yaml.safe_load((run_dir / "config.yaml").read_text())
+        resolved = load_config(study.base_path, study.overrides(run)).model_dump()
+        for text in study.overrides_of(run.variant):
+            key = text.split("=", 1)[0]
+            ours, theirs = resolved, committed
+            for part in key.split("."):
+                ours, theirs = ours[part], theirs[part]
+            if key == "aux.tasks":
+                ours = sorted(n for n, t in ours.items() if t.get("enabled", True))
+                theirs = sorted(n for n, t in theirs.items() if t.get("enabled", True))
+            assert ours == theirs, (run, key)
 
 
 @pytest.mark.slow

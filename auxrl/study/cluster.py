@@ -398,6 +398,10 @@ class RayBackend(Backend):
 
 
 def _import_submitit() -> Any:
+    # Imported as is, submitit runs logging.config.dictConfig, which closes every logging handler
+    # of the process (a notebook's; absl's, with the stream it holds); NOCONFIG skips that, and its
+    # warnings still reach stderr (logging's last-resort handler, or the process's own handlers).
+    os.environ.setdefault("SUBMITIT_LOG_LEVEL", "NOCONFIG")
     try:
         import submitit
     except ImportError:

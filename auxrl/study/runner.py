@@ -25,13 +25,21 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from auxrl.config import ConfigError
 from auxrl.configfile import override_texts
 from auxrl.study.backends import Backend, BackendOptions, Outcome, Work, make_backend
-from auxrl.study.spec import Run, Study
-from auxrl.study.state import Status, checkpoint_step, read_json, read_score, run_status, write_json
+from auxrl.study.spec import Study
+from auxrl.study.state import (
+    Status,
+    checkpoint_step,
+    probe_due,
+    read_json,
+    read_score,
+    run_status,
+    write_json,
+)
 
 STUDY_FILE = "study.json"
 LOCK_FILE = ".lock"
@@ -180,10 +188,6 @@ def _raise_stop(signum: int, frame: Any) -> None:
     raise _Stop(signum)
 
 
-def _count(items: Sequence[object], noun: str) -> str:
-    return f"{len(items)} {noun}{'' if len(items) == 1 else 's'}"
-
-
 def child_env(threads: int) -> dict[str, str]:
     """What each child adds to its environment: its share of the cores, auxrl importable, and
     unbuffered output (its log shows its progress)."""
@@ -197,40 +201,76 @@ def child_env(threads: int) -> dict[str, str]:
     }
 
 
-class StudyRunner:
-    """Trains and scores every unfinished run of a study through a :class:`Backend`."""
+class Plan(Protocol):
+    """What a :class:`StudyRunner` trains: a spec's matrix (:class:`auxrl.study.spec.Study`), or a
+    benchmark's own runs (benchmarks/multitask.py: runs of several lengths, some starting from
+    another's torso). Each run has ``name`` (its directory under ``OUT/runs``), ``env``, ``variant``
+    and ``seed`` (score.json's labels)."""
 
-    def __init__(self, study: Study, out: Path, backend: Backend, threads: int, device: str = "auto") -> None:
+    eval_episodes: int  # whole games played on each run's final checkpoint
+
+    def runs(self) -> Sequence[Any]: ...
+
+    def describe(self) -> str: ...  # the matrix, for the first progress line
+
+    def steps_of(self, run: Any) -> int: ...  # ppo.total_steps of the run
+
+    def train_args(self, run: Any, runs_dir: Path) -> list[str]: ...  # auxrl train's config + overrides
+
+    def ready(self, run: Any, runs_dir: Path) -> bool: ...  # False: waits for another run
+
+    def probe_frames(self, run: Any) -> int | None: ...  # auxrl probe's frames; None: no probe
+
+
+def _stage(command: Sequence[str]) -> str:
+    """A work's command as a word: train, score or probe."""
+    return "score" if "auxrl.study.score" in command else command[3]
+
+
+class StudyRunner:
+    """Trains, scores (and probes) every unfinished run of a plan through a :class:`Backend`."""
+
+    def __init__(self, study: Plan, out: Path, backend: Backend, threads: int, device: str = "auto") -> None:
         self.study, self.out, self.backend = study, out, backend
         self.threads, self.device = threads, device
         self.runs_dir, self.logs_dir = out / "runs", out / "logs"
         self.failed: list[str] = []
-        self.durations: list[float] = []  # seconds of runs trained from step 0 in this session
-        self.started: dict[str, tuple[float, bool]] = {}  # run -> (start time, trained from step 0)
+        self.per_step: list[float] = []  # seconds per step of runs trained from step 0 in this session
+        self.started: dict[str, tuple[Any, float, bool]] = {}  # name -> (run, start, trained from step 0)
         self.done = self.total = 0
         self.last_beat = time.monotonic()
 
     # ---------------------------------------------------------------- commands
-    def train_command(self, run: Run, status: Status) -> list[str]:
+    def train_command(self, run: Any, status: Status) -> list[str]:
         run_dir = (self.runs_dir / run.name).resolve()  # absolute: a backend may run it elsewhere
         cli = [sys.executable, "-m", "auxrl.cli", "train"]
         tail = ["--device", self.device, "--no-progress"]
         if status == "resume":
             return [*cli, "--resume", str(run_dir), *tail]
-        return [*cli, str(self.study.base_path), *self.study.overrides(run), "--run-dir", str(run_dir), *tail]
+        return [*cli, *self.study.train_args(run, self.runs_dir.resolve()), "--run-dir", str(run_dir), *tail]
 
-    def score_command(self, run: Run) -> list[str]:
-        spec = self.study.spec
+    def score_command(self, run: Any) -> list[str]:
         return [
             sys.executable, "-m", "auxrl.study.score", str((self.runs_dir / run.name).resolve()),
-            "--episodes", str(spec.eval_episodes), "--steps", str(spec.steps), "--device", self.device,
-            "--seed", str((EVAL_SEED + run.seed) % 2**32),
+            "--episodes", str(self.study.eval_episodes), "--steps", str(self.study.steps_of(run)),
+            "--device", self.device, "--seed", str((EVAL_SEED + run.seed) % 2**32),
             "--label", f"env={run.env}", "--label", f"variant={run.variant}", "--label", f"seed={run.seed}",
         ]  # fmt: skip
 
-    def work(self, run: Run, status: Status) -> Work:
-        commands = [] if status == "score" else [self.train_command(run, status)]
-        commands.append(self.score_command(run))
+    def probe_command(self, run: Any, frames: int) -> list[str]:
+        """auxrl probe of the final checkpoint: random-agent frames, seed 0 for every run (the same
+        frames for every variant of a game), the random-torso floor beside it."""
+        run_dir = str((self.runs_dir / run.name).resolve())
+        return [sys.executable, "-m", "auxrl.cli", "probe", run_dir, "--frames", str(frames), "--seed", "0",
+                "--device", self.device]  # fmt: skip
+
+    def work(self, run: Any, status: Status) -> Work:
+        commands = [] if status in ("score", "probe") else [self.train_command(run, status)]
+        if status != "probe":
+            commands.append(self.score_command(run))
+        frames = self.study.probe_frames(run)
+        if frames is not None:
+            commands.append(self.probe_command(run, frames))
         return Work(
             key=run.name,
             commands=tuple(tuple(c) for c in commands),
@@ -239,34 +279,52 @@ class StudyRunner:
         )
 
     # ---------------------------------------------------------------- scheduling
-    def status(self, run: Run) -> Status:
-        return run_status(self.runs_dir / run.name, self.study.spec.steps)
+    def status(self, run: Any) -> Status:
+        run_dir = self.runs_dir / run.name
+        status = run_status(run_dir, self.study.steps_of(run))
+        if status == "done" and self.study.probe_frames(run) is not None and probe_due(run_dir):
+            return "probe"
+        return status
+
+    def next_ready(self, todo: list[Any]) -> Any | None:
+        """Take the first run of ``todo`` that can start now (None: each waits for another run)."""
+        for i, run in enumerate(todo):
+            if self.study.ready(run, self.runs_dir):
+                return todo.pop(i)
+        return None
 
     def run(self) -> int:
         """0: every run finished; 1: some failed; 128 + signal number: stopped (resumable)."""
-        runs = self.study.runs()
+        runs = list(self.study.runs())
         self.runs_dir.mkdir(parents=True, exist_ok=True)
         self.logs_dir.mkdir(parents=True, exist_ok=True)
-        statuses = {run: self.status(run) for run in runs}
-        todo = [run for run in runs if statuses[run] != "done"]
+        statuses = {run.name: self.status(run) for run in runs}
+        todo = [run for run in runs if statuses[run.name] != "done"]
         self.total, self.done = len(runs), len(runs) - len(todo)
         counts = {
-            k: sum(s == k for s in statuses.values()) for k in ("done", "score", "resume", "restart", "fresh")
+            k: sum(s == k for s in statuses.values())
+            for k in ("done", "probe", "score", "resume", "restart", "fresh")
         }
-        spec = self.study.spec
-        matrix = " x ".join(
-            [_count(spec.envs, "env"), _count(self.study.variants, "variant"), _count(spec.seeds, "seed")]
-        )
+        probe = f", {counts['probe']} to probe" if counts["probe"] else ""
         say(
-            f"{self.total} runs ({matrix}): {counts['done']} done, {counts['score']} to score, "
-            f"{counts['resume']} to resume, {counts['restart'] + counts['fresh']} to start; "
+            f"{self.total} runs ({self.study.describe()}): {counts['done']} done{probe}, "
+            f"{counts['score']} to score, {counts['resume']} to resume, "
+            f"{counts['restart'] + counts['fresh']} to start; "
             f"{self.backend.slots} at a time ({self.backend.name}), {self.threads} torch thread(s) each"
         )
         handlers = {sig: signal.signal(sig, _raise_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
             while todo or self.backend.running():
                 while todo and len(self.backend.running()) < self.backend.slots:
-                    self.submit(todo.pop(0))
+                    run = self.next_ready(todo)
+                    if run is None:
+                        break
+                    self.submit(run)
+                if todo and not self.backend.running() and self.next_ready(list(todo)) is None:
+                    for run in todo:  # what they wait for failed: they can never start
+                        self.failed.append(run.name)
+                        say(f"FAILED {run.name}: it waits for a run that did not finish")
+                    todo.clear()
                 for outcome in self.backend.wait(timeout=1.0):
                     self.finish(outcome, todo)
                 self.heartbeat(todo)
@@ -288,7 +346,7 @@ class StudyRunner:
             say(f"{len(self.failed)} run(s) failed: {', '.join(self.failed)} (logs in {self.logs_dir})")
         return 1 if self.failed else 0
 
-    def submit(self, run: Run) -> None:
+    def submit(self, run: Any) -> None:
         status = self.status(run)  # may have changed since planning
         if status == "done":
             self.done += 1
@@ -298,29 +356,30 @@ class StudyRunner:
             "restart": "train from step 0 (its directory has no checkpoint)",
             "resume": f"resume from step {checkpoint_step(self.runs_dir / run.name) or 0:,}",
             "score": "score (trained already)",
+            "probe": "probe (scored already)",
         }[status]
         work = self.work(run, status)
         self.backend.submit(work)
-        self.started[run.name] = (time.monotonic(), status in ("fresh", "restart"))
+        self.started[run.name] = (run, time.monotonic(), status in ("fresh", "restart"))
         say(f"{run.name}: {what} (log {work.log})")
 
-    def finish(self, outcome: Outcome, todo: Sequence[Run]) -> None:
+    def finish(self, outcome: Outcome, todo: Sequence[Any]) -> None:
         name = outcome.work.key
-        began, from_zero = self.started.pop(name, (time.monotonic(), False))
+        run, began, from_zero = self.started.pop(name)
         if outcome.interrupted:
             return
-        stage = "train" if len(outcome.work.commands) > 1 and outcome.command == 0 else "score"
         if outcome.returncode != 0:
+            stage = _stage(outcome.work.commands[outcome.command])
             self.fail(outcome.work, f"{stage} exited with code {outcome.returncode}")
             return
         run_dir = self.runs_dir / name
         score = read_score(run_dir)
-        if score is None or run_status(run_dir, self.study.spec.steps) != "done":
-            self.fail(outcome.work, f"no score for its final checkpoint in {run_dir}")
+        if score is None or self.status(run) != "done":
+            self.fail(outcome.work, f"no score (or probe) of its final checkpoint in {run_dir}")
             return
         seconds = time.monotonic() - began
         if from_zero:
-            self.durations.append(seconds)
+            self.per_step.append(seconds / self.study.steps_of(run))
         self.done += 1
         say(
             f"{self.done}/{self.total} done: {name} score {score['score']:.2f} +- {score['std']:.2f} "
@@ -335,24 +394,28 @@ class StudyRunner:
             print(f"    {line}", flush=True)
 
     # ---------------------------------------------------------------- progress
-    def eta(self, todo: Sequence[Run]) -> str:
+    def eta(self, todo: Sequence[Any]) -> str:
         left = len(todo) + len(self.backend.running())
         if not left:
             return "nothing left to start" if not todo else ""
-        if not self.durations:
+        if not self.per_step:
             return f"{left} to go (ETA after the first run trained here)"
-        seconds = sum(self.durations) / len(self.durations) * left / self.backend.slots
+        steps = sum(self.study.steps_of(r) for r in todo) + sum(
+            self.study.steps_of(run) for run, _, _ in self.started.values()
+        )
+        seconds = sum(self.per_step) / len(self.per_step) * steps / self.backend.slots
         when = f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{max(1, round(seconds / 60))} min"
         return f"{left} to go, ETA ~{when}"
 
-    def heartbeat(self, todo: Sequence[Run]) -> None:
+    def heartbeat(self, todo: Sequence[Any]) -> None:
         if not self.backend.running() or time.monotonic() - self.last_beat < HEARTBEAT_S:
             return
         self.last_beat = time.monotonic()
         parts = []
         for name, (work, index) in self.backend.running().items():
-            if index == len(work.commands) - 1:
-                parts.append(f"{name} scoring")
+            stage = _stage(work.commands[index])
+            if stage != "train":
+                parts.append(f"{name} {'scoring' if stage == 'score' else 'probing'}")
                 continue
             match = None
             try:
@@ -367,7 +430,7 @@ class StudyRunner:
 
 
 def run_study(
-    study: Study,
+    study: Plan,
     out: Path,
     *,
     jobs: int = 1,
@@ -376,7 +439,8 @@ def run_study(
     command: str = "",
     options: BackendOptions | None = None,
 ) -> int:
-    """Train and score every unfinished run of ``study`` into ``out``; the runner's exit code.
+    """Train and score every unfinished run of ``study`` into ``out``; the runner's exit code. A
+    spec's :class:`Study` is recorded in ``OUT/study.json``; another plan keeps its own record.
 
     ``options``: where and with what each run executes (backends.py); its ``cpus_per_run`` is
     also each run's thread count (default: this machine's cores // ``jobs``)."""
@@ -393,7 +457,8 @@ def run_study(
     lock = StudyLock(out / LOCK_FILE)
     made: Backend | None = None
     try:
-        record_study(out, study, command)
+        if isinstance(study, Study):
+            record_study(out, study, command)
         made = make_backend(backend, jobs, lock.pass_fds, options)
         runner = StudyRunner(study, out, made, options.cpus_per_run, device)
         return runner.run()

@@ -1,7 +1,8 @@
 """Score one trained run of a study: ``python -m auxrl.study.score RUN_DIR --episodes K --steps N``.
 
 Plays ``K`` whole games (``auxrl eval``'s evaluation, through its Python API rather than parsing
-its output) on the run's latest checkpoint and writes ``score.json`` beside it, plus
+its output; a multi-task agent ``K`` of each of its tasks, scored by the mean of the tasks'
+means) on the run's latest checkpoint and writes ``score.json`` beside it, plus
 ``curve.json``: the run's episodic returns from its TensorBoard files, small enough to commit
 where the event files and checkpoints are not. A separate process so that any backend (local
 processes, a cluster's jobs) runs it as it runs ``auxrl train``.
@@ -32,7 +33,7 @@ def score_run(
 ) -> dict[str, Any]:
     """Evaluate the run's latest checkpoint and write ``score.json`` (and ``curve.json``)."""
     from auxrl import __version__, checkpoint
-    from auxrl.evaluate import evaluate
+    from auxrl.evaluate import EvalResult, evaluate
     from auxrl.inference import load_agent
 
     step = checkpoint_step(run_dir)
@@ -44,16 +45,28 @@ def score_run(
     path = checkpoint.find(run_dir)
     started = time.monotonic()
     agent = load_agent(path, device)
-    result = evaluate(agent, episodes, seed=seed)
+    tasks: dict[str, Any] = {}
+    if agent.task_names:  # multi-task: each task's games; the run's score is the mean of theirs
+        for task in agent.task_names:
+            played = evaluate(agent, episodes, seed=seed, task=task)
+            env_id = agent.model.tasks[agent.task_index(task)].env_id
+            tasks[env_id] = {"score": played.mean, "std": played.std, "returns": played.returns}
+        returns = [r for t in tasks.values() for r in t["returns"]]
+        result = EvalResult(returns, [], {}, {})
+        mean = float(sum(t["score"] for t in tasks.values()) / len(tasks))
+    else:
+        result = evaluate(agent, episodes, seed=seed)
+        mean = result.mean
     data = {
         **(labels or {}),
-        "score": result.mean,
+        "score": mean,
         "std": result.std,
         "min": min(result.returns),
         "max": max(result.returns),
         "episodes": len(result.returns),
         "returns": result.returns,
         **({"env_scores": result.scores} if result.scores else {}),
+        **({"task_scores": tasks} if tasks else {}),  # env id -> score, std, returns
         "step": step,
         "checkpoint": path.name,
         "eval_seed": seed,
@@ -61,20 +74,28 @@ def score_run(
         "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         "auxrl": __version__,
     }
-    write_curve(run_dir)
+    write_curve(run_dir, agent.task_names)
     write_json(run_dir / SCORE_FILE, data)
     return data
 
 
-def write_curve(run_dir: Path) -> None:
-    """``curve.json``: (env step, episodic return) of every training episode, from the events."""
+def write_curve(run_dir: Path, tasks: list[str] | None = None) -> None:
+    """``curve.json``: (env step, episodic return) of every training episode, from the events; a
+    multi-task run's also per task (``tasks``: their names, ``charts/<task>/episodic_return``)."""
     from auxrl.plot import read_scalars
 
     try:
         steps, returns = read_scalars(run_dir, RETURN_TAG)
     except (OSError, ValueError):  # no events, or no finished episode: the report goes without
         return
-    write_json(run_dir / CURVE_FILE, {"tag": RETURN_TAG, "step": steps.tolist(), "value": returns.tolist()})
+    curve: dict[str, Any] = {"tag": RETURN_TAG, "step": steps.tolist(), "value": returns.tolist()}
+    for task in tasks or []:
+        try:  # the step is the run's global step: every task's env steps together
+            steps, returns = read_scalars(run_dir, f"charts/{task}/episodic_return")
+        except (OSError, ValueError):
+            continue
+        curve.setdefault("tasks", {})[task] = {"step": steps.tolist(), "value": returns.tolist()}
+    write_json(run_dir / CURVE_FILE, curve)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,8 +4,8 @@ Atari: the human-normalised score (HNS), 0 for the random agent and 1 for the hu
 of the DQN literature. Other envs: min-max normalisation with ``[min, max]`` the study spec gives
 per env (e.g. the random agent's score and the best possible one).
 
-The table is the one ``benchmarks/atari100k_analysis.py`` uses (the same numbers, from the same
-source); it is repeated here because the package cannot import from the benchmarks folder.
+The table is the one the committed Atari 100k suites were scored with (the same numbers, from
+the same source), and the one benchmarks/multitask.py uses.
 """
 
 from __future__ import annotations

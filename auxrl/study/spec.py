@@ -74,6 +74,10 @@ class StudySpec(BaseModel):
     """key=value overrides (or a mapping) applied to every run before the variant's own."""
     description: str = ""
     """What the study asks, in a line: the report's title."""
+    probe_frames: Int | None = Field(None, ge=1000)
+    """auxrl probe on every run's final checkpoint, with this many random-agent frames (10000: about
+    a minute of CPU per run), where the probe has labels for the env (the AtariARI games; other envs
+    are not probed); the report puts the probe F1 beside the scores. null: no probe."""
 
 
 @dataclass(frozen=True)
@@ -115,6 +119,34 @@ class Study:
         """Seed-major, baseline first: an interrupted study has matched runs on most envs."""
         order = sorted(self.variants, key=lambda v: v != self.baseline)
         return [Run(e, v, s) for s in self.spec.seeds for e in self.spec.envs for v in order]
+
+    # What the runner (auxrl/study/runner.py, its Plan) asks of every run.
+    @property
+    def eval_episodes(self) -> int:
+        return self.spec.eval_episodes
+
+    def describe(self) -> str:
+        """The matrix, e.g. ``2 envs x 2 variants x 3 seeds``."""
+        parts = [(self.spec.envs, "env"), (self.variants, "variant"), (self.spec.seeds, "seed")]
+        return " x ".join(f"{len(xs)} {noun}{'' if len(xs) == 1 else 's'}" for xs, noun in parts)
+
+    def steps_of(self, run: Run) -> int:
+        return self.spec.steps
+
+    def train_args(self, run: Run, runs_dir: Path) -> list[str]:
+        """``auxrl train``'s config and overrides for ``run``."""
+        return [str(self.base_path), *self.overrides(run)]
+
+    def ready(self, run: Run, runs_dir: Path) -> bool:
+        """Every run of a spec can start at once (they depend on none of the others)."""
+        return True
+
+    def probe_frames(self, run: Run) -> int | None:
+        """Frames of ``run``'s probe, or None: not probed (no probe_frames, or no labels for its env)."""
+        from auxrl.envs.atari_ram import game_of
+
+        frames = self.spec.probe_frames
+        return frames if frames is not None and game_of(run.env) is not None else None
 
     def overrides_of(self, variant: str) -> list[str]:
         """A variant's own overrides as key=value strings."""

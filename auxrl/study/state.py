@@ -23,7 +23,8 @@ SCORE_FILE = "score.json"
 SUITE_SCORE_FILE = "eval.json"
 REPORT_SCORE_FILES = (SCORE_FILE, SUITE_SCORE_FILE)
 CURVE_FILE = "curve.json"  # the run's learning curve, compact: committed instead of the event files
-Status = Literal["done", "score", "resume", "restart", "fresh"]
+# "probe": scored, but its probe (a study's probe_frames) is missing or of another checkpoint.
+Status = Literal["done", "probe", "score", "resume", "restart", "fresh"]
 _STEP_FILE = re.compile(r"step_(\d+)\.pt$")
 
 
@@ -73,6 +74,13 @@ def run_status(run_dir: Path, steps: int, score_files: Sequence[str] = (SCORE_FI
     if step is None:
         return "restart" if run_dir.exists() else "fresh"
     return "resume" if step < steps else "score"
+
+
+def probe_due(run_dir: Path) -> bool:
+    """No ``probe.json`` of the checkpoint the run's score is of (auxrl probe writes its step)."""
+    scored = (read_score(run_dir) or {}).get("step")
+    probed = (read_json(run_dir / "probe.json") or {}).get("global_step")
+    return probed is None or probed != scored
 
 
 def write_json(path: Path, data: Any) -> None:
