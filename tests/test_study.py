@@ -113,6 +113,12 @@ def test_the_shipped_example_spec_loads_and_is_no_run_config():
     assert "cartpole_heads" not in shipped_config_names()
 
 
+@pytest.mark.parametrize("name", sorted(p.stem for p in (ROOT / "configs" / "studies").glob("*.yaml")))
+def test_every_shipped_spec_builds_every_run_config(name):
+    study_ = load_spec(ROOT / "configs" / "studies" / f"{name}.yaml")  # builds each env x variant config
+    assert study_.runs() and study_.baseline in study_.variants
+
+
 def test_the_readme_shows_the_shipped_example_spec():
     readme = (ROOT / "README.md").read_text()
     section = readme[readme.index("## Did my auxiliary task help?") :]
