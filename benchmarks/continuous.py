@@ -41,12 +41,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling modules, also when imported by tests
 
-from learning import REPO_ROOT, make_plot, mean_std, setup_info, use_checkout  # noqa: E402
+from learning import REPO_ROOT, final_return, make_plot, mean_std, setup_info, use_checkout  # noqa: E402
 
 use_checkout()
 
 from auxrl.configfile import resolve_config_path  # noqa: E402
-from auxrl.study.analysis import read_curve  # noqa: E402
 from auxrl.study.runner import run_study  # noqa: E402
 from auxrl.study.state import read_json, read_score, run_status, write_json  # noqa: E402
 
@@ -146,16 +145,6 @@ def adopt_result_json(runs_dir: Path) -> None:
         )  # fmt: skip
 
 
-def final_return(run_dir: Path, last_n: int = LAST_EPISODES) -> tuple[float | None, int, int]:
-    """(mean of the last ``last_n`` training returns, episodes logged, episodes averaged), from
-    the run's curve.json or else its events."""
-    curve = read_curve(run_dir)
-    if curve is None or len(curve[1]) == 0:
-        return None, 0, 0
-    tail = curve[1][-last_n:]
-    return float(tail.mean()), len(curve[1]), len(tail)
-
-
 def analyze(out: Path, plan: ContinuousPlan, meta: dict[str, Any]) -> str:
     """results.md / results.json and a plot per task, from the finished runs."""
     rows, data, missing = [], [], []
@@ -167,7 +156,7 @@ def analyze(out: Path, plan: ContinuousPlan, meta: dict[str, Any]) -> str:
             if score is None or run_status(run_dir, task.steps) != "done":
                 missing.append(run.name)
                 continue
-            final, _, _ = final_return(run_dir)
+            final, _, _ = final_return(run_dir, LAST_EPISODES)
             minutes = (read_json(run_dir / "result.json") or {}).get("minutes")  # the first runner's
             results.append(
                 {"seed": run.seed, "final_return": final, "eval": score["score"], "minutes": minutes}

@@ -82,8 +82,12 @@ def read_scalars(run_dir: Path, tag: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def final_return(run_dir: Path, last_n: int) -> tuple[float | None, int, int]:
-    """(mean of the last ``last_n`` episodic returns, episodes logged, episodes averaged)."""
-    _, values = read_scalars(run_dir, RETURN_TAG)
+    """(mean of the last ``last_n`` episodic returns, episodes logged, episodes averaged), from the
+    run's TensorBoard events or else its committed ``curve.json`` (auxrl study's)."""
+    from auxrl.study.analysis import read_curve
+
+    curve = read_curve(run_dir, RETURN_TAG)
+    values = curve[1] if curve is not None else np.zeros(0)
     if len(values) == 0:
         return None, 0, 0
     tail = values[-last_n:]

@@ -320,8 +320,10 @@ class StudyRunner:
                     if run is None:
                         break
                     self.submit(run)
-                if todo and not self.backend.running() and self.next_ready(list(todo)) is None:
-                    for run in todo:  # what they wait for failed: they can never start
+                # Nothing running (a backend lists a work until wait() reports it) and every ready run
+                # taken above: the rest wait for runs that failed, and can never start.
+                if todo and not self.backend.running():
+                    for run in todo:
                         self.failed.append(run.name)
                         say(f"FAILED {run.name}: it waits for a run that did not finish")
                     todo.clear()
