@@ -117,6 +117,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _train_in(args: argparse.Namespace, cfg: Config, run_dir: Path) -> int:
     from auxrl import checkpoint
+    from auxrl.envs.gym import EnvWorkerDied
     from auxrl.trainer import train
 
     if args.nproc < 1:
@@ -135,6 +136,13 @@ def _train_in(args: argparse.Namespace, cfg: Config, run_dir: Path) -> int:
             resume=bool(args.resume),
             overwrite=args.overwrite,
         )
+    except EnvWorkerDied as err:  # not the user's input (exit 1), but one line and how to go on
+        try:
+            since = f"from its checkpoint {checkpoint.find(run_dir).name}"
+        except FileNotFoundError:
+            since = "from the start: no checkpoint was saved yet"
+        how = f"`auxrl train --resume {run_dir}` continues it ({since})"
+        raise EnvWorkerDied(f"{err}. The run stopped; {how}.") from None
     except OSError as err:  # disk full, permissions, ...: say so, and how to go on
         if (run_dir / "config.yaml").is_file():
             raise ValueError(
@@ -808,7 +816,8 @@ def make_parser() -> argparse.ArgumentParser:
         "DIR`: report.md, results.json and plots of a study's folder (rliable IQM, median, mean, optimality "
         "gap and P(improvement) over the baseline with 95% bootstrap intervals, learning curves, per-env "
         "tables); `auxrl study report DIR --spec SPEC --out OUT`: DIR's runs reported as SPEC's, into OUT "
-        '(re-reports a benchmarks/atari100k.py suite). The report needs pip install "auxrl[study]". '
+        "(e.g. an older suite's folder, benchmarks/results/atari100k-cpu-2026-11-30, with "
+        'configs/studies/atari100k.yaml). The report needs pip install "auxrl[study]". '
         "Example: configs/studies/cartpole_heads.yaml.",
     )
     p.add_argument("spec", metavar="SPEC|report", help="a study spec (YAML), or the word report")
@@ -825,9 +834,9 @@ def make_parser() -> argparse.ArgumentParser:
         "--spec",
         dest="report_spec",
         metavar="SPEC",
-        help="with report: report DIR/runs as this spec's runs (e.g. a benchmarks/atari100k.py suite's "
-        "<Game>__<variant>__<seed> runs, scored in eval.json, with configs/studies/atari100k.yaml); "
-        "give --out too",
+        help="with report: report DIR/runs as this spec's runs (e.g. the <Game>__<variant>__<seed> runs, "
+        "scored in eval.json, of a suite folder written before studies, such as "
+        "benchmarks/results/atari100k-cpu-2026-11-30, with configs/studies/atari100k.yaml); give --out too",
     )
     p.add_argument(
         "--backend",
@@ -926,6 +935,13 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as err:  # files, disk, permissions: the user's environment, not a bug
         print(f"auxrl {args.command}: error: {_describe(err)}", file=sys.stderr)
         return 2
+    except EOFError as err:
+        from auxrl.envs.gym import EnvWorkerDied  # loaded already: only env workers raise it
+
+        if not isinstance(err, EnvWorkerDied):
+            raise
+        print(f"auxrl {args.command}: error: {err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt as err:  # 130 for Ctrl-C, 143 for a SIGTERM the trainer stopped on
         return 128 + getattr(err, "signum", signal.SIGINT)
 

@@ -31,7 +31,7 @@ def test_crafter_trains_logs_its_achievements_and_eval_reports_the_score(tmp_pat
     pytest.importorskip("crafter")
     short = [  # a small world: crafter generates a 64x64 one in seconds at every reset
         "env.num_envs=2", "env.vector_mode=sync", "env.options.length=40", "env.options.size=32",
-        "env.options.area=20", "perf.threads=1",
+        "env.options.area=20", "perf.threads=1", "model.torso=impala",  # the Nature CNN needs >= 36x36
     ]  # fmt: skip
     cfg = load_config("crafter", short)
     with make_envs(cfg.env) as envs:

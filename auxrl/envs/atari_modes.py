@@ -21,7 +21,7 @@ from gymnasium.wrappers import AtariPreprocessing, FrameStackObservation
 
 from auxrl.config import EnvConfig
 from auxrl.envs.base import EpisodeTracker, Step, VecEnv
-from auxrl.envs.gym import close_vector_env, vector_kwargs
+from auxrl.envs.gym import close_vector_env, vector_kwargs, worker_deaths
 from auxrl.envs.labels import LabelReader, LabelSpec, RamLabels, label_spec
 
 gym.register_envs(ale_py)
@@ -95,6 +95,7 @@ class AtariModesVecEnv(VecEnv):
         self.episodic_life = cfg.episodic_life and training
         self.reward_clip = cfg.reward_clip and training
         self.num_envs = cfg.num_envs
+        self.env_id = cfg.id
         self.single_observation_space = self.env.single_observation_space
         self.single_action_space = self.env.single_action_space
         self.tracker = EpisodeTracker(cfg.num_envs)
@@ -102,7 +103,8 @@ class AtariModesVecEnv(VecEnv):
         self._lives = np.zeros(cfg.num_envs, dtype=np.int64)
 
     def reset(self, seed: int | None = None) -> np.ndarray:
-        obs, info = self.env.reset(seed=seed)
+        with worker_deaths(self.env, self.env_id, "reset"):
+            obs, info = self.env.reset(seed=seed)
         self.tracker = EpisodeTracker(self.num_envs)
         self._done[:] = False
         self._lives = np.asarray(info["lives"], dtype=np.int64)
@@ -111,7 +113,8 @@ class AtariModesVecEnv(VecEnv):
         return obs
 
     def step(self, actions: np.ndarray) -> Step:
-        obs, reward, terminated, truncated, info = self.env.step(actions)
+        with worker_deaths(self.env, self.env_id, "a step"):
+            obs, reward, terminated, truncated, info = self.env.step(actions)
         reset = self._done
         self._done = terminated | truncated
         lives = np.asarray(info["lives"], dtype=np.int64)

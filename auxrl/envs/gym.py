@@ -7,6 +7,7 @@ Episode statistics always report the env's own rewards.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import inspect
@@ -14,12 +15,14 @@ import multiprocessing
 import os
 import signal
 import sys
+import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
+from gymnasium.vector.async_vector_env import AsyncState
 
 from auxrl.config import EnvConfig
 from auxrl.envs.base import EpisodeTracker, Step, VecEnv
@@ -52,15 +55,63 @@ def _worker_in_environment(environ: dict[str, str], *args: Any) -> None:
     _worker_that_leaves_ctrl_c_to_the_trainer(*args)
 
 
-def close_vector_env(env: gym.vector.VectorEnv) -> None:
-    """``env.close()``; where an async worker is gone (killed by a signal sent to the whole process
-    group), the others are terminated and the env marked closed before the error is raised, so
-    that its ``__del__`` does not try again at exit (a second traceback)."""
+class EnvWorkerDied(EOFError):
+    """An async env worker process ended (crashed, killed) without answering: one line naming the
+    env, the worker and how it ended. An ``EOFError``, as gymnasium's own error for it is, so the
+    trainer's check for workers ended by a signal that stopped the whole run still sees it."""
+
+
+_PIPE_ERRORS = (EOFError, BrokenPipeError, ConnectionResetError)
+
+
+@contextlib.contextmanager
+def worker_deaths(env: gym.vector.VectorEnv, env_id: str, during: str) -> Iterator[None]:
+    """Turn the pipe error that an async env's dead worker leaves (``EOFError`` from its pipe, a
+    bare traceback deep in gymnasium) into :class:`EnvWorkerDied`; other errors pass unchanged."""
     try:
-        env.close()
-    except (EOFError, OSError):
-        base = env.unwrapped
-        for process in getattr(base, "processes", []):
+        yield
+    except _PIPE_ERRORS as err:
+        processes = list(getattr(env.unwrapped, "processes", []))
+        deadline = time.monotonic() + 2.0  # the pipe closes as the process exits: let it finish
+        while not any(p.exitcode is not None for p in processes) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        dead = [(i, p.exitcode) for i, p in enumerate(processes) if p.exitcode is not None]
+        if not dead:
+            raise
+        index, code = dead[0]
+        how = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+        others = f" (and {len(dead) - 1} more)" if len(dead) > 1 else ""
+        raise EnvWorkerDied(
+            f"env.id {env_id!r}: the worker process of env {index} of {len(processes)}{others} died "
+            f"({how}) during {during}, outside Python's error handling (a crash in the env's native "
+            f"code, or killed, e.g. for memory); env.vector_mode=sync runs the envs in this process "
+            f"and shows the env's own error"
+        ) from err
+
+
+def close_vector_env(env: gym.vector.VectorEnv) -> None:
+    """``env.close()``, which never waits on a worker that cannot answer.
+
+    gymnasium's async ``close`` first waits (with no timeout) for a reset or step in flight; where
+    a worker died during it, the others' answers were already read and that wait would block
+    forever: then (and where any worker is gone) the workers are terminated instead. Where a
+    worker is found gone only while closing (killed by a signal sent to the whole process group),
+    the others are terminated and the env marked closed before the error is raised, so that its
+    ``__del__`` does not try again at exit (a second traceback)."""
+    base = env.unwrapped
+    processes = getattr(base, "processes", [])
+    state = getattr(base, "_state", None)
+    stuck = (state is not None and state != AsyncState.DEFAULT) or any(
+        p.exitcode is not None for p in processes
+    )
+    try:
+        if stuck:  # no wait for the call in flight: its answers are dropped with the workers
+            base._state = AsyncState.DEFAULT
+            env.close(terminate=True)
+        else:
+            env.close()
+    except _PIPE_ERRORS + (OSError,):
+        for process in processes:
             if process.is_alive():
                 process.terminate()
         base.closed = True
@@ -242,7 +293,8 @@ class GymVecEnv(VecEnv):
         return self._layout.pack(obs)
 
     def reset(self, seed: int | None = None) -> np.ndarray:
-        obs, info = self.env.reset(seed=seed)
+        with worker_deaths(self.env, self.env_id, "reset"):
+            obs, info = self.env.reset(seed=seed)
         obs = self._packed(obs)
         self._check_finite("observation", obs)
         if self._labels is not None:
@@ -253,7 +305,8 @@ class GymVecEnv(VecEnv):
         return obs
 
     def step(self, actions: np.ndarray) -> Step:
-        obs, reward, terminated, truncated, info = self.env.step(actions)  # ClipAction bounds the actions
+        with worker_deaths(self.env, self.env_id, "a step"):  # ClipAction bounds the actions
+            obs, reward, terminated, truncated, info = self.env.step(actions)
         obs = self._packed(obs)
         self._check_finite("observation", obs)
         self._check_finite("reward", reward)

@@ -74,12 +74,12 @@ class RunResult:
     probe_f1: float | None = None  # probe.json's mean F1 over categories
     probe_random_f1: float | None = None  # the same probes on a random torso: the floor
     run_dir: Path | None = None  # where it was read (run_dir_of)
-    score_file: str = SCORE_FILE  # score.json, or a benchmarks/atari100k.py run's eval.json
+    score_file: str = SCORE_FILE  # score.json, or an older suite's eval.json
 
 
 def run_dir_of(runs_dir: Path, run: Run) -> Path:
     """The directory of ``run``: ``runs_dir/<env>__<variant>__<seed>``, or for an Atari id, where
-    only that exists, ``runs_dir/<Game>__<variant>__<seed>`` (benchmarks/atari100k.py's suites:
+    only that exists, ``runs_dir/<Game>__<variant>__<seed>`` (suites of the retired benchmarks/atari100k.py:
     ``Breakout__no_aux__1`` for ALE/Breakout-v5), so a spec re-reports those committed runs."""
     own = runs_dir / run.name
     game = atari_game(run.env)
@@ -93,7 +93,7 @@ def collect(
     runs_dir: Path, planned: Iterable[Run], steps: int, normalize: Callable[[str, float], float]
 ) -> list[RunResult]:
     """The finished runs among ``planned``: scored at ``steps`` or later (see state.run_status),
-    by their ``score.json`` or else their ``eval.json`` (a benchmarks/atari100k.py suite's)."""
+    by their ``score.json`` or else their ``eval.json`` (an older suite's)."""
     results = []
     for run in planned:
         run_dir = run_dir_of(runs_dir, run)
@@ -253,7 +253,7 @@ def performance_profiles(
 def read_curve(run_dir: Path, tag: str = "charts/episodic_return") -> tuple[np.ndarray, np.ndarray] | None:
     """A run's (env step, episodic return): from its TensorBoard event files (tensorboard's
     EventAccumulator), else from ``curve.json`` (committed results keep that, not the events; in
-    a benchmarks/atari100k.py suite's, the returns are under ``episodic_return``)."""
+    an older suite's, the returns are under ``episodic_return``)."""
     from auxrl.plot import read_scalars
 
     if any(run_dir.glob("events.out.tfevents.*")):

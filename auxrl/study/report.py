@@ -5,7 +5,7 @@ Everything comes from ``DIR/study.json`` (the spec) and the run directories (``s
 training anything, and the bootstrap is seeded, so the same runs give the same numbers.
 
 ``auxrl study report DIR --spec SPEC --out OUT`` reports the runs of ``DIR/runs`` as the runs of
-SPEC instead, into OUT: a benchmarks/atari100k.py suite (runs ``<Game>__<variant>__<seed>``
+SPEC instead, into OUT: a suite of the retired benchmarks/atari100k.py (runs ``<Game>__<variant>__<seed>``
 scored in ``eval.json``) re-reports as the study its spec describes, e.g. the committed
 ``benchmarks/results/atari100k-cpu-2026-11-30`` with ``configs/studies/atari100k.yaml``.
 """
@@ -31,7 +31,7 @@ from auxrl.study.state import SCORE_FILE, read_json, write_json
 
 REPORT_FILE = "report.md"
 RESULTS_FILE = "results.json"
-SUITE_FILE = "suite.json"  # a benchmarks/atari100k.py suite's record (its settings and commands)
+SUITE_FILE = "suite.json"  # an older suite's record (settings, commands): the retired benchmarks/atari100k.py
 DEFAULT_REPS = 2000
 
 
@@ -49,7 +49,7 @@ def _mean(values: list[float]) -> float | None:
 
 def spec_record(study: Study, source: Path) -> dict[str, Any]:
     """What ``study.json`` would record of ``study``, to report the runs of ``source/runs`` with it
-    (a study's folder, or a benchmarks/atari100k.py suite's: its commands are kept)."""
+    (a study's folder, or an older suite's: its commands are kept)."""
     if not (source / "runs").is_dir():
         what = "no such folder" if not source.exists() else "no runs/ folder in it"
         raise ValueError(f"{source}: {what}; give the folder whose runs/ holds the run directories.")
@@ -430,7 +430,7 @@ class Report:
 
 def check_out(out: Path, source: Path, spec_file: Path | None) -> None:
     """Refuse to write a report where it would overwrite what the report did not write (e.g. a
-    committed benchmarks/atari100k.py suite's results.json)."""
+    committed older suite's results.json)."""
     if spec_file is not None and out.resolve() == source.resolve() and not (source / STUDY_FILE).is_file():
         raise ValueError(
             f"{source} is not a study's folder (no {STUDY_FILE}): give --out, a folder for the report of "
@@ -454,7 +454,7 @@ def write_report(
 ) -> Path:
     """Write ``report.md``, ``results.json`` and the plots of the runs in ``source`` into ``out``
     (default: ``source``, a study's folder); returns report.md's path. ``spec_file``: report them
-    as that spec's runs (a benchmarks/atari100k.py suite's folder, or another spec of a study's)."""
+    as that spec's runs (an older suite's folder, or another spec of a study's)."""
     source = Path(source)
     out = Path(out) if out is not None else source
     spec_path = Path(spec_file) if spec_file is not None else None

@@ -4,7 +4,7 @@ A run is ``done`` when its ``score.json`` names a step at or past the study's ``
 latest checkpoint (if any is left) is that step: committed results without checkpoints still
 count, and a checkpoint trained past its score is scored again. Everything else is decided from
 the checkpoints ``auxrl train`` wrote, so a study killed at any moment continues where each run
-stopped. The report also reads ``eval.json``, the score file of ``benchmarks/atari100k.py``'s
+stopped. The report also reads ``eval.json``, the score file of the retired ``benchmarks/atari100k.py``'s
 runs (the same keys), where a run has no ``score.json``: those suites re-report as studies.
 """
 
@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 SCORE_FILE = "score.json"
-# benchmarks/atari100k.py's score of a run (score, std, episodes, step: score.json's keys); read by
+# the retired benchmarks/atari100k.py's score of a run (score, std, episodes, step: as score.json); read by
 # the report only, so committed suites re-report (the runner trains and scores into score.json).
 SUITE_SCORE_FILE = "eval.json"
 REPORT_SCORE_FILES = (SCORE_FILE, SUITE_SCORE_FILE)
