@@ -14,6 +14,7 @@ from typing import Any
 
 from auxrl.config import Config, ConfigError
 from auxrl.configfile import from_dict, load_config, load_dict, shipped_config_names
+from auxrl.errors import EnvWorkerDied
 
 
 def _describe(err: OSError) -> str:
@@ -117,7 +118,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _train_in(args: argparse.Namespace, cfg: Config, run_dir: Path) -> int:
     from auxrl import checkpoint
-    from auxrl.envs.gym import EnvWorkerDied
     from auxrl.trainer import train
 
     if args.nproc < 1:
@@ -935,11 +935,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as err:  # files, disk, permissions: the user's environment, not a bug
         print(f"auxrl {args.command}: error: {_describe(err)}", file=sys.stderr)
         return 2
-    except EOFError as err:
-        from auxrl.envs.gym import EnvWorkerDied  # loaded already: only env workers raise it
-
-        if not isinstance(err, EnvWorkerDied):
-            raise
+    except EnvWorkerDied as err:
         print(f"auxrl {args.command}: error: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt as err:  # 130 for Ctrl-C, 143 for a SIGTERM the trainer stopped on

@@ -30,6 +30,7 @@ from auxrl.envs.dictobs import DictLayout
 from auxrl.envs.image import ImageOptions, image_wrappers
 from auxrl.envs.labels import LabelReader, LabelSpec, label_spec
 from auxrl.envs.normalize import NormStats, wrap
+from auxrl.errors import EnvWorkerDied
 
 
 def _worker_that_leaves_ctrl_c_to_the_trainer(*args: Any) -> None:
@@ -53,12 +54,6 @@ def _worker_in_environment(environ: dict[str, str], *args: Any) -> None:
     os.environ.clear()
     os.environ.update(environ)
     _worker_that_leaves_ctrl_c_to_the_trainer(*args)
-
-
-class EnvWorkerDied(EOFError):
-    """An async env worker process ended (crashed, killed) without answering: one line naming the
-    env, the worker and how it ended. An ``EOFError``, as gymnasium's own error for it is, so the
-    trainer's check for workers ended by a signal that stopped the whole run still sees it."""
 
 
 _PIPE_ERRORS = (EOFError, BrokenPipeError, ConnectionResetError)
