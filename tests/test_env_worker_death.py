@@ -35,13 +35,17 @@ def _error_line(done: subprocess.CompletedProcess) -> str:
     return lines[0]
 
 
-@pytest.mark.parametrize("worker", [0, 2])
-def test_a_worker_dying_in_reset_ends_the_run_with_one_line(tmp_path: Path, worker: int) -> None:
-    done = _train(tmp_path / "run", f"env.kwargs.crash_worker={worker}")
+@pytest.mark.parametrize(
+    ("worker", "signum", "how"), [(0, 0, "exit code 3"), (2, 0, "exit code 3"), (2, 9, "signal SIGKILL")]
+)
+def test_a_worker_dying_in_reset_ends_the_run_with_one_line(
+    tmp_path: Path, worker: int, signum: int, how: str
+) -> None:
+    done = _train(tmp_path / "run", f"env.kwargs.crash_worker={worker}", f"env.kwargs.crash_signal={signum}")
     assert done.returncode == 1
     line = _error_line(done)
     assert line.startswith("auxrl train: error: env.id 'crash_envs:CrashCue-v0': the worker process of ")
-    assert f"of env {worker} of 4 died (exit code 3) during reset" in line
+    assert f"of env {worker} of 4 died ({how}) during reset" in line
     assert "env.vector_mode=sync" in line
     assert f"`auxrl train --resume {tmp_path / 'run'}` continues it (from the start" in line
 

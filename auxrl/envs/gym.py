@@ -59,6 +59,13 @@ def _worker_in_environment(environ: dict[str, str], *args: Any) -> None:
 _PIPE_ERRORS = (EOFError, BrokenPipeError, ConnectionResetError)
 
 
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:  # a real-time signal, which has no name
+        return str(number)
+
+
 @contextlib.contextmanager
 def worker_deaths(env: gym.vector.VectorEnv, env_id: str, during: str) -> Iterator[None]:
     """Turn the pipe error that an async env's dead worker leaves (``EOFError`` from its pipe, a
@@ -74,7 +81,7 @@ def worker_deaths(env: gym.vector.VectorEnv, env_id: str, during: str) -> Iterat
         if not dead:
             raise
         index, code = dead[0]
-        how = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+        how = f"exit code {code}" if code >= 0 else f"signal {_signal_name(-code)}"
         others = f" (and {len(dead) - 1} more)" if len(dead) > 1 else ""
         raise EnvWorkerDied(
             f"env.id {env_id!r}: the worker process of env {index} of {len(processes)}{others} died "
