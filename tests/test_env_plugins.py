@@ -47,6 +47,17 @@ def test_crafter_trains_logs_its_achievements_and_eval_reports_the_score(tmp_pat
     out = capsys.readouterr().out
     assert "CrafterReward-v1: 2 episodes" in out and "crafter/score:" in out
     assert "achievement_collect_wood:" in out
+    # A study scores it by its training's Crafter score too (a spec's `score: crafter/score`).
+    from auxrl.study.score import score_run
+
+    scored = score_run(run, episodes=2, steps=256)
+    assert scored["train_scores"] == {"crafter/score": pytest.approx(score[-1])}
+    assert set(scored["env_scores"]) == {"crafter/score"}
+    from auxrl.study.analysis import read_curve
+
+    (next(run.glob("events.out.tfevents.*"))).rename(tmp_path / "events")  # as committed: curve.json only
+    steps, values = read_curve(run, "crafter/score")
+    assert values[-1] == pytest.approx(score[-1]) and len(steps) == len(score)
 
 
 def test_minigrid_gives_a_dict_of_image_and_direction_and_trains(tmp_path):

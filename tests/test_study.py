@@ -72,6 +72,7 @@ def assert_interval(x: dict) -> None:
         ({"normalize": "hns"}, "normalize: hns has no human / random reference scores for CartPole-v1"),
         ({"ranges": {}}, "ranges: no [min, max] for CartPole-v1"),
         ({"envs": ["CartPole-v1", "Acrobot-v1"], "normalize": "none", "ranges": {}}, "normalize: none"),
+        ({"score": "crafter score"}, "score: 'crafter score' is neither return nor the tag of an env score"),
     ],
 )
 def test_a_bad_spec_is_one_line_and_exit_2(tmp_path, capsys, changes, says):

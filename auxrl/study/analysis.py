@@ -66,7 +66,7 @@ class RunResult:
     """A finished run's score (and what ``auxrl probe`` measured of it, where it was probed)."""
 
     run: Run
-    score: float  # mean return of the evaluation games
+    score: float  # the spec's score: the evaluation games' mean return, or an env score (train_scores)
     normalized: float  # on the study's common scale
     std: float
     episodes: int
@@ -89,27 +89,42 @@ def run_dir_of(runs_dir: Path, run: Run) -> Path:
     return suite if suite.exists() else own
 
 
+def score_of(data: dict[str, Any], score: str = "return") -> float | None:
+    """A run's score by a spec's ``score``: its score file's mean evaluation return, or the named
+    env score at its final training step (``train_scores``); None when the file lacks it."""
+    value = data.get("score") if score == "return" else (data.get("train_scores") or {}).get(score)
+    return _number(value)
+
+
 def collect(
-    runs_dir: Path, planned: Iterable[Run], steps: int, normalize: Callable[[str, float], float]
+    runs_dir: Path,
+    planned: Iterable[Run],
+    steps: int,
+    normalize: Callable[[str, float], float],
+    score: str = "return",
 ) -> list[RunResult]:
     """The finished runs among ``planned``: scored at ``steps`` or later (see state.run_status),
-    by their ``score.json`` or else their ``eval.json`` (an older suite's)."""
+    by their ``score.json`` or else their ``eval.json`` (an older suite's); ``score``: the spec's
+    (see :func:`score_of`; a run scored without that env score is not counted)."""
     results = []
     for run in planned:
         run_dir = run_dir_of(runs_dir, run)
         score_file = next((f for f in REPORT_SCORE_FILES if read_score(run_dir, (f,))), SCORE_FILE)
-        score = read_score(run_dir, (score_file,))
-        if score is None or run_status(run_dir, steps, (score_file,)) != "done":
+        data = read_score(run_dir, (score_file,))
+        if data is None or run_status(run_dir, steps, (score_file,)) != "done":
+            continue
+        value = score_of(data, score)
+        if value is None:
             continue
         probe = (read_json(run_dir / "probe.json") or {}).get("summary") or {}
         results.append(
             RunResult(
                 run,
-                float(score["score"]),
-                float(normalize(run.env, float(score["score"]))),
-                float(score.get("std", math.nan)),
-                int(score.get("episodes", 0)),
-                int(score["step"]),
+                value,
+                float(normalize(run.env, value)),
+                float(data.get("std", math.nan)) if score == "return" else math.nan,
+                int(data.get("episodes", 0)),
+                int(data["step"]),
                 _number(probe.get("f1_mean")),
                 _number(probe.get("random_f1_mean")),
                 run_dir,
@@ -251,9 +266,10 @@ def performance_profiles(
 
 
 def read_curve(run_dir: Path, tag: str = "charts/episodic_return") -> tuple[np.ndarray, np.ndarray] | None:
-    """A run's (env step, episodic return): from its TensorBoard event files (tensorboard's
-    EventAccumulator), else from ``curve.json`` (committed results keep that, not the events; in
-    an older suite's, the returns are under ``episodic_return``)."""
+    """A run's (env step, value) of ``tag`` (default: the episodic return): from its TensorBoard
+    event files (tensorboard's EventAccumulator), else from ``curve.json`` (committed results keep
+    that, not the events; an env score's curve is under its ``scores``; in an older suite's, the
+    returns are under ``episodic_return``)."""
     from auxrl.plot import read_scalars
 
     if any(run_dir.glob("events.out.tfevents.*")):
@@ -261,11 +277,13 @@ def read_curve(run_dir: Path, tag: str = "charts/episodic_return") -> tuple[np.n
             return read_scalars(run_dir, tag)
         except (OSError, ValueError):
             pass
-    data = read_json(run_dir / CURVE_FILE)
-    if data and data.get("step") and data.get("tag", "charts/episodic_return") == tag:
-        values = data.get("value", data.get("episodic_return"))
-        if isinstance(values, list) and len(values) == len(data["step"]):
-            return np.asarray(data["step"], dtype=np.int64), np.asarray(values, dtype=np.float64)
+    data = read_json(run_dir / CURVE_FILE) or {}
+    curve = (data.get("scores") or {}).get(tag)
+    if curve is None and data.get("tag", "charts/episodic_return") == tag:
+        curve = {"step": data.get("step"), "value": data.get("value", data.get("episodic_return"))}
+    steps, values = (curve or {}).get("step"), (curve or {}).get("value")
+    if isinstance(steps, list) and steps and isinstance(values, list) and len(values) == len(steps):
+        return np.asarray(steps, dtype=np.int64), np.asarray(values, dtype=np.float64)
     return None
 
 

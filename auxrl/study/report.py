@@ -25,9 +25,10 @@ from auxrl.configfile import override_texts
 from auxrl.study import analysis
 from auxrl.study.analysis import METRICS, Block, Interval, RunResult
 from auxrl.study.runner import STUDY_FILE, load_record
+from auxrl.study.score import RETURN_TAG
 from auxrl.study.scores import REFERENCE_SOURCE, SCALE_NAMES, normalizer, reference_range
-from auxrl.study.spec import Study, parse_spec
-from auxrl.study.state import SCORE_FILE, read_json, write_json
+from auxrl.study.spec import Run, Study, parse_spec
+from auxrl.study.state import REPORT_SCORE_FILES, SCORE_FILE, read_json, read_score, write_json
 
 REPORT_FILE = "report.md"
 RESULTS_FILE = "results.json"
@@ -94,7 +95,7 @@ class Report:
         ranges = {env: (pair[0], pair[1]) for env, pair in spec.ranges.items()}
         self.ranges = ranges
         self.results = analysis.collect(
-            source / "runs", self.planned, spec.steps, normalizer(spec.normalize, ranges)
+            source / "runs", self.planned, spec.steps, normalizer(spec.normalize, ranges), spec.score
         )
         done = {r.run for r in self.results}
         self.missing = [run for run in self.planned if run not in done]
@@ -166,8 +167,9 @@ class Report:
         low, high = reference_range(env, self.spec.normalize, self.ranges)
         scale = "" if self.spec.normalize == "none" else f" ({self.scale}: {low:g} -> 0, {high:g} -> 1)"
         probe, normalized = self.probed, self.spec.normalize != "none"
-        head = ["variant", "runs", "score mean ± std over seeds", *(["normalised"] if normalized else [])]
-        head += ["score per seed", *(["probe F1"] if probe else [])]
+        name = "score" if self.spec.score == "return" else f"`{self.spec.score}`"
+        head = ["variant", "runs", f"{name} mean ± std over seeds", *(["normalised"] if normalized else [])]
+        head += [f"{name} per seed", *(["probe F1"] if probe else [])]
         lines = [f"### {env}{scale}", "", "| " + " | ".join(head) + " |", "|---|" + "--:|" * (len(head) - 1)]
         for v in self.study.variants:
             mine = sorted(self.of(env, v), key=lambda r: r.run.seed)
@@ -260,12 +262,17 @@ class Report:
         ax.legend(loc="upper right")
         return fig
 
+    @property
+    def curve_tag(self) -> str:
+        """The learning curves drawn: the training returns, or the env score the study compares."""
+        return RETURN_TAG if self.spec.score == "return" else self.spec.score
+
     def _curves_plot(self, plt: Any) -> Any:
         bands: dict[str, dict[str, analysis.Band]] = {}
         for env in self.spec.envs:
             for v in self.study.variants:
                 dirs = [r.run_dir or self.source / "runs" / r.run.name for r in self.of(env, v)]
-                curves = [analysis.read_curve(d) for d in dirs]
+                curves = [analysis.read_curve(d, self.curve_tag) for d in dirs]
                 band = analysis.curve_band([c for c in curves if c is not None])
                 if band is not None:
                     bands.setdefault(env, {})[v] = band
@@ -287,7 +294,8 @@ class Report:
                     ax.fill_between(band.steps, band.lower, band.upper, color=color, alpha=0.2)
             ax.set_title(env)
             ax.set_xlabel("env steps")
-            ax.set_ylabel("episodic return (training)")
+            tag = self.curve_tag
+            ax.set_ylabel(f"{'episodic return' if tag == RETURN_TAG else tag} (training)")
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8)
         for ax in axes.ravel()[len(envs) :]:
@@ -322,6 +330,28 @@ class Report:
             )
         return [" ".join(lines), ""] if lines else []
 
+    def scored_by(self) -> str:
+        games = (
+            f"{self.spec.eval_episodes} whole games (`auxrl eval`: no episodic-life cut, no reward clipping) "
+            f"on its final checkpoint"
+        )
+        if self.spec.score == "return":
+            return f"scored by the mean return of {games}."
+        return (
+            f"scored by `{self.spec.score}` at its final step, the env's own score over every training "
+            f"episode as training logged it (score.json's train_scores; the mean return of {games} is "
+            f"score.json's score)."
+        )
+
+    def missing_line(self, run: Run) -> str:
+        """A run of the "Not finished" list, with why where it was scored without the spec's score."""
+        data = read_score(analysis.run_dir_of(self.source / "runs", run), REPORT_SCORE_FILES)
+        score = self.spec.score
+        if score == "return" or data is None or analysis.score_of(data, score) is not None:
+            return f"- {run.name}"
+        has = ", ".join(sorted(data.get("train_scores") or {})) or "none"
+        return f"- {run.name}: scored, but without `{score}` (its train_scores: {has})"
+
     def markdown(self) -> str:
         spec = self.spec
         title = spec.description or f"Study {Path(self.record.get('spec_file', 'study')).stem}"
@@ -329,8 +359,7 @@ class Report:
             f"# {title}",
             "",
             f"{len(self.results)}/{len(self.planned)} runs finished. Each run: `{spec.base}` with "
-            f"ppo.total_steps={spec.steps:,}, scored by the mean return of {spec.eval_episodes} whole games "
-            f"(`auxrl eval`: no episodic-life cut, no reward clipping) on its final checkpoint. "
+            f"ppo.total_steps={spec.steps:,}, {self.scored_by()} "
             f"Envs: {', '.join(spec.envs)}; seeds: {', '.join(map(str, spec.seeds))}.",
             "",
             *self.source_lines(),
@@ -362,7 +391,8 @@ class Report:
         if spec.normalize == "hns":
             lines.append(f"- reference scores: {REFERENCE_SOURCE}")
         lines += ["", "## Not finished", ""]
-        lines += [f"- {run.name}" for run in self.missing] or ["- nothing: every planned run is finished"]
+        missing = [self.missing_line(run) for run in self.missing]
+        lines += missing or ["- nothing: every planned run is finished"]
         lines += [
             "",
             "## Commands",

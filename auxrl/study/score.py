@@ -14,6 +14,7 @@ import argparse
 import datetime as dt
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,9 @@ def score_run(
     else:
         result = evaluate(agent, episodes, seed=seed)
         mean = result.mean
+    # The env's own scores (e.g. crafter/score) over every training episode, as training logged
+    # them: what a spec's `score: crafter/score` compares, where 10 evaluation games are too few.
+    trained = final_values(run_dir, result.scores)
     data = {
         **(labels or {}),
         "score": mean,
@@ -66,6 +70,7 @@ def score_run(
         "episodes": len(result.returns),
         "returns": result.returns,
         **({"env_scores": result.scores} if result.scores else {}),
+        **({"train_scores": trained} if trained else {}),
         **({"task_scores": tasks} if tasks else {}),  # env id -> score, std, returns
         "step": step,
         "checkpoint": path.name,
@@ -74,14 +79,31 @@ def score_run(
         "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         "auxrl": __version__,
     }
-    write_curve(run_dir, agent.task_names)
+    write_curve(run_dir, agent.task_names, trained)
     write_json(run_dir / SCORE_FILE, data)
     return data
 
 
-def write_curve(run_dir: Path, tasks: list[str] | None = None) -> None:
+def final_values(run_dir: Path, tags: Iterable[str]) -> dict[str, float]:
+    """Each scalar of ``tags`` at its last logged step in the run's events (tags without events
+    are left out)."""
+    from auxrl.plot import read_scalars
+
+    values = {}
+    for tag in tags:
+        try:
+            _, logged = read_scalars(run_dir, tag)
+        except (OSError, ValueError):
+            continue
+        if len(logged):
+            values[tag] = float(logged[-1])
+    return values
+
+
+def write_curve(run_dir: Path, tasks: list[str] | None = None, scores: Iterable[str] = ()) -> None:
     """``curve.json``: (env step, episodic return) of every training episode, from the events; a
-    multi-task run's also per task (``tasks``: their names, ``charts/<task>/episodic_return``)."""
+    multi-task run's also per task (``tasks``: their names, ``charts/<task>/episodic_return``), and
+    the curves of the env's own ``scores`` (e.g. crafter/score) under ``scores``."""
     from auxrl.plot import read_scalars
 
     try:
@@ -95,6 +117,12 @@ def write_curve(run_dir: Path, tasks: list[str] | None = None) -> None:
         except (OSError, ValueError):
             continue
         curve.setdefault("tasks", {})[task] = {"step": steps.tolist(), "value": returns.tolist()}
+    for tag in scores:
+        try:
+            steps, values = read_scalars(run_dir, tag)
+        except (OSError, ValueError):
+            continue
+        curve.setdefault("scores", {})[tag] = {"step": steps.tolist(), "value": values.tolist()}
     write_json(run_dir / CURVE_FILE, curve)
 
 

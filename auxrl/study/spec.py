@@ -41,6 +41,7 @@ RESERVED_KEYS = {
     "name": "the variant's name",
 }
 _VARIANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_SCORE_TAG = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)+$")  # a TensorBoard tag: crafter/score
 
 
 class StudySpec(BaseModel):
@@ -62,6 +63,11 @@ class StudySpec(BaseModel):
     """ppo.total_steps of every run."""
     eval_episodes: Int = Field(10, ge=1)
     """Whole games played on each run's final checkpoint (auxrl eval); their mean is its score."""
+    score: str = "return"
+    """What a run's score is: return (the mean return of its eval_episodes games), or an env score
+    that its env family logs over the training episodes, e.g. crafter/score (the geometric mean of
+    Crafter's 22 success rates over every training episode, as its paper scores agents), read at the
+    run's final step (score.json's train_scores)."""
     baseline: str | None = None
     """The variant P(improvement) compares every other one with. null: the first variant."""
     normalize: Literal["none", "hns", "minmax"] = "none"
@@ -235,6 +241,11 @@ def check(spec: StudySpec) -> None:
         *((f"variants.{name}", given) for name, given in spec.variants.items()),
     ):
         _check_overrides(where, overrides)
+    if spec.score != "return" and not _SCORE_TAG.match(spec.score):
+        raise ConfigError(
+            f"score: {spec.score!r} is neither return nor the tag of an env score its family logs "
+            f"(e.g. crafter/score)"
+        )
     _check_normalize(spec)
 
 
