@@ -73,6 +73,7 @@ def assert_interval(x: dict) -> None:
         ({"ranges": {}}, "ranges: no [min, max] for CartPole-v1"),
         ({"envs": ["CartPole-v1", "Acrobot-v1"], "normalize": "none", "ranges": {}}, "normalize: none"),
         ({"score": "crafter score"}, "score: 'crafter score' is neither return nor the tag of an env score"),
+        ({"score": "crafter/score"}, "score: CartPole-v1 (gymnasium family) logs no 'crafter/score'"),
     ],
 )
 def test_a_bad_spec_is_one_line_and_exit_2(tmp_path, capsys, changes, says):

@@ -105,6 +105,7 @@ class CrafterFamily(EnvFamily):
     name = "crafter"
     keys = GYM_ENV_KEYS  # gymnasium.vector's settings (kwargs, normalisation) apply
     Options = CrafterOptions
+    scores = ("crafter/score",)
 
     def handles(self, env_id: str) -> bool:
         return env_id in IDS

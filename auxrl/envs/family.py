@@ -58,6 +58,9 @@ class EnvFamily:
     keys: ClassVar[tuple[str, ...]] = ()
     # Its own settings (env.options), a dataclass; None: it takes none.
     Options: ClassVar[type | None] = None
+    # The env scores its envs log from the episodes' metrics (VecEnv.summarize_metrics, e.g.
+    # crafter/score): what a study spec's `score:` may name besides return.
+    scores: ClassVar[tuple[str, ...]] = ()
 
     def handles(self, env_id: str) -> bool:
         """Whether ``env_id`` belongs to this family (used when ``env.family`` is unset)."""

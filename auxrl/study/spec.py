@@ -322,4 +322,20 @@ def load_spec(path: str | Path, *, check_configs: bool = True) -> Study:
                         load_tasks(stage.cfg.aux)
                 except ConfigError as err:
                     raise ConfigError(f"{path}: variants.{variant} on {env}: {err}") from None
+            _check_score(spec.score, env, cfg.env.family)
     return study
+
+
+def _check_score(score: str, env: str, family_name: str | None) -> None:
+    """An env score must be one that ``env``'s family logs: a typo fails here, not after training."""
+    if score == "return":
+        return
+    from auxrl.envs.family import family_for
+
+    family = family_for(env, family_name)
+    if score not in family.scores:
+        has = ", ".join(family.scores) or "none"
+        raise ConfigError(
+            f"score: {env} ({family.name} family) logs no {score!r} (its env scores: {has}); "
+            f"give one of them, or return"
+        )
