@@ -60,7 +60,7 @@ def score_run(
         mean = result.mean
     # The env's own scores (e.g. crafter/score) over every training episode, as training logged
     # them: what a spec's `score: crafter/score` compares, where 10 evaluation games are too few.
-    trained = final_values(run_dir, result.scores)
+    trained = final_values(run_dir, dict.fromkeys([*env_scores(agent.config), *result.scores]))
     data = {
         **(labels or {}),
         "score": mean,
@@ -82,6 +82,13 @@ def score_run(
     write_curve(run_dir, agent.task_names, trained)
     write_json(run_dir / SCORE_FILE, data)
     return data
+
+
+def env_scores(cfg: Any) -> tuple[str, ...]:
+    """The scores the family of the run's env declares (none for a multi-task run's envs)."""
+    from auxrl.envs.family import family_for
+
+    return () if cfg.env.tasks else family_for(cfg.env.id, cfg.env.family).scores
 
 
 def final_values(run_dir: Path, tags: Iterable[str]) -> dict[str, float]:
