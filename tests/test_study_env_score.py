@@ -1,6 +1,6 @@
 """A study scored by an env's own score (``score: crafter/score``): score.json's ``train_scores``
-(the score's value at the run's last logged step), the report's aggregates over them, and the runs
-scored without it listed as not finished with the reason."""
+(the score's value at the run's last logged step, from score_curves), the report's aggregates over
+them, and the runs scored without it listed as not finished with the reason."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import yaml
 
 from auxrl.study import analysis
 from auxrl.study.report import write_report
-from auxrl.study.score import final_values
+from auxrl.study.score import score_curves
 
 ENV = "CrafterReward-v1"
 SEEDS = (1, 2, 3)
@@ -91,7 +91,7 @@ def test_the_same_runs_scored_by_return_read_score_json_score(tmp_path):
     assert "scored by the mean return of 10 whole games" in (out / "report.md").read_text()
 
 
-def test_final_values_are_each_scalar_at_its_last_step(tmp_path):
+def test_score_curves_end_at_each_scalars_last_step(tmp_path):
     from torch.utils.tensorboard import SummaryWriter
 
     # Two event files, as a resumed run leaves them: the second starts at the checkpoint's step.
@@ -104,5 +104,6 @@ def test_final_values_are_each_scalar_at_its_last_step(tmp_path):
         second.add_scalar("crafter/score", value, step)
     second.close()
 
-    assert final_values(tmp_path, ["crafter/score", "minigrid/solved"]) == {"crafter/score": 4.5}
-    assert final_values(tmp_path / "nothing", ["crafter/score"]) == {}
+    curves = score_curves(tmp_path, ["crafter/score", "minigrid/solved"])
+    assert {tag: values[-1] for tag, (_, values) in curves.items()} == {"crafter/score": 4.5}
+    assert score_curves(tmp_path / "nothing", ["crafter/score"]) == {}

@@ -16,9 +16,12 @@ import sys
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from auxrl.study.state import CURVE_FILE, SCORE_FILE, checkpoint_step, write_json
+
+if TYPE_CHECKING:
+    import numpy as np
 
 RETURN_TAG = "charts/episodic_return"
 
@@ -60,7 +63,8 @@ def score_run(
         mean = result.mean
     # The env's own scores (e.g. crafter/score) over every training episode, as training logged
     # them: what a spec's `score: crafter/score` compares, where 10 evaluation games are too few.
-    trained = final_values(run_dir, dict.fromkeys([*env_scores(agent.config), *result.scores]))
+    curves = score_curves(run_dir, dict.fromkeys([*env_scores(agent.config), *result.scores]))
+    trained = {tag: float(values[-1]) for tag, (_, values) in curves.items()}
     data = {
         **(labels or {}),
         "score": mean,
@@ -79,7 +83,7 @@ def score_run(
         "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         "auxrl": __version__,
     }
-    write_curve(run_dir, agent.task_names, trained)
+    write_curve(run_dir, agent.task_names, curves)
     write_json(run_dir / SCORE_FILE, data)
     return data
 
@@ -91,23 +95,26 @@ def env_scores(cfg: Any) -> tuple[str, ...]:
     return () if cfg.env.tasks else family_for(cfg.env.id, cfg.env.family).scores
 
 
-def final_values(run_dir: Path, tags: Iterable[str]) -> dict[str, float]:
-    """Each scalar of ``tags`` at its last logged step in the run's events (tags without events
-    are left out)."""
+Curves = dict[str, tuple["np.ndarray", "np.ndarray"]]  # tag -> (steps, values)
+
+
+def score_curves(run_dir: Path, tags: Iterable[str]) -> Curves:
+    """(steps, values) of each scalar of ``tags`` in the run's events, read once for both the
+    final values and curve.json (tags without events are left out)."""
     from auxrl.plot import read_scalars
 
-    values = {}
+    curves = {}
     for tag in tags:
         try:
-            _, logged = read_scalars(run_dir, tag)
+            steps, values = read_scalars(run_dir, tag)
         except (OSError, ValueError):
             continue
-        if len(logged):
-            values[tag] = float(logged[-1])
-    return values
+        if len(values):
+            curves[tag] = (steps, values)
+    return curves
 
 
-def write_curve(run_dir: Path, tasks: list[str] | None = None, scores: Iterable[str] = ()) -> None:
+def write_curve(run_dir: Path, tasks: list[str] | None = None, scores: Curves | None = None) -> None:
     """``curve.json``: (env step, episodic return) of every training episode, from the events; a
     multi-task run's also per task (``tasks``: their names, ``charts/<task>/episodic_return``), and
     the curves of the env's own ``scores`` (e.g. crafter/score) under ``scores``."""
@@ -124,11 +131,7 @@ def write_curve(run_dir: Path, tasks: list[str] | None = None, scores: Iterable[
         except (OSError, ValueError):
             continue
         curve.setdefault("tasks", {})[task] = {"step": steps.tolist(), "value": returns.tolist()}
-    for tag in scores:
-        try:
-            steps, values = read_scalars(run_dir, tag)
-        except (OSError, ValueError):
-            continue
+    for tag, (steps, values) in (scores or {}).items():
         curve.setdefault("scores", {})[tag] = {"step": steps.tolist(), "value": values.tolist()}
     write_json(run_dir / CURVE_FILE, curve)
 
