@@ -18,6 +18,7 @@ import math
 import os
 import re
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -209,6 +210,27 @@ def _quiet_purges(record: logging.LogRecord) -> bool:
 
 def read_scalars(run_dir: Path, tag: str) -> tuple[np.ndarray, np.ndarray]:
     """(steps, values) of ``tag`` from all the event files of ``run_dir``, sorted by step."""
+    acc = _load_events(run_dir)
+    tags = acc.Tags().get("scalars", [])
+    if tag not in tags:
+        have = ", ".join(sorted(tags)) if tags else "none"
+        raise ValueError(
+            f"{run_dir}: no scalar {tag!r} in its event files (has the run finished an episode "
+            f"yet?). Its scalar tags: {have}. Pick one with --tag."
+        )
+    return _scalars(acc, tag)
+
+
+def read_scalar_tags(run_dir: Path, tags: Iterable[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """(steps, values) of each of ``tags`` that the run logged, reading its event files once
+    (tags it never logged are left out); raises as :func:`read_scalars` for a bad directory."""
+    acc = _load_events(run_dir)
+    have = set(acc.Tags().get("scalars", []))
+    return {tag: _scalars(acc, tag) for tag in dict.fromkeys(tags) if tag in have}
+
+
+def _load_events(run_dir: Path) -> Any:
+    """A loaded EventAccumulator over all the event files of ``run_dir``."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     if not run_dir.exists():
@@ -233,13 +255,10 @@ def read_scalars(run_dir: Path, tag: str) -> tuple[np.ndarray, np.ndarray]:
         acc.Reload()
     finally:
         tb_log.removeFilter(_quiet_purges)
-    tags = acc.Tags().get("scalars", [])
-    if tag not in tags:
-        have = ", ".join(sorted(tags)) if tags else "none"
-        raise ValueError(
-            f"{run_dir}: no scalar {tag!r} in its event files (has the run finished an episode "
-            f"yet?). Its scalar tags: {have}. Pick one with --tag."
-        )
+    return acc
+
+
+def _scalars(acc: Any, tag: str) -> tuple[np.ndarray, np.ndarray]:
     events = acc.Scalars(tag)
     steps = np.array([e.step for e in events], dtype=np.int64)
     values = np.array([e.value for e in events], dtype=np.float64)

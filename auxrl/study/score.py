@@ -63,8 +63,10 @@ def score_run(
         mean = result.mean
     # The env's own scores (e.g. crafter/score) over every training episode, as training logged
     # them: what a spec's `score: crafter/score` compares, where 10 evaluation games are too few.
-    curves = score_curves(run_dir, dict.fromkeys([*env_scores(agent.config), *result.scores]))
-    trained = {tag: float(values[-1]) for tag, (_, values) in curves.items()}
+    score_tags = list(dict.fromkeys([*env_scores(agent.config), *result.scores]))
+    task_tags = {task: f"charts/{task}/episodic_return" for task in agent.task_names or []}
+    curves = score_curves(run_dir, [RETURN_TAG, *task_tags.values(), *score_tags])  # one read
+    trained = {tag: float(curves[tag][1][-1]) for tag in score_tags if tag in curves}
     data = {
         **(labels or {}),
         "score": mean,
@@ -83,7 +85,7 @@ def score_run(
         "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         "auxrl": __version__,
     }
-    write_curve(run_dir, agent.task_names, curves)
+    write_curve(run_dir, curves, task_tags, score_tags)
     write_json(run_dir / SCORE_FILE, data)
     return data
 
@@ -99,40 +101,34 @@ Curves = dict[str, tuple["np.ndarray", "np.ndarray"]]  # tag -> (steps, values)
 
 
 def score_curves(run_dir: Path, tags: Iterable[str]) -> Curves:
-    """(steps, values) of each scalar of ``tags`` in the run's events, read once for both the
-    final values and curve.json (tags without events are left out)."""
-    from auxrl.plot import read_scalars
-
-    curves = {}
-    for tag in tags:
-        try:
-            steps, values = read_scalars(run_dir, tag)
-        except (OSError, ValueError):
-            continue
-        if len(values):
-            curves[tag] = (steps, values)
-    return curves
-
-
-def write_curve(run_dir: Path, tasks: list[str] | None = None, scores: Curves | None = None) -> None:
-    """``curve.json``: (env step, episodic return) of every training episode, from the events; a
-    multi-task run's also per task (``tasks``: their names, ``charts/<task>/episodic_return``), and
-    the curves of the env's own ``scores`` (e.g. crafter/score) under ``scores``."""
-    from auxrl.plot import read_scalars
+    """(steps, values) of each scalar of ``tags`` in the run's events, all read in one pass over
+    its event files (tags without values, or a run without events, are left out)."""
+    from auxrl.plot import read_scalar_tags
 
     try:
-        steps, returns = read_scalars(run_dir, RETURN_TAG)
-    except (OSError, ValueError):  # no events, or no finished episode: the report goes without
+        curves = read_scalar_tags(run_dir, tags)
+    except (OSError, ValueError):  # no events: the report goes without curves
+        return {}
+    return {tag: curve for tag, curve in curves.items() if len(curve[1])}
+
+
+def write_curve(run_dir: Path, curves: Curves, tasks: dict[str, str], scores: Iterable[str]) -> None:
+    """``curve.json`` from ``curves`` (see :func:`score_curves`): (env step, episodic return) of
+    every training episode; a multi-task run's also per task (``tasks``: task name -> its return
+    tag), and the curves of the env's own ``scores`` (e.g. crafter/score) under ``scores``.
+    Without a finished episode there is no curve.json: the report goes without it."""
+    if RETURN_TAG not in curves:
         return
+    steps, returns = curves[RETURN_TAG]
     curve: dict[str, Any] = {"tag": RETURN_TAG, "step": steps.tolist(), "value": returns.tolist()}
-    for task in tasks or []:
-        try:  # the step is the run's global step: every task's env steps together
-            steps, returns = read_scalars(run_dir, f"charts/{task}/episodic_return")
-        except (OSError, ValueError):
-            continue
-        curve.setdefault("tasks", {})[task] = {"step": steps.tolist(), "value": returns.tolist()}
-    for tag, (steps, values) in (scores or {}).items():
-        curve.setdefault("scores", {})[tag] = {"step": steps.tolist(), "value": values.tolist()}
+    for task, tag in tasks.items():  # the step is the run's global step: every task's env steps
+        if tag in curves:
+            steps, returns = curves[tag]
+            curve.setdefault("tasks", {})[task] = {"step": steps.tolist(), "value": returns.tolist()}
+    for tag in scores:
+        if tag in curves:
+            steps, values = curves[tag]
+            curve.setdefault("scores", {})[tag] = {"step": steps.tolist(), "value": values.tolist()}
     write_json(run_dir / CURVE_FILE, curve)
 
 
