@@ -221,12 +221,16 @@ def read_scalars(run_dir: Path, tag: str) -> tuple[np.ndarray, np.ndarray]:
     return _scalars(acc, tag)
 
 
-def read_scalar_tags(run_dir: Path, tags: Iterable[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """(steps, values) of each of ``tags`` that the run logged, reading its event files once
-    (tags it never logged are left out); raises as :func:`read_scalars` for a bad directory."""
+def read_scalar_tags(
+    run_dir: Path, tags: Iterable[str] | None = None
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """(steps, values) of each of ``tags`` (None: every scalar) that the run logged, reading its
+    event files once (tags it never logged are left out); raises as :func:`read_scalars` for a
+    bad directory."""
     acc = _load_events(run_dir)
-    have = set(acc.Tags().get("scalars", []))
-    return {tag: _scalars(acc, tag) for tag in dict.fromkeys(tags) if tag in have}
+    have = acc.Tags().get("scalars", [])
+    wanted = have if tags is None else [tag for tag in dict.fromkeys(tags) if tag in set(have)]
+    return {tag: _scalars(acc, tag) for tag in wanted}
 
 
 def _load_events(run_dir: Path) -> Any:

@@ -107,3 +107,21 @@ def test_score_curves_end_at_each_scalars_last_step(tmp_path):
     curves = score_curves(tmp_path, ["crafter/score", "minigrid/solved"])
     assert {tag: values[-1] for tag, (_, values) in curves.items()} == {"crafter/score": 4.5}
     assert score_curves(tmp_path / "nothing", ["crafter/score"]) == {}
+
+
+def test_read_scalar_tags_reads_the_asked_tags_or_all(tmp_path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    from auxrl.plot import read_scalar_tags
+
+    writer = SummaryWriter(str(tmp_path))
+    for step in (10, 20, 30):
+        writer.add_scalar("charts/episodic_return", step / 10, step)
+        writer.add_scalar("crafter/score", step / 100, step)
+    writer.close()
+
+    asked = read_scalar_tags(tmp_path, ["crafter/score", "aux/none", "crafter/score"])
+    assert list(asked) == ["crafter/score"]  # once, in order; a tag never logged left out
+    steps, values = asked["crafter/score"]
+    assert steps.tolist() == [10, 20, 30] and np.allclose(values, [0.1, 0.2, 0.3])
+    assert sorted(read_scalar_tags(tmp_path)) == ["charts/episodic_return", "crafter/score"]
