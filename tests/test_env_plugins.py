@@ -53,6 +53,10 @@ def test_crafter_trains_logs_its_achievements_and_eval_reports_the_score(tmp_pat
     scored = score_run(run, episodes=2, steps=256)
     assert scored["train_scores"] == {"crafter/score": pytest.approx(score[-1])}
     assert set(scored["env_scores"]) == {"crafter/score"}
+    # ... and keeps the 22 success rates it is the geometric mean of, which outlive the events.
+    rates = scored["train_metrics"]
+    assert len(rates) == 22 and rates["achievement_wake_up"] == pytest.approx(wake[-1])
+    assert crafter_score(rates)["crafter/score"] == pytest.approx(score[-1], rel=1e-5)
     from auxrl.study.analysis import read_curve
 
     (next(run.glob("events.out.tfevents.*"))).rename(tmp_path / "events")  # as committed: curve.json only

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     import numpy as np
 
 RETURN_TAG = "charts/episodic_return"
+METRIC_PREFIX = "episode/"  # the trainer's per-episode metrics, each a mean over the run so far
 
 
 def score_run(
@@ -65,8 +66,15 @@ def score_run(
     # them: what a spec's `score: crafter/score` compares, where 10 evaluation games are too few.
     score_tags = list(dict.fromkeys([*env_scores(agent.config), *result.scores]))
     task_tags = {task: f"charts/{task}/episodic_return" for task in agent.task_names or []}
-    curves = score_curves(run_dir, [RETURN_TAG, *task_tags.values(), *score_tags])  # one read
+    curves = score_curves(run_dir, [RETURN_TAG, *task_tags.values(), *score_tags], METRIC_PREFIX)
     trained = {tag: float(curves[tag][1][-1]) for tag in score_tags if tag in curves}
+    # Each per-episode metric's mean over every training episode (e.g. Crafter's 22 success rates,
+    # VizDoom's kills), kept here because the event files are not what a study commits.
+    metrics = {
+        tag.removeprefix(METRIC_PREFIX): float(values[-1])
+        for tag, (_, values) in sorted(curves.items())
+        if tag.startswith(METRIC_PREFIX)
+    }
     data = {
         **(labels or {}),
         "score": mean,
@@ -77,6 +85,7 @@ def score_run(
         "returns": result.returns,
         **({"env_scores": result.scores} if result.scores else {}),
         **({"train_scores": trained} if trained else {}),
+        **({"train_metrics": metrics} if metrics else {}),
         **({"task_scores": tasks} if tasks else {}),  # env id -> score, std, returns
         "step": step,
         "checkpoint": path.name,
@@ -100,16 +109,22 @@ def env_scores(cfg: Any) -> tuple[str, ...]:
 Curves = dict[str, tuple["np.ndarray", "np.ndarray"]]  # tag -> (steps, values)
 
 
-def score_curves(run_dir: Path, tags: Iterable[str]) -> Curves:
-    """(steps, values) of each scalar of ``tags`` in the run's events, all read in one pass over
-    its event files (tags without values, or a run without events, are left out)."""
+def score_curves(run_dir: Path, tags: Iterable[str], prefix: str | None = None) -> Curves:
+    """(steps, values) of each scalar of ``tags``, and of every scalar whose tag starts with
+    ``prefix``, in the run's events, all read in one pass over its event files (tags without
+    values, or a run without events, are left out)."""
     from auxrl.plot import read_scalar_tags
 
+    wanted = set(tags)
     try:
-        curves = read_scalar_tags(run_dir, tags)
+        curves = read_scalar_tags(run_dir, None if prefix else wanted)
     except (OSError, ValueError):  # no events: the report goes without curves
         return {}
-    return {tag: curve for tag, curve in curves.items() if len(curve[1])}
+    return {
+        tag: curve
+        for tag, curve in curves.items()
+        if len(curve[1]) and (tag in wanted or (prefix is not None and tag.startswith(prefix)))
+    }
 
 
 def write_curve(run_dir: Path, curves: Curves, tasks: dict[str, str], scores: Iterable[str]) -> None:
