@@ -33,6 +33,21 @@ def one_thread():
 
 
 @pytest.fixture(autouse=True, scope="session")
+def ctrl_c_as_in_a_terminal():
+    """A suite started in the background (``nohup .ci/run &``) inherits SIGINT ignored, which
+    auxrl rightly leaves ignored (auxrl/stopping.py): its Ctrl-C tests would then see runs that
+    cannot be stopped. They test a run started in a terminal, so give the session Python's own
+    handler (children then start with SIGINT's default, as from a terminal)."""
+    import signal
+
+    before = signal.getsignal(signal.SIGINT)
+    if before is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
+@pytest.fixture(autouse=True, scope="session")
 def event_files_sort_in_creation_order():
     """TensorBoard names event files ``events.out.tfevents.<second>.<host>.<pid>.<N>`` with one
     counter N per process, and readers take a run's files in name order. Tests train and resume
