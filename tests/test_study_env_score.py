@@ -71,6 +71,8 @@ def test_a_spec_scored_by_crafter_score_reports_the_training_scores(tmp_path):
     )
     p = results["probability_of_improvement"]["inventory"]
     assert (p["point"], p["lower"], p["upper"]) == expected["inventory"] and p["point"] == 1.0
+    # 2 matched runs each: the bootstrap's interval is there, a verdict from it is not.
+    assert p["verdict"] == "no verdict (2 matched run(s) per variant; an interval needs 3 or more)"
 
     report = (out / "report.md").read_text()
     assert "scored by `crafter/score` at its final step" in report
@@ -87,7 +89,8 @@ def test_the_same_runs_scored_by_return_read_score_json_score(tmp_path):
     assert results["finished"] == 6 and results["missing"] == []
     scores = {(r["variant"], r["score"]) for r in results["runs"]}
     assert scores == {("no_heads", 15.0), ("inventory", 11.0)}
-    assert results["probability_of_improvement"]["inventory"]["point"] == 0.0  # the other way round
+    p = results["probability_of_improvement"]["inventory"]
+    assert p["point"] == 0.0 and p["verdict"].startswith("worse")  # the other way round; 3 runs each
     assert "scored by the mean return of 10 whole games" in (out / "report.md").read_text()
 
 

@@ -150,6 +150,11 @@ class Block:
     def k(self) -> int:
         return len(next(iter(self.seeds.values()))) if self.seeds else 0
 
+    @property
+    def runs(self) -> int:
+        """Matched runs per variant: envs x seeds."""
+        return self.k * len(self.envs)
+
     def describe(self) -> str:
         if not self.envs:
             return "no matched runs yet"
@@ -237,8 +242,14 @@ def improvement_estimates(
     }
 
 
-def verdict(p: Interval) -> str:
-    """What a P(X > Y) interval says, in words."""
+MIN_RUNS = 3  # matched runs per variant below which a bootstrap interval means nothing
+
+
+def verdict(p: Interval, runs: int) -> str:
+    """What a P(X > Y) interval from ``runs`` matched runs per variant says, in words (with fewer
+    than :data:`MIN_RUNS`, nothing: one run each gives a zero-width interval, not certainty)."""
+    if runs < MIN_RUNS:
+        return f"no verdict ({runs} matched run(s) per variant; an interval needs {MIN_RUNS} or more)"
     if p[1] > 0.5:
         return "better (the interval lies above 0.5)"
     if p[2] < 0.5:

@@ -158,7 +158,7 @@ class Report:
         if self.improvement:
             lines += ["", f"Against {self.baseline}:", ""]
             lines += [
-                f"- {v}: P({v} > {self.baseline}) {_interval(p, 2)}: {analysis.verdict(p)}."
+                f"- {v}: P({v} > {self.baseline}) {_interval(p, 2)}: {analysis.verdict(p, self.block.runs)}."
                 for v, p in self.improvement.items()
             ]
         return lines
@@ -420,7 +420,7 @@ class Report:
             "block": {"envs": self.block.envs, "seeds": self.block.seeds},
             "aggregates": {v: {m: _as_json(x) for m, x in agg.items()} for v, agg in self.aggregates.items()},
             "probability_of_improvement": {
-                v: {**_as_json(p), "over": self.baseline, "verdict": analysis.verdict(p)}
+                v: {**_as_json(p), "over": self.baseline, "verdict": analysis.verdict(p, self.block.runs)}
                 for v, p in self.improvement.items()
             },
             "per_env": {
