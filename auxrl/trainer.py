@@ -39,6 +39,10 @@ from auxrl.tasks.registry import enabled_tasks
 if TYPE_CHECKING:
     from auxrl.inference import TrainedAgent
 
+# Where a per-episode metric <name> is logged, as its mean over every episode of the run so far
+# (read back by the study's scoring and benchmarks/crafter_summary.py).
+EPISODE_METRIC_TAG = "episode/"
+
 
 @dataclass
 class TrainResult:
@@ -262,7 +266,8 @@ class _Episodes:
                 total[0] += value
                 total[1] += 1
         means = {name: s / n for name, (s, n) in state.episode_metrics.items() if n}
-        for name, mean in {**{f"episode/{k}": v for k, v in means.items()}, **self.summarize(means)}.items():
+        tags = {f"{EPISODE_METRIC_TAG}{k}": v for k, v in means.items()}
+        for name, mean in {**tags, **self.summarize(means)}.items():
             run.logger.scalar(name, mean, state.global_step)
 
 

@@ -22,16 +22,16 @@ import numpy as np
 
 from auxrl.envs.crafter import crafter_score
 from auxrl.plot import read_scalar_tags
+from auxrl.trainer import EPISODE_METRIC_TAG
 
 WINDOW = 100_000
-ACHIEVEMENT = "episode/"  # then achievement_<name>
 
 
 def summarize(run_dir: Path) -> dict:
     curves = read_scalar_tags(run_dir)
-    names = sorted(t for t in curves if t.startswith(ACHIEVEMENT + "achievement_"))
+    names = sorted(t for t in curves if t.startswith(EPISODE_METRIC_TAG + "achievement_"))
     if not names:
-        raise ValueError(f"{run_dir}: no {ACHIEVEMENT}achievement_* scalars: not a Crafter run")
+        raise ValueError(f"{run_dir}: no {EPISODE_METRIC_TAG}achievement_* scalars: not a Crafter run")
     last = int(max(steps[-1] for steps, _ in curves.values() if len(steps)))
     ret_steps, returns = curves["charts/episodic_return"]
 
@@ -40,7 +40,7 @@ def summarize(run_dir: Path) -> dict:
         for tag in names:
             steps, values = curves[tag]
             done = values[steps <= until]  # logged: the mean over every episode so far
-            out[tag.removeprefix(ACHIEVEMENT)] = float(done[-1]) if len(done) else 0.0
+            out[tag.removeprefix(EPISODE_METRIC_TAG)] = float(done[-1]) if len(done) else 0.0
         return out
 
     def score(until: int) -> float:

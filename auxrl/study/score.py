@@ -24,7 +24,6 @@ if TYPE_CHECKING:
     import numpy as np
 
 RETURN_TAG = "charts/episodic_return"
-METRIC_PREFIX = "episode/"  # the trainer's per-episode metrics, each a mean over the run so far
 
 
 def score_run(
@@ -40,6 +39,7 @@ def score_run(
     from auxrl import __version__, checkpoint
     from auxrl.evaluate import EvalResult, evaluate
     from auxrl.inference import load_agent
+    from auxrl.trainer import EPISODE_METRIC_TAG
 
     step = checkpoint_step(run_dir)
     if step is None or step < steps:
@@ -66,14 +66,14 @@ def score_run(
     # them: what a spec's `score: crafter/score` compares, where 10 evaluation games are too few.
     score_tags = list(dict.fromkeys([*env_scores(agent.config), *result.scores]))
     task_tags = {task: f"charts/{task}/episodic_return" for task in agent.task_names or []}
-    curves = score_curves(run_dir, [RETURN_TAG, *task_tags.values(), *score_tags], METRIC_PREFIX)
+    curves = score_curves(run_dir, [RETURN_TAG, *task_tags.values(), *score_tags], EPISODE_METRIC_TAG)
     trained = {tag: float(curves[tag][1][-1]) for tag in score_tags if tag in curves}
     # Each per-episode metric's mean over every training episode (e.g. Crafter's 22 success rates,
     # VizDoom's kills), kept here because the event files are not what a study commits.
     metrics = {
-        tag.removeprefix(METRIC_PREFIX): float(values[-1])
+        tag.removeprefix(EPISODE_METRIC_TAG): float(values[-1])
         for tag, (_, values) in sorted(curves.items())
-        if tag.startswith(METRIC_PREFIX)
+        if tag.startswith(EPISODE_METRIC_TAG)
     }
     data = {
         **(labels or {}),
