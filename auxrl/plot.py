@@ -222,14 +222,19 @@ def read_scalars(run_dir: Path, tag: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def read_scalar_tags(
-    run_dir: Path, tags: Iterable[str] | None = None
+    run_dir: Path, tags: Iterable[str] | None = None, prefix: str | None = None
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """(steps, values) of each of ``tags`` (None: every scalar) that the run logged, reading its
-    event files once (tags it never logged are left out); raises as :func:`read_scalars` for a
-    bad directory."""
+    """(steps, values) of each of ``tags`` that the run logged and of every scalar whose tag
+    starts with ``prefix`` (neither given: every scalar), reading its event files once (tags it
+    never logged are left out); raises as :func:`read_scalars` for a bad directory."""
     acc = _load_events(run_dir)
     have = acc.Tags().get("scalars", [])
-    wanted = have if tags is None else [tag for tag in dict.fromkeys(tags) if tag in set(have)]
+    if tags is None and prefix is None:
+        return {tag: _scalars(acc, tag) for tag in have}
+    logged = set(have)
+    wanted = [tag for tag in dict.fromkeys(tags or ()) if tag in logged]
+    if prefix is not None:
+        wanted += [tag for tag in have if tag.startswith(prefix) and tag not in wanted]
     return {tag: _scalars(acc, tag) for tag in wanted}
 
 

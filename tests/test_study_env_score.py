@@ -128,3 +128,6 @@ def test_read_scalar_tags_reads_the_asked_tags_or_all(tmp_path):
     steps, values = asked["crafter/score"]
     assert steps.tolist() == [10, 20, 30] and np.allclose(values, [0.1, 0.2, 0.3])
     assert sorted(read_scalar_tags(tmp_path)) == ["charts/episodic_return", "crafter/score"]
+    by_prefix = read_scalar_tags(tmp_path, ["charts/episodic_return"], prefix="crafter/")
+    assert list(by_prefix) == ["charts/episodic_return", "crafter/score"]
+    assert list(read_scalar_tags(tmp_path, prefix="charts/")) == ["charts/episodic_return"]

@@ -115,16 +115,11 @@ def score_curves(run_dir: Path, tags: Iterable[str], prefix: str | None = None) 
     values, or a run without events, are left out)."""
     from auxrl.plot import read_scalar_tags
 
-    wanted = set(tags)
     try:
-        curves = read_scalar_tags(run_dir, None if prefix else wanted)
+        curves = read_scalar_tags(run_dir, tags, prefix)
     except (OSError, ValueError):  # no events: the report goes without curves
         return {}
-    return {
-        tag: curve
-        for tag, curve in curves.items()
-        if len(curve[1]) and (tag in wanted or (prefix is not None and tag.startswith(prefix)))
-    }
+    return {tag: curve for tag, curve in curves.items() if len(curve[1])}
 
 
 def write_curve(run_dir: Path, curves: Curves, tasks: dict[str, str], scores: Iterable[str]) -> None:
