@@ -232,9 +232,9 @@ def read_scalar_tags(
     if tags is None and prefix is None:
         return {tag: _scalars(acc, tag) for tag in have}
     logged = set(have)
-    wanted = [tag for tag in dict.fromkeys(tags or ()) if tag in logged]
+    wanted = dict.fromkeys(tag for tag in tags or () if tag in logged)  # once each, in order
     if prefix is not None:
-        wanted += [tag for tag in have if tag.startswith(prefix) and tag not in wanted]
+        wanted.update(dict.fromkeys(tag for tag in have if tag.startswith(prefix)))
     return {tag: _scalars(acc, tag) for tag in wanted}
 
 
