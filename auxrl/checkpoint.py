@@ -107,7 +107,7 @@ def set_rng_state(state: dict[str, Any], device: torch.device | None = None) -> 
     if isinstance(numpy_state, dict):
         numpy_state = (
             numpy_state["name"],
-            numpy_state["keys"].numpy().astype(np.uint32),
+            numpy_state["keys"].cpu().numpy().astype(np.uint32),
             numpy_state["pos"],
             numpy_state["has_gauss"],
             numpy_state["cached_gaussian"],

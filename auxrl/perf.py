@@ -74,19 +74,36 @@ def set_torch_threads(threads: int | None) -> Callable[[], None]:
     return restore
 
 
-def try_compile(torso: nn.Module, sample_obs: torch.Tensor) -> bool:
-    """Compile ``torso`` in place (state_dict keys unchanged); True if it runs compiled."""
+def try_compile(
+    torso: nn.Module, sample_obs: torch.Tensor, batch_sizes: tuple[int, int] = (2, 2), bf16: bool = False
+) -> bool:
+    """Compile ``torso`` in place (state_dict keys unchanged); True if it runs compiled.
+
+    ``batch_sizes``: the rollout's and the PPO minibatch's torso batch. The trial calls the torso as
+    training will, so that the graphs compiled here are the ones it reuses and a compiler failure
+    falls back to eager here rather than crashing the first rollout or update: dynamo guards on
+    sizes, strides, grad mode and autocast, so a call differing in any of them compiles anew. The
+    rollout's call runs without grad, the minibatch's with a backward (the backward graph compiles
+    at the first backward), both under the run's bf16 autocast. Other sizes (an auxiliary task's
+    batch, a short last minibatch) still compile at their first call.
+    """
+    device = sample_obs.device
     try:
         # Donated buffers let a compiled backward free its saved tensors, so a graph cannot be
         # differentiated twice; a user's aux task may do that (retain_graph=True). Memory only.
+        # The option exists from torch 2.5 on; setting an unknown option raises.
         import torch._functorch.config as functorch_config
 
-        functorch_config.donated_buffer = False
+        if hasattr(functorch_config, "donated_buffer"):
+            functorch_config.donated_buffer = False
         torso.compile()
-        # Compilation happens at the first call, the backward graph at the first backward: run
-        # both now, so a compiler failure falls back here rather than crashing the first update.
-        # Batch 2, as dynamo specialises size-1 dimensions.
-        out = torso(sample_obs.expand(2, *sample_obs.shape[1:]))
+        # Contiguous batches (repeat, not expand: a stride-0 batch would compile a graph of its
+        # own); size 1 is avoided, as dynamo specialises size-1 dimensions.
+        rollout, minibatch = (max(2, n) for n in batch_sizes)
+        with torch.no_grad(), autocast(bf16, device):
+            torso(sample_obs.repeat(rollout, *[1] * (sample_obs.dim() - 1)))
+        with autocast(bf16, device):
+            out = torso(sample_obs.repeat(minibatch, *[1] * (sample_obs.dim() - 1)))
         if out.requires_grad:  # a frozen torso has no backward to compile
             out.float().sum().backward()
         return True

@@ -302,7 +302,9 @@ def random_torso(agent: TrainedAgent, seed: int) -> torch.nn.Module:
     (torch's global generator is left as it was)."""
     cfg = agent.config
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        # The CPU generator only (the model is built on the CPU): torch.manual_seed would also
+        # reseed every CUDA generator, which fork_rng(devices=[]) does not restore.
+        torch.default_generator.manual_seed(seed)
         fresh = build_agent(
             cfg.model.torso,
             cfg.model.hidden_sizes,

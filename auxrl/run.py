@@ -397,10 +397,13 @@ def _build(
                 head.on_torso_loaded()
         say(f"Loaded {', '.join(loaded)} from {cfg.model.init_from}")
     freeze(agent, cfg.model.freeze)
+    bf16 = check_bf16(cfg.perf.bf16, dev)
     if cfg.perf.compile:
         sample = torch.from_numpy(sample_batch(spaces[0])).to(dev)
-        say(f"perf.compile: torso {'compiled' if try_compile(agent.torso, sample) else 'runs eagerly'}")
-    bf16 = check_bf16(cfg.perf.bf16, dev)
+        rollout_batch = cfg.env.num_envs // getattr(cfg.env, "groups", 1)  # envs stepped in groups
+        minibatch = cfg.env.num_envs * cfg.ppo.num_steps // cfg.ppo.num_minibatches
+        compiled = try_compile(agent.torso, sample, (rollout_batch, minibatch), bf16)
+        say(f"perf.compile: torso {'compiled' if compiled else 'runs eagerly'}")
     trainable = [p for p in agent.parameters() if p.requires_grad]
     if not trainable:
         raise ValueError(

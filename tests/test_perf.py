@@ -52,6 +52,31 @@ def test_backward_compile_failure_falls_back_to_eager(monkeypatch):
     assert all(p.grad is None for p in torso.parameters())
 
 
+def test_compile_trial_builds_the_graphs_training_reuses(monkeypatch):
+    # The trial calls the torso as the rollout (no grad) and the update (grad, backward) will, at
+    # their batch sizes: those calls then compile nothing more, so a compiler failure can only
+    # surface inside the trial, where it falls back to eager. Dynamo's tracing and guards are
+    # real here; only the code generation is skipped (the "eager" backend).
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    counter = CompileCounterWithBackend("eager")
+    compile_module = torch.nn.Module.compile
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self: compile_module(self, backend=counter))
+    torch._dynamo.reset()
+    torso = NatureCNN(4)
+    obs = torch.randint(0, 255, (1, 4, 84, 84), dtype=torch.uint8)
+    assert try_compile(torso, obs, batch_sizes=(8, 64)) is True
+    assert all(p.grad is None for p in torso.parameters())
+    compiled = counter.frame_count
+    assert compiled == 2  # one graph per grad mode
+    for _ in range(2):
+        with torch.no_grad():
+            torso(obs.repeat(8, 1, 1, 1))
+        torso(obs.repeat(64, 1, 1, 1)).sum().backward()
+    assert counter.frame_count == compiled
+    torch._dynamo.reset()
+
+
 def test_bf16_is_ignored_off_cuda_and_training_runs(tmp_path):
     with pytest.warns(UserWarning, match="only applies on CUDA"):
         assert check_bf16(True, torch.device("cpu")) is False

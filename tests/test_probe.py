@@ -8,11 +8,12 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 import pytest
+import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from auxrl.cli import main
 from auxrl.envs import atari_ram
-from auxrl.probe import choose_labels, compact_names, split_episodes, weighted_f1
+from auxrl.probe import choose_labels, compact_names, random_torso, split_episodes, weighted_f1
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -105,6 +106,31 @@ def test_labels_asked_for_and_their_errors():
 # ------------------------------------------------------------------------------------------------
 # Split and F1
 # ------------------------------------------------------------------------------------------------
+
+
+def test_random_torso_is_the_seeded_initialisation_and_leaves_the_generators():
+    # The probe's baseline is the torso `auxrl train` would start from with that seed; building it
+    # reseeds only the CPU generator, inside fork_rng (torch.manual_seed would also reseed CUDA's).
+    from auxrl.configfile import load_config
+    from auxrl.inference import TrainedAgent
+    from auxrl.models.agent import build_agent
+
+    cfg = load_config("cartpole")
+    obs_space, act_space = gym.spaces.Box(-1, 1, (4,), np.float32), gym.spaces.Discrete(2)
+
+    def build():
+        return build_agent(
+            cfg.model.torso, cfg.model.hidden_sizes, obs_space, act_space, cfg.model.separate_value
+        )
+
+    torch.manual_seed(7)
+    expected = build().torso
+    agent = TrainedAgent(build(), cfg, obs_space, act_space, torch.device("cpu"))
+    before = torch.get_rng_state()
+    torso = random_torso(agent, seed=7)
+    assert torch.equal(torch.get_rng_state(), before)
+    for (name, a), (_, b) in zip(torso.state_dict().items(), expected.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
 
 
 def test_split_puts_each_episode_in_one_split():
